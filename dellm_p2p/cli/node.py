@@ -1,0 +1,111 @@
+"""``dellm-node``: the daemon that serves a model to peers.
+
+Prints progress to stderr while it converts and loads the model, then one
+line on stdout with the ``ws://`` URL once the model is warm. SIGINT/SIGTERM
+stop it cleanly (in-flight requests get the grace period); a second signal
+stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+
+import click
+from rich.console import Console
+
+from ..config import ConfigError, NodeConfig, load_config
+from ..engine import EngineError
+from ..models import ModelError
+from ..node import Node
+from ..runtime import run, setup_logging
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Node TOML file (see nodes/)."
+)
+@click.option("--model", help="Local HF model directory or cached model id. Default: embedded SmolLM2-135M-Instruct.")
+@click.option("--engine", type=click.Choice(["vllm", "openai", "none"]), help="Model backend (default vllm).")
+@click.option("--no-model", is_flag=True, default=None, help="Serve no model (coordinator-only node).")
+@click.option(
+    "--openai-url",
+    help="API root of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (implies --engine openai).",
+)
+@click.option("--openai-model", help="Model name on that server (default: the first it lists).")
+@click.option("--host", help="Address to listen on (default 127.0.0.1; 0.0.0.0 serves the LAN).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Websocket port; 0 picks a free one (default 7070).")
+@click.option("--name", help="Node name (default: host name).")
+@click.option("--max-concurrency", type=click.IntRange(1, 4096), help="Requests served at once (default 32).")
+@click.option("--max-model-len", type=click.IntRange(16), help="Context window in tokens (default 2048).")
+@click.option("--kv-cache-gib", type=click.FloatRange(0, min_open=True), help="vLLM CPU KV cache in GiB (default 1).")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where the node id is kept.")
+@click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug and vLLM logs.")
+def main(config_path: str | None, no_model: bool | None, verbose: int, **options) -> None:
+    """Serve a language model to dellm peers over websockets."""
+    setup_logging(verbose)
+    if no_model:
+        options["engine"] = "none"
+    elif options.get("openai_url") and not options.get("engine"):
+        options["engine"] = "openai"
+    options["openai_base_url"] = options.pop("openai_url")
+    try:
+        config = load_config(config_path, **options)
+    except ConfigError as exc:
+        console.print(f"dellm-node: error: {exc}")
+        sys.exit(2)
+    sys.exit(run(serve(config)))
+
+
+async def serve(config: NodeConfig) -> int:
+    """Run a node until SIGINT/SIGTERM; returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    started = time.monotonic()
+    node = Node(config, progress=lambda message: console.print(f"[dim]dellm-node:[/] {message}"))
+    starting = asyncio.create_task(node.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await node.close(0)
+        console.print("dellm-node: interrupted during start-up")
+        return 130
+    stopping.cancel()
+    try:
+        url = starting.result()
+    except (ModelError, EngineError, OSError) as exc:
+        await node.close(0)
+        console.print(f"dellm-node: error: {exc}")
+        return 1
+
+    model = node.engine.info.name if node.engine else "no model"
+    print(f"dellm-node {config.name} ({node.node_id}) serving {model} at {url}", flush=True)
+    console.print(f"[dim]dellm-node:[/] ready in {time.monotonic() - started:.1f} s; Ctrl-C stops")
+    await stop.wait()
+    console.print(f"[dim]dellm-node:[/] shutting down (in-flight requests get {config.grace_period_s:g} s)")
+    closing = asyncio.create_task(node.close())
+    forced = asyncio.create_task(force.wait())
+    await asyncio.wait({closing, forced}, return_when=asyncio.FIRST_COMPLETED)
+    if not closing.done():
+        console.print("[dim]dellm-node:[/] second signal: cancelling in-flight requests")
+        node.cancel_in_flight()
+        await closing
+    forced.cancel()
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""The requesting side of one peer connection: :class:`PeerClient`.
+
+One websocket per peer pair, many requests multiplexed over it by request id.
+A reader task routes incoming frames to per-request queues; every wait has a
+deadline, and a dropped connection ends every open request with
+:class:`PeerError` code ``connection_lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from . import __version__
+from .protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Cancel,
+    ChatMessage,
+    Done,
+    Error,
+    ErrorCode,
+    Generate,
+    GetStats,
+    Hello,
+    Ping,
+    Pong,
+    ProtocolError,
+    SamplingParams,
+    Stats,
+    Token,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PeerError(RuntimeError):
+    """A peer answered with an ``error`` frame, or the connection failed.
+
+    Attributes:
+        code: a :class:`~dellm_p2p.protocol.ErrorCode` value (``str``).
+        request_id: the request it ended, if any.
+    """
+
+    def __init__(self, code: str, message: str, request_id: str | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.request_id = request_id
+
+
+@dataclass
+class Completion:
+    """A finished request: the text of each choice plus the ``done`` frame.
+
+    Attributes:
+        texts: full text per choice index.
+        logprobs: sampled-token logprobs per choice (empty lists unless requested).
+        done: the final ``done`` frame (finish reasons, usage, timings).
+        first_token_ms: time from sending ``generate`` to the first token,
+            measured on this side [ms]; ``None`` if no token came.
+        total_ms: time from sending to ``done`` on this side [ms].
+    """
+
+    texts: list[str]
+    logprobs: list[list[float]]
+    done: Done
+    first_token_ms: float | None = None
+    total_ms: float = 0.0
+    tokens: int = field(default=0)
+
+    @property
+    def text(self) -> str:
+        """Text of choice 0."""
+        return self.texts[0]
+
+
+_CLOSED = object()
+
+
+class PeerClient:
+    """A connection to one node. Create with :meth:`connect`; use as an async context manager.
+
+    Attributes:
+        url: the node's ``ws://`` URL.
+        remote: the node's ``hello`` (node id, model, capacity, context window).
+    """
+
+    def __init__(self, url: str, ws: ClientConnection, remote: Hello):
+        self.url = url
+        self.remote = remote
+        self._ws = ws
+        self._streams: dict[str, asyncio.Queue] = {}
+        self._waiters: dict[tuple[str, int], asyncio.Future] = {}
+        self._nonces = itertools.count(1)
+        self._closed_reason: str | None = None
+        self._reader = asyncio.create_task(self._read_loop(), name=f"dellm-reader {url}")
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        node_id: str | None = None,
+        name: str = "client",
+        timeout_s: float = 10.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> PeerClient:
+        """Open the websocket and exchange ``hello`` frames.
+
+        Args:
+            url: ``ws://host:port`` of the node.
+            node_id: our id in the hello (a random one for short-lived clients).
+            timeout_s: deadline for connecting and the handshake [s].
+            max_frame_bytes: largest frame we accept [bytes].
+
+        Raises:
+            PeerError: ``connection_lost`` when the node cannot be reached or
+                does not answer in time, or the node's own error code.
+        """
+        hello = Hello(
+            protocol=PROTOCOL_VERSION,
+            node_id=node_id or f"client-{uuid.uuid4().hex[:12]}",
+            name=name,
+            software=f"dellm-p2p/{__version__}",
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                ws = await websockets.connect(url, max_size=max_frame_bytes, compression=None, open_timeout=None)
+                try:
+                    await ws.send(encode(hello))
+                    reply = decode(await ws.recv())
+                except BaseException:
+                    await ws.close()
+                    raise
+        except TimeoutError:
+            raise PeerError(
+                ErrorCode.CONNECTION_LOST, f"{url} did not complete the handshake within {timeout_s:g} s"
+            ) from None
+        except (OSError, websockets.exceptions.WebSocketException) as exc:
+            raise PeerError(ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {exc}") from None
+        except ProtocolError as exc:
+            raise PeerError(exc.code, f"{url} sent a bad hello: {exc}") from None
+        if isinstance(reply, Error):
+            await ws.close()
+            raise PeerError(reply.code, reply.message)
+        if not isinstance(reply, Hello):
+            await ws.close()
+            raise PeerError(ErrorCode.INVALID_MESSAGE, f"{url} answered the hello with {reply.type!r}")
+        return cls(url, ws, reply)
+
+    async def __aenter__(self) -> PeerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is gone."""
+        return self._closed_reason is not None
+
+    async def close(self) -> None:
+        """Close the connection; open requests end with ``connection_lost``."""
+        await self._ws.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+    async def generate(
+        self,
+        *,
+        messages: Sequence[ChatMessage | dict] | None = None,
+        prompt: str | None = None,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        timeout_s: float = 300.0,
+    ) -> AsyncIterator[Token | Done]:
+        """Stream a request: yields ``token`` frames, then the ``done`` frame.
+
+        Leaving the loop early sends ``cancel`` so the node stops generating.
+
+        Args:
+            messages: chat messages (dicts or :class:`ChatMessage`), or
+            prompt: a raw prompt (exactly one of the two).
+            params: sampling parameters (defaults: greedy, 256 tokens).
+            request_id: unique on this connection; a random one by default.
+            timeout_s: deadline for the whole request [s]; on expiry the
+                request is cancelled and ``PeerError('timeout')`` raised.
+
+        Raises:
+            PeerError: the node's error code, ``timeout``, or ``connection_lost``.
+        """
+        rid = request_id or uuid.uuid4().hex[:16]
+        if rid in self._streams:
+            raise PeerError(ErrorCode.DUPLICATE_ID, f"request id {rid!r} is already in flight", rid)
+        frame = Generate(
+            id=rid,
+            messages=[m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in messages]
+            if messages is not None
+            else None,
+            prompt=prompt,
+            params=params or SamplingParams(),
+        )
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[rid] = queue
+        finished = False
+        try:
+            await self._send(frame)
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    item = await queue.get()
+                    if item is _CLOSED:
+                        raise PeerError(ErrorCode.CONNECTION_LOST, self._closed_reason or "connection closed", rid)
+                    if isinstance(item, Error):
+                        finished = True
+                        raise PeerError(item.code, item.message, rid)
+                    if isinstance(item, Done):
+                        finished = True
+                        yield item
+                        return
+                    yield item
+        except TimeoutError:
+            raise PeerError(ErrorCode.TIMEOUT, f"no answer from {self.url} within {timeout_s:g} s", rid) from None
+        finally:
+            self._streams.pop(rid, None)
+            if not finished and not self.closed:
+                with contextlib.suppress(Exception):
+                    await self._send(Cancel(id=rid))
+
+    async def complete(self, **kwargs) -> Completion:
+        """Run :meth:`generate` to the end and collect it (same arguments and errors)."""
+        started = time.perf_counter()
+        texts: dict[int, list[str]] = {}
+        logprobs: dict[int, list[float]] = {}
+        first: float | None = None
+        tokens = 0
+        async for item in self.generate(**kwargs):
+            if isinstance(item, Token):
+                if first is None and item.text:
+                    first = (time.perf_counter() - started) * 1000
+                texts.setdefault(item.index, []).append(item.text)
+                logprobs.setdefault(item.index, []).extend(item.logprobs or [])
+                tokens += item.tokens
+            else:
+                n = len(item.finish_reasons)
+                return Completion(
+                    texts=["".join(texts.get(i, [])) for i in range(n)],
+                    logprobs=[logprobs.get(i, []) for i in range(n)],
+                    done=item,
+                    first_token_ms=first,
+                    total_ms=(time.perf_counter() - started) * 1000,
+                    tokens=tokens,
+                )
+        raise PeerError(ErrorCode.CONNECTION_LOST, "stream ended without done")
+
+    async def cancel(self, request_id: str) -> None:
+        """Ask the node to abort ``request_id`` (its stream then ends with ``done``)."""
+        await self._send(Cancel(id=request_id))
+
+    async def ping(self, timeout_s: float = 5.0) -> float:
+        """Round-trip time of an application ``ping`` [ms].
+
+        Raises:
+            PeerError: ``timeout`` or ``connection_lost``.
+        """
+        started = time.perf_counter()
+        await self._request(Ping(nonce=next(self._nonces)), "pong", timeout_s)
+        return (time.perf_counter() - started) * 1000
+
+    async def stats(self, timeout_s: float = 5.0) -> Stats:
+        """The node's counters (``stats`` frame). Raises :class:`PeerError`."""
+        return await self._request(GetStats(nonce=next(self._nonces)), "stats", timeout_s)
+
+    async def send_raw(self, frame: bytes | str) -> None:
+        """Send an arbitrary frame (for tests and protocol debugging)."""
+        await self._ws.send(frame)
+
+    async def _request(self, message: Ping | GetStats, reply_type: str, timeout_s: float):
+        key = (reply_type, message.nonce)
+        future = asyncio.get_running_loop().create_future()
+        self._waiters[key] = future
+        try:
+            await self._send(message)
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            raise PeerError(
+                ErrorCode.TIMEOUT, f"{self.url} did not answer {message.type} within {timeout_s:g} s"
+            ) from None
+        finally:
+            self._waiters.pop(key, None)
+
+    async def _send(self, message) -> None:
+        if self.closed:
+            raise PeerError(ErrorCode.CONNECTION_LOST, self._closed_reason or "connection closed")
+        try:
+            await self._ws.send(encode(message))
+        except websockets.exceptions.ConnectionClosed as exc:
+            raise PeerError(ErrorCode.CONNECTION_LOST, f"connection to {self.url} closed: {exc}") from None
+
+    async def _read_loop(self) -> None:
+        try:
+            async for frame in self._ws:
+                try:
+                    message = decode(frame)
+                except ProtocolError as exc:
+                    log.warning("%s sent a bad frame: %s", self.url, exc)
+                    continue
+                self._dispatch(message)
+            reason = "closed by peer"
+        except websockets.exceptions.ConnectionClosed as exc:
+            reason = f"connection to {self.url} lost: {exc}"
+        self._closed_reason = reason
+        for queue in self._streams.values():
+            queue.put_nowait(_CLOSED)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(PeerError(ErrorCode.CONNECTION_LOST, reason))
+
+    def _dispatch(self, message) -> None:
+        if isinstance(message, Token | Done | Error) and message.id in self._streams:
+            self._streams[message.id].put_nowait(message)
+        elif isinstance(message, Pong | Stats):
+            future = self._waiters.get((message.type, message.nonce))
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif isinstance(message, Error):
+            log.warning("%s reported %s: %s", self.url, message.code, message.message)

