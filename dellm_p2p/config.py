@@ -93,15 +93,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:
     Raises:
         ConfigError: unreadable file, bad TOML, unknown key or invalid value.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
-        data = data.get("node", data)
+    data = _read_toml(Path(path)) if path is not None else {}
+    # Environment beats the file: drop file keys that a DELLM_* variable sets
+    # (pydantic-settings ranks constructor arguments above the environment).
+    env = {key.upper() for key in os.environ}
+    data = {k: v for k, v in data.items() if f"DELLM_{k.upper()}" not in env}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         config = NodeConfig(**data)
@@ -111,3 +107,21 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:
         raise ConfigError(f"invalid config value for {where}: {first['msg']}") from None
     config.check()
     return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """Read a node file: its keys at top level or all inside one ``[node]`` table."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    if "node" not in data:
+        return data
+    table = data.pop("node")
+    if not isinstance(table, dict):
+        raise ConfigError(f"config {path}: 'node' must be a table ([node])")
+    if data:
+        raise ConfigError(f"config {path}: keys outside [node]: {', '.join(sorted(data))}")
+    return table

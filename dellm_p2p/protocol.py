@@ -265,7 +265,7 @@ def decode(frame: bytes | str) -> Message:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"frame must be a msgpack map, got {type(raw).__name__}")
     request_id = raw.get("id") if isinstance(raw.get("id"), str) and 0 < len(raw["id"]) <= 64 else None
     kind = raw.get("type")
-    if kind not in MESSAGE_TYPES:
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         shown = repr(kind)[:40]
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {shown}", request_id)
     try:

@@ -142,18 +142,23 @@ class NodeServer:
         )
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
-        """Stop accepting, let in-flight requests finish for ``grace_s`` [s], cancel the rest, close."""
+        """Stop accepting, let in-flight requests finish for ``grace_s`` [s], cancel the rest, close.
+
+        Peers see close code 1001 (going away). Idempotent.
+        """
         self.shutting_down = True
         if self._server is not None:
+            # Stops the listener only; websockets ignores any later close() call.
             self._server.close(close_connections=False)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace_s):
                 await self._idle.wait()
         self.cancel_in_flight()
-        if self._server is not None:
-            self._server.close(close_connections=True)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
+        sessions = list(self._sessions)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await asyncio.gather(*(s.ws.close(1001, "node shutting down") for s in sessions))
+                if self._server is not None:
                     await self._server.wait_closed()
 
     def cancel_in_flight(self) -> None:

@@ -1,0 +1,27 @@
+"""Shared fixtures: one real dellm-node with the default model for the whole session."""
+
+from __future__ import annotations
+
+import pytest
+
+from dellm_p2p.local import NodeProcess
+
+
+@pytest.fixture(scope="session")
+def vllm_node(tmp_path_factory):
+    """A real ``dellm-node`` serving the embedded default model on 127.0.0.1.
+
+    Started once per session (loading and warming up takes about a minute on
+    CPU); tests must leave it serving. Its clean exit on SIGTERM is checked
+    at teardown.
+    """
+    state = tmp_path_factory.mktemp("vllm-node-state")
+    node = NodeProcess(["--name", "test-vllm", "--state-dir", str(state), "--max-concurrency", "8"])
+    try:
+        node.wait_ready(timeout_s=600)
+    except Exception:
+        node.kill()
+        raise
+    yield node
+    code = node.stop(timeout_s=60)
+    assert code == 0, f"dellm-node exited with {code}:\n{node.stderr_tail()}"
