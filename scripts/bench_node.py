@@ -1,0 +1,384 @@
+"""Benchmark one node: protocol overhead and batching, side by side in one run.
+
+1. Protocol overhead: the same greedy requests run (a) directly on a
+   ``VllmEngine`` in this process and (b) through the websocket protocol
+   (``PeerClient.complete``) against a ``NodeServer`` serving that same engine
+   in this same process (or, with ``--subprocess-node``, a separate
+   ``dellm-node`` child process). Paths are interleaved per question, the order
+   alternating each round, after one untimed warm-up of each path.
+2. Batching: ``--batch`` requests through the protocol sent concurrently versus
+   the same requests one after another; throughput = completion tokens / wall
+   seconds.
+
+Everything listens on and connects to 127.0.0.1 only. Usage::
+
+    .venv/bin/python scripts/bench_node.py [--requests 20] [--max-tokens 48] [--batch 16]
+        [--model DIR] [--json out.json] [--subprocess-node]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dellm_p2p.runtime import run, setup_logging
+
+WALL_RATIO_TARGET = 1.05  # protocol wall / direct wall, at most
+BATCH_SPEEDUP_TARGET = 4.0  # concurrent throughput / sequential throughput, at least
+
+ENGINE_START_TIMEOUT_S = 900.0
+REQUEST_TIMEOUT_S = 120.0
+BATCH_TIMEOUT_S = 900.0
+CLOSE_TIMEOUT_S = 60.0
+
+COUNTRIES = [
+    "France", "Germany", "Italy", "Spain", "Portugal", "Japan", "China", "India", "Brazil", "Canada",
+    "Australia", "Egypt", "Kenya", "Mexico", "Argentina", "Peru", "Chile", "Norway", "Sweden", "Finland",
+    "Poland", "Greece", "Turkey", "Russia", "Ireland", "Austria", "Belgium", "Netherlands", "Denmark", "Hungary",
+    "Thailand", "Vietnam", "Indonesia", "Nigeria", "Morocco", "Colombia", "Cuba", "Iran", "Iraq", "Israel",
+    "Switzerland", "Ukraine", "Romania", "Bulgaria", "Croatia", "Serbia", "Czechia", "Slovakia", "Ghana", "Ethiopia",
+]  # fmt: skip
+TEMPLATES = ["What is the capital of {}?", "Which city is the capital of {}? Answer briefly."]
+
+
+def questions(count: int) -> list[str]:
+    """``count`` different short questions (capitals of countries), always the same list."""
+    pool = [t.format(c) for t in TEMPLATES for c in COUNTRIES]
+    if count > len(pool):
+        raise SystemExit(f"bench_node: at most {len(pool)} different questions are available")
+    return pool[:count]
+
+
+def progress(message: str) -> None:
+    print(f"[bench_node {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Run:
+    """One timed request."""
+
+    wall_ms: float
+    ttft_ms: float | None
+    tokens: int
+    text: str
+    server_total_ms: float | None = None
+    server_ttft_ms: float | None = None
+
+
+async def run_direct(engine, question: str, max_tokens: int, request_id: str) -> Run:
+    """Path (a): the engine's own stream, timed from the call to the last delta."""
+    from dellm_p2p.engine import GenerationRequest
+    from dellm_p2p.protocol import ChatMessage, SamplingParams
+
+    request = GenerationRequest(
+        SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        messages=[ChatMessage(role="user", content=question)],
+    )
+    started = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    parts: list[str] = []
+    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        stream = engine.generate(request, request_id)
+        async with contextlib.aclosing(stream):
+            async for delta in stream:
+                if first is None and delta.text:
+                    first = (time.perf_counter() - started) * 1000
+                tokens += delta.tokens
+                parts.append(delta.text)
+    return Run((time.perf_counter() - started) * 1000, first, tokens, "".join(parts))
+
+
+async def run_protocol(client, question: str, max_tokens: int) -> Run:
+    """Path (b): ``PeerClient.complete``, timed on the client side."""
+    from dellm_p2p.protocol import ChatMessage, SamplingParams
+
+    async with asyncio.timeout(REQUEST_TIMEOUT_S + 5):
+        done = await client.complete(
+            messages=[ChatMessage(role="user", content=question)],
+            params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
+            timeout_s=REQUEST_TIMEOUT_S,
+        )
+    if done.tokens != done.done.usage.completion_tokens:
+        progress(f"warning: streamed {done.tokens} tokens but done.usage says {done.done.usage.completion_tokens}")
+    return Run(
+        done.total_ms,
+        done.first_token_ms,
+        done.done.usage.completion_tokens,
+        done.text,
+        done.done.timings.total_ms,
+        done.done.timings.first_token_ms,
+    )
+
+
+def median(values: list[float | None]) -> float:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else float("nan")
+
+
+async def bench_overhead(engine, client, qs: list[str], max_tokens: int) -> dict[str, Any]:
+    progress("phase 1: protocol overhead, warm-up of both paths (untimed)")
+    await run_direct(engine, qs[0], max_tokens, "bench-direct-warmup")
+    await run_protocol(client, qs[0], max_tokens)
+    progress(f"phase 1: protocol overhead, {len(qs)} questions, interleaved a/b with alternating order")
+    direct: list[Run] = []
+    proto: list[Run] = []
+    for i, q in enumerate(qs):
+        if i % 2 == 0:
+            direct.append(await run_direct(engine, q, max_tokens, f"bench-direct-{i}"))
+            proto.append(await run_protocol(client, q, max_tokens))
+        else:
+            proto.append(await run_protocol(client, q, max_tokens))
+            direct.append(await run_direct(engine, q, max_tokens, f"bench-direct-{i}"))
+    token_mismatch = [i for i, (a, b) in enumerate(zip(direct, proto, strict=True)) if a.tokens != b.tokens]
+    text_mismatch = [i for i, (a, b) in enumerate(zip(direct, proto, strict=True)) if a.text != b.text]
+    wall_a, wall_b = median([r.wall_ms for r in direct]), median([r.wall_ms for r in proto])
+    ttft_a, ttft_b = median([r.ttft_ms for r in direct]), median([r.ttft_ms for r in proto])
+    return {
+        "requests": len(qs),
+        "max_tokens": max_tokens,
+        "direct_wall_ms_median": wall_a,
+        "protocol_wall_ms_median": wall_b,
+        "wall_ratio": wall_b / wall_a,
+        "wall_ratio_paired_median": statistics.median(b.wall_ms / a.wall_ms for a, b in zip(direct, proto, strict=True)),
+        "wall_ratio_target_max": WALL_RATIO_TARGET,
+        "wall_ratio_pass": wall_b / wall_a <= WALL_RATIO_TARGET,
+        "direct_ttft_ms_median": ttft_a,
+        "protocol_ttft_ms_median": ttft_b,
+        "ttft_ratio": ttft_b / ttft_a,
+        "server_total_ms_median": median([r.server_total_ms for r in proto]),
+        "server_ttft_ms_median": median([r.server_ttft_ms for r in proto]),
+        "direct_tokens": [r.tokens for r in direct],
+        "protocol_tokens": [r.tokens for r in proto],
+        "direct_tokens_total": sum(r.tokens for r in direct),
+        "protocol_tokens_total": sum(r.tokens for r in proto),
+        "token_count_mismatches": token_mismatch,
+        "text_mismatches": text_mismatch,
+        "direct_wall_ms": [round(r.wall_ms, 3) for r in direct],
+        "protocol_wall_ms": [round(r.wall_ms, 3) for r in proto],
+    }
+
+
+async def bench_batching(client, qs: list[str], max_tokens: int) -> dict[str, Any]:
+    progress(f"phase 2: batching, warm-up with {len(qs)} concurrent short requests (untimed)")
+    async with asyncio.timeout(BATCH_TIMEOUT_S):
+        await asyncio.gather(*(run_protocol(client, q, 8) for q in qs))
+
+    progress(f"phase 2: batching, {len(qs)} requests one after another")
+    started = time.perf_counter()
+    sequential = [await run_protocol(client, q, max_tokens) for q in qs]
+    seq_s = time.perf_counter() - started
+
+    progress(f"phase 2: batching, the same {len(qs)} requests concurrently")
+    started = time.perf_counter()
+    async with asyncio.timeout(BATCH_TIMEOUT_S):
+        concurrent = await asyncio.gather(*(run_protocol(client, q, max_tokens) for q in qs))
+    con_s = time.perf_counter() - started
+
+    seq_tokens = sum(r.tokens for r in sequential)
+    con_tokens = sum(r.tokens for r in concurrent)
+    seq_tps, con_tps = seq_tokens / seq_s, con_tokens / con_s
+    return {
+        "batch": len(qs),
+        "max_tokens": max_tokens,
+        "sequential_wall_s": seq_s,
+        "concurrent_wall_s": con_s,
+        "sequential_tokens": seq_tokens,
+        "concurrent_tokens": con_tokens,
+        "sequential_tokens_per_s": seq_tps,
+        "concurrent_tokens_per_s": con_tps,
+        "speedup": con_tps / seq_tps,
+        "speedup_target_min": BATCH_SPEEDUP_TARGET,
+        "speedup_pass": con_tps / seq_tps >= BATCH_SPEEDUP_TARGET,
+        "text_mismatches": [i for i, (a, b) in enumerate(zip(sequential, concurrent, strict=True)) if a.text != b.text],
+    }
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def report(overhead: dict[str, Any], batching: dict[str, Any], where: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    o, b = overhead, batching
+    print(f"setup: (b) = {where}")
+    if where.startswith("NodeServer in this process"):
+        print(
+            "note: client and server share this process's event loop (and the engine's output handler), "
+            "so (b) pays the client's work too: a conservative (pessimistic) overhead measure"
+        )
+    print(f"overhead.requests: {o['requests']} greedy requests per path, max_tokens {o['max_tokens']}")
+    print(
+        f"overhead.wall_median: direct {o['direct_wall_ms_median']:.1f} ms, protocol {o['protocol_wall_ms_median']:.1f} ms,"
+        f" ratio {o['wall_ratio']:.3f} (target ≤ {WALL_RATIO_TARGET:.2f}) {verdict(o['wall_ratio_pass'])}"
+    )
+    print(f"overhead.wall_ratio_paired_median: {o['wall_ratio_paired_median']:.3f} (median of per-question b/a)")
+    print(
+        f"overhead.ttft_median: direct {o['direct_ttft_ms_median']:.1f} ms, protocol {o['protocol_ttft_ms_median']:.1f} ms,"
+        f" ratio {o['ttft_ratio']:.3f} (no target)"
+    )
+    print(
+        f"overhead.server_side_median: total {o['server_total_ms_median']:.1f} ms, "
+        f"first token {o['server_ttft_ms_median']:.1f} ms (node's own timings from the done frame)"
+    )
+    equal = not o["token_count_mismatches"]
+    print(
+        f"overhead.tokens_per_request: direct {o['direct_tokens']}, protocol {o['protocol_tokens']}"
+        f" (totals {o['direct_tokens_total']} / {o['protocol_tokens_total']} tokens)"
+        f" {'equal' if equal else 'MISMATCH at questions ' + str(o['token_count_mismatches'])}"
+    )
+    if o["text_mismatches"]:
+        print(f"overhead.text: greedy texts differ at questions {o['text_mismatches']}")
+    print(
+        f"batching.sequential: {b['batch']} requests, {b['sequential_tokens']} tokens in {b['sequential_wall_s']:.2f} s"
+        f" = {b['sequential_tokens_per_s']:.1f} tokens/s"
+    )
+    print(
+        f"batching.concurrent: {b['batch']} requests, {b['concurrent_tokens']} tokens in {b['concurrent_wall_s']:.2f} s"
+        f" = {b['concurrent_tokens_per_s']:.1f} tokens/s"
+    )
+    print(
+        f"batching.speedup: {b['speedup']:.2f}x (target ≥ {BATCH_SPEEDUP_TARGET:g}x) {verdict(b['speedup_pass'])}"
+        + ("" if b["sequential_tokens"] == b["concurrent_tokens"] else " (token totals differ: batched float32 math)")
+    )
+
+    table = Table(title="bench_node summary")
+    for column in ("figure", "direct / sequential", "protocol / concurrent", "ratio", "target", "result"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    table.add_row(
+        "wall time, median",
+        f"{o['direct_wall_ms_median']:.1f} ms",
+        f"{o['protocol_wall_ms_median']:.1f} ms",
+        f"{o['wall_ratio']:.3f}",
+        f"≤ {WALL_RATIO_TARGET:.2f}",
+        verdict(o["wall_ratio_pass"]),
+    )
+    table.add_row(
+        "first token, median",
+        f"{o['direct_ttft_ms_median']:.1f} ms",
+        f"{o['protocol_ttft_ms_median']:.1f} ms",
+        f"{o['ttft_ratio']:.3f}",
+        "-",
+        "-",
+    )
+    table.add_row(
+        "tokens (all requests)",
+        f"{o['direct_tokens_total']}",
+        f"{o['protocol_tokens_total']}",
+        "",
+        "equal",
+        "OK" if equal else "MISMATCH",
+    )
+    table.add_row(
+        f"throughput, {b['batch']} requests",
+        f"{b['sequential_tokens_per_s']:.1f} tokens/s",
+        f"{b['concurrent_tokens_per_s']:.1f} tokens/s",
+        f"{b['speedup']:.2f}x",
+        f"≥ {BATCH_SPEEDUP_TARGET:g}x",
+        verdict(b["speedup_pass"]),
+    )
+    Console(highlight=False).print(table)
+
+
+async def main(args: argparse.Namespace) -> int:
+    from dellm_p2p.client import PeerClient
+    from dellm_p2p.engine.vllm_engine import VllmEngine
+    from dellm_p2p.models import resolve_model
+    from dellm_p2p.server import NodeServer
+
+    qs = questions(args.requests)
+    batch_qs = questions(args.batch)
+    capacity = max(32, args.batch)
+
+    progress("resolving the model")
+    async with asyncio.timeout(600):
+        model = await asyncio.to_thread(resolve_model, args.model)
+    progress(f"loading {model.name} into vLLM (about a minute, includes the warm-up request)")
+    engine = VllmEngine(model.path, name=model.name, dtype="float32", max_model_len=2048)
+    server = None
+    node = None
+    client = None
+    try:
+        started = time.perf_counter()
+        async with asyncio.timeout(ENGINE_START_TIMEOUT_S):
+            await engine.start()
+        progress(f"engine ready in {time.perf_counter() - started:.1f} s")
+        if args.subprocess_node:
+            from dellm_p2p.local import NodeProcess
+
+            progress("starting a dellm-node child process (loads its own engine)")
+            node_args = ["--max-concurrency", str(capacity), "--host", "127.0.0.1", "--port", "0"]
+            if args.model:
+                node_args += ["--model", model.path]
+            node = NodeProcess(node_args)
+            async with asyncio.timeout(ENGINE_START_TIMEOUT_S + 30):
+                url = await asyncio.to_thread(node.wait_ready, ENGINE_START_TIMEOUT_S)
+            where = f"dellm-node child process at {url}"
+        else:
+            server = NodeServer(engine, node_id="bench-node", name="bench", max_concurrency=capacity)
+            async with asyncio.timeout(30):
+                url = await server.start("127.0.0.1", 0)
+            where = f"NodeServer in this process at {url}, same engine"
+        progress(f"(b) = {where}")
+        client = await PeerClient.connect(url, name="bench", timeout_s=30)
+
+        overhead = await bench_overhead(engine, client, qs, args.max_tokens)
+        batching = await bench_batching(client, batch_qs, args.max_tokens)
+    finally:
+        progress("closing client, server and engine")
+        try:
+            if client is not None:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await client.close()
+        finally:
+            try:
+                if server is not None:
+                    async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                        await server.shutdown(0)
+                if node is not None:
+                    async with asyncio.timeout(CLOSE_TIMEOUT_S + 15):
+                        await asyncio.to_thread(node.stop, CLOSE_TIMEOUT_S)
+            finally:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await engine.close()
+
+    report(overhead, batching, where)
+    if args.json:
+        figures = {"model": model.name, "setup": where, "overhead": overhead, "batching": batching}
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20, help="questions per path in the overhead phase")
+    parser.add_argument("--max-tokens", type=int, default=48, help="max_tokens of every request [tokens]")
+    parser.add_argument("--batch", type=int, default=16, help="requests in the batching phase")
+    parser.add_argument("--model", default=None, help="local HF model directory (default: embedded SmolLM2-135M)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--subprocess-node",
+        action="store_true",
+        help="run path (b) and batching against a separate dellm-node child process",
+    )
+    args = parser.parse_args()
+    if args.requests < 1 or args.batch < 1 or args.max_tokens < 1:
+        parser.error("--requests, --batch and --max-tokens must be at least 1")
+    return args
+
+
+if __name__ == "__main__":
+    # Quiet vLLM before anything imports it (the engine imports it lazily).
+    setup_logging(0)
+    sys.exit(run(main(parse_args())))
