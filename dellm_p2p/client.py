@@ -30,8 +30,12 @@ from .protocol import (
     Error,
     ErrorCode,
     Generate,
+    GetPeers,
     GetStats,
     Hello,
+    MemberEntry,
+    Members,
+    Peers,
     Ping,
     Pong,
     ProtocolError,
@@ -113,6 +117,7 @@ class PeerClient:
         *,
         node_id: str | None = None,
         name: str = "client",
+        listen_url: str | None = None,
         timeout_s: float = 10.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> PeerClient:
@@ -121,6 +126,8 @@ class PeerClient:
         Args:
             url: ``ws://host:port`` of the node.
             node_id: our id in the hello (a random one for short-lived clients).
+            listen_url: our own ``ws://`` URL when we are a node, so the
+                peer can add us to its table; ``None`` for plain clients.
             timeout_s: deadline for connecting and the handshake [s].
             max_frame_bytes: largest frame we accept [bytes].
 
@@ -133,6 +140,7 @@ class PeerClient:
             node_id=node_id or f"client-{uuid.uuid4().hex[:12]}",
             name=name,
             software=f"dellm-p2p/{__version__}",
+            url=listen_url,
         )
         try:
             async with asyncio.timeout(timeout_s):
@@ -281,11 +289,19 @@ class PeerClient:
         """The node's counters (``stats`` frame). Raises :class:`PeerError`."""
         return await self._request(GetStats(nonce=next(self._nonces)), "stats", timeout_s)
 
+    async def members(self, entries: list[MemberEntry], timeout_s: float = 5.0) -> Members:
+        """Push-pull membership gossip: send our entries, return the peer's. Raises :class:`PeerError`."""
+        return await self._request(Members(nonce=next(self._nonces), entries=entries), "members", timeout_s)
+
+    async def peers(self, timeout_s: float = 5.0) -> Peers:
+        """The node's peer table (``peers`` frame). Raises :class:`PeerError`."""
+        return await self._request(GetPeers(nonce=next(self._nonces)), "peers", timeout_s)
+
     async def send_raw(self, frame: bytes | str) -> None:
         """Send an arbitrary frame (for tests and protocol debugging)."""
         await self._ws.send(frame)
 
-    async def _request(self, message: Ping | GetStats, reply_type: str, timeout_s: float):
+    async def _request(self, message: Ping | GetStats | Members | GetPeers, reply_type: str, timeout_s: float):
         key = (reply_type, message.nonce)
         future = asyncio.get_running_loop().create_future()
         self._waiters[key] = future
@@ -330,7 +346,7 @@ class PeerClient:
     def _dispatch(self, message) -> None:
         if isinstance(message, Token | Done | Error) and message.id in self._streams:
             self._streams[message.id].put_nowait(message)
-        elif isinstance(message, Pong | Stats):
+        elif isinstance(message, Pong | Stats | Peers) or (isinstance(message, Members) and message.reply):
             future = self._waiters.get((message.type, message.nonce))
             if future is not None and not future.done():
                 future.set_result(message)

@@ -42,6 +42,15 @@ class NodeConfig(BaseSettings):
         grace_period_s: time in-flight requests get at shutdown [s].
         state_dir: where the node keeps its id (default
             ``$XDG_STATE_HOME/dellm/nodes/<name>``).
+        peers: bootstrap peers (``ws://host:port``), contacted until they answer.
+        mdns: announce and browse on mDNS.
+        mdns_interfaces: IPv4 addresses for mDNS; default 127.0.0.1 when
+            listening on loopback, else all interfaces.
+        advertise_url: the URL peers should use (default from host and port).
+        gossip_interval_s: membership gossip period [s].
+        fanout: peers contacted per gossip round.
+        suspect_after_s: heartbeat silence before a peer is suspect [s].
+        dead_after_s: heartbeat silence before a peer is dead [s].
     """
 
     model_config = SettingsConfigDict(env_prefix="DELLM_", extra="forbid", validate_default=True)
@@ -63,6 +72,14 @@ class NodeConfig(BaseSettings):
     request_timeout_s: float = Field(default=600.0, gt=0)
     grace_period_s: float = Field(default=10.0, ge=0)
     state_dir: Path | None = None
+    peers: list[str] = Field(default_factory=list)
+    mdns: bool = True
+    mdns_interfaces: list[str] | None = None
+    advertise_url: str | None = None
+    gossip_interval_s: float = Field(default=0.5, gt=0)
+    fanout: int = Field(default=3, ge=1, le=64)
+    suspect_after_s: float = Field(default=3.0, gt=0)
+    dead_after_s: float = Field(default=8.0, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -70,6 +87,21 @@ class NodeConfig(BaseSettings):
         if not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError("use letters, digits, '-', '_' or '.'")
         return value
+
+    @field_validator("peers")
+    @classmethod
+    def _peer_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("ws://", "wss://")) or ":" not in url.split("//", 1)[1]:
+                raise ValueError(f"{url!r} is not a ws://host:port URL")
+        return value
+
+    @property
+    def resolved_mdns_interfaces(self) -> list[str] | None:
+        """mDNS interfaces: as configured, else loopback for a loopback node, else all (``None``)."""
+        if self.mdns_interfaces:
+            return self.mdns_interfaces
+        return ["127.0.0.1"] if self.host.startswith("127.") or self.host == "localhost" else None
 
     @property
     def resolved_state_dir(self) -> Path:
@@ -83,6 +115,8 @@ class NodeConfig(BaseSettings):
         """Cross-field checks. Raises :class:`ConfigError`."""
         if self.engine == "openai" and not self.openai_base_url:
             raise ConfigError("engine 'openai' needs openai_base_url (--openai-url)")
+        if self.dead_after_s <= self.suspect_after_s:
+            raise ConfigError("dead_after_s must be larger than suspect_after_s")
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:

@@ -14,7 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import NodeConfig
+from .discovery import MdnsDiscovery
 from .engine import Engine
+from .membership import Membership, PeerPool
+from .peer_table import PeerTable
 from .server import NodeServer
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,20 @@ def build_engine(config: NodeConfig, progress: ProgressCallback) -> Engine | Non
     )
 
 
+def _advertised_url(listen_url: str, port: int) -> str:
+    """The URL peers should dial: the listen URL, or the first LAN address for a wildcard host."""
+    host = listen_url.split("//", 1)[1].rsplit(":", 1)[0]
+    if host not in ("0.0.0.0", "::", "[::]"):
+        return listen_url
+    import ifaddr
+
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                return f"ws://{ip.ip}:{port}"
+    return f"ws://127.0.0.1:{port}"
+
+
 def _default_dtype() -> str:
     # The default model degenerates in bfloat16 on CPU (shared/notes/vllm-cpu.md).
     try:
@@ -101,6 +118,9 @@ class Node:
         self.engine: Engine | None = None
         self.server: NodeServer | None = None
         self._closing_server: NodeServer | None = None
+        self.table: PeerTable | None = None
+        self.membership: Membership | None = None
+        self.mdns: MdnsDiscovery | None = None
 
     async def start(self) -> str:
         """Load and warm up the model, then listen. Returns the ``ws://`` URL.
@@ -125,8 +145,48 @@ class Node:
             max_frame_bytes=config.max_frame_bytes,
             request_timeout_s=config.request_timeout_s,
         )
-        self.url = await self.server.start(config.host, config.port)
+        listen_url = await self.server.start(config.host, config.port)
+        self.url = config.advertise_url or _advertised_url(listen_url, self.server.port)
+        self.server.url = self.url
+        await self._join()
         return self.url
+
+    async def _join(self) -> None:
+        """Start membership gossip and mDNS discovery."""
+        config, server = self.config, self.server
+        assert server is not None
+        self.table = PeerTable(
+            self.node_id, self.url, suspect_after_s=config.suspect_after_s, dead_after_s=config.dead_after_s
+        )
+        pool = PeerPool(node_id=self.node_id, name=config.name, url=self.url, max_frame_bytes=config.max_frame_bytes)
+        hello = server.hello
+        self.membership = Membership(
+            node_id=self.node_id,
+            name=config.name,
+            url=self.url,
+            model=hello.model,
+            capacity=hello.capacity,
+            table=self.table,
+            pool=pool,
+            bootstrap=config.peers,
+            in_flight=lambda: server.in_flight,
+            gossip_interval_s=config.gossip_interval_s,
+            fanout=config.fanout,
+        )
+        server.membership = self.membership
+        await self.membership.start()
+        if config.mdns:
+            self.mdns = MdnsDiscovery(
+                node_id=self.node_id,
+                name=config.name,
+                port=server.port,
+                model=hello.model,
+                capacity=hello.capacity,
+                interfaces=config.resolved_mdns_interfaces,
+                on_found=self.membership.on_found,
+                on_removed=self.membership.on_removed,
+            )
+            await self.mdns.start()
 
     def cancel_in_flight(self) -> None:
         """Cancel every request being served (a running :meth:`close` then finishes at once)."""
@@ -137,6 +197,12 @@ class Node:
     async def close(self, grace_s: float | None = None) -> None:
         """Stop accepting, give in-flight work ``grace_s`` [s], release the engine. Idempotent."""
         grace = self.config.grace_period_s if grace_s is None else grace_s
+        mdns, self.mdns = self.mdns, None
+        if mdns is not None:
+            await mdns.close()  # goodbye first: peers drop us at once
+        membership, self.membership = self.membership, None
+        if membership is not None:
+            await membership.close()
         server, self.server = self.server, None
         if server is not None:
             self._closing_server = server

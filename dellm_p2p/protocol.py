@@ -19,13 +19,17 @@ Handshake
 The connecting side sends ``hello`` first; the accepting side answers with its
 own ``hello``. Until then the accepting side answers any other message with an
 ``error`` of code ``handshake_required``. A ``protocol`` it does not speak gets
-``unsupported_version`` and the connection is closed with code 4001.
+``unsupported_version`` and the connection is closed with code 4001; a hello
+carrying the receiver's own node id gets ``duplicate_node_id`` and close code
+4002 (two nodes share an id, e.g. a copied state directory).
 
 Messages (fields; units in brackets)
 ------------------------------------
 ``hello``     protocol (int), node_id (str), name (str), model (str | nil, nil for
               a peer that serves no model), capacity (int, max concurrent
-              requests), max_model_len (int | nil) [tokens], software (str).
+              requests), max_model_len (int | nil) [tokens], software (str),
+              url (str | nil: the sender's own listening ``ws://`` URL, so
+              the receiver can add it to its peer table; nil for clients).
 ``generate``  id, exactly one of messages (list of {role: system|user|assistant,
               content}) or prompt (str), params: max_tokens [tokens, 1..context]
               default 256, temperature (>= 0, 0 = greedy, <= 2) default 0,
@@ -49,6 +53,20 @@ Messages (fields; units in brackets)
               unknown or finished id is ignored (it may cross a ``done``).
 ``ping``      nonce (int). Answered at once by ``pong`` with the same nonce.
 ``pong``      nonce (int).
+``members``   nonce (int), reply (bool), entries (list of at most 4096 member
+              entries: node_id, url, name, model, capacity, incarnation (int,
+              the node's start time in ms since the epoch: a restart has a
+              higher one), heartbeat (int, increased by the node every gossip
+              round), state (alive | left), in_flight (int)). Membership
+              gossip, push-pull: a ``members`` with reply=false is answered
+              by the receiver's own ``members`` with reply=true and the same
+              nonce. An entry replaces what the receiver knows only when its
+              (incarnation, heartbeat) is higher.
+``get_peers`` nonce (int). Answered by ``peers``.
+``peers``     nonce, node_id, peers (rows of the node's peer table: node_id,
+              url, name, model, capacity, in_flight, rtt_ms [ms, EWMA of ping
+              round trips], fitness (0..1), last_seen_s [s ago], state
+              (alive | suspect | dead | left), source (how it was learned)).
 ``get_stats`` nonce (int). Answered by ``stats``.
 ``stats``     nonce (int), node_id, model, in_flight, capacity, requests_total,
               requests_failed, requests_cancelled, tokens_generated [tokens],
@@ -76,6 +94,8 @@ DEFAULT_MAX_FRAME_BYTES = 1 << 20
 MAX_CHOICES = 16
 MAX_STOP_STRINGS = 8
 CLOSE_UNSUPPORTED_VERSION = 4001
+CLOSE_DUPLICATE_ID = 4002
+MAX_MEMBER_ENTRIES = 4096
 
 
 class ErrorCode(StrEnum):
@@ -89,6 +109,7 @@ class ErrorCode(StrEnum):
     HANDSHAKE_REQUIRED = "handshake_required"
     UNSUPPORTED_VERSION = "unsupported_version"
     DUPLICATE_ID = "duplicate_id"  # request id already in flight on this connection
+    DUPLICATE_NODE_ID = "duplicate_node_id"  # a peer's hello carries our own node id
     OVERLOADED = "overloaded"  # node at capacity; try another peer
     NO_MODEL = "no_model"  # this node serves no model
     SHUTTING_DOWN = "shutting_down"
@@ -114,6 +135,7 @@ class Hello(_Message):
     capacity: Annotated[int, Field(ge=0)] = 0
     max_model_len: Annotated[int, Field(ge=1)] | None = None
     software: Annotated[str, Field(max_length=128)] = ""
+    url: Annotated[str, Field(max_length=256)] | None = None
 
 
 class ChatMessage(_Message):
@@ -216,13 +238,64 @@ class Stats(_Message):
     uptime_s: float = 0.0
 
 
+NodeId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class MemberEntry(_Message):
+    """One node as gossiped in ``members`` frames (see module docstring)."""
+
+    node_id: NodeId
+    url: Annotated[str, Field(min_length=1, max_length=256)]
+    name: Annotated[str, Field(max_length=128)] = ""
+    model: Annotated[str, Field(max_length=256)] | None = None
+    capacity: Annotated[int, Field(ge=0)] = 0
+    incarnation: Annotated[int, Field(ge=0)] = 0
+    heartbeat: Annotated[int, Field(ge=0)] = 0
+    state: Literal["alive", "left"] = "alive"
+    in_flight: Annotated[int, Field(ge=0)] = 0
+
+
+class Members(_Message):
+    type: Literal["members"] = "members"
+    nonce: int = 0
+    reply: bool = False
+    entries: Annotated[list[MemberEntry], Field(max_length=MAX_MEMBER_ENTRIES)] = []
+
+
+class PeerRow(_Message):
+    """One row of a node's peer table as reported by ``peers``."""
+
+    node_id: str
+    url: str
+    name: str = ""
+    model: str | None = None
+    capacity: int = 0
+    in_flight: int = 0
+    rtt_ms: float | None = None
+    fitness: float = 0.5
+    last_seen_s: float = 0.0
+    state: str = "alive"
+    source: str = ""
+
+
+class GetPeers(_Message):
+    type: Literal["get_peers"] = "get_peers"
+    nonce: int = 0
+
+
+class Peers(_Message):
+    type: Literal["peers"] = "peers"
+    nonce: int = 0
+    node_id: str
+    peers: list[PeerRow] = []
+
+
+_TYPES = (Hello, Generate, Token, Done, Error, Cancel, Ping, Pong, GetStats, Stats, Members, GetPeers, Peers)
 Message = Annotated[
-    Hello | Generate | Token | Done | Error | Cancel | Ping | Pong | GetStats | Stats,
+    Hello | Generate | Token | Done | Error | Cancel | Ping | Pong | GetStats | Stats | Members | GetPeers | Peers,
     Field(discriminator="type"),
 ]
-MESSAGE_TYPES = frozenset(
-    m.model_fields["type"].default for m in (Hello, Generate, Token, Done, Error, Cancel, Ping, Pong, GetStats, Stats)
-)
+MESSAGE_TYPES = frozenset(m.model_fields["type"].default for m in _TYPES)
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)
 
 

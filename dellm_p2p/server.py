@@ -15,13 +15,19 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection
 
 from . import __version__
 from .engine import Delta, Engine, EngineError, GenerationRequest, PromptTooLongError
+
+if TYPE_CHECKING:
+    from .membership import Membership
+
 from .protocol import (
+    CLOSE_DUPLICATE_ID,
     CLOSE_UNSUPPORTED_VERSION,
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -30,8 +36,11 @@ from .protocol import (
     Error,
     ErrorCode,
     Generate,
+    GetPeers,
     GetStats,
     Hello,
+    Members,
+    Peers,
     Ping,
     Pong,
     ProtocolError,
@@ -89,6 +98,8 @@ class NodeServer:
         self.counters = ServerCounters()
         self.in_flight = 0
         self.shutting_down = False
+        self.membership: Membership | None = None  # set by the node when it joins a network
+        self.url: str | None = None
         self._server: Server | None = None
         self._sessions: set[_Session] = set()
         self._session_ids = itertools.count(1)
@@ -108,6 +119,7 @@ class NodeServer:
             capacity=self.max_concurrency if info else 0,
             max_model_len=info.max_model_len if info else None,
             software=f"dellm-p2p/{__version__}",
+            url=self.url,
         )
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -122,7 +134,9 @@ class NodeServer:
             ping_timeout=20,
         )
         sock_host, sock_port = next(iter(self._server.sockets)).getsockname()[:2]
-        return f"ws://{sock_host}:{sock_port}"
+        self.port = sock_port
+        self.url = f"ws://{sock_host}:{sock_port}"
+        return self.url
 
     def stats(self, nonce: int = 0) -> Stats:
         """Current counters as a ``stats`` frame."""
@@ -248,9 +262,17 @@ class _Session:
                 await self.send(Pong(nonce=message.nonce))
             case GetStats():
                 await self.send(self.server.stats(message.nonce))
+            case Members() if not message.reply:
+                membership = self.server.membership
+                entries = membership.on_members(message.entries) if membership is not None else []
+                await self.send(Members(nonce=message.nonce, reply=True, entries=entries))
+            case GetPeers():
+                membership = self.server.membership
+                rows = membership.table.rows() if membership is not None else []
+                await self.send(Peers(nonce=message.nonce, node_id=self.server.node_id, peers=rows))
             case Error():
                 log.info("peer %s reported %s: %s", self.remote, message.code, message.message)
-            case Pong() | Hello():
+            case Pong() | Hello() | Members():
                 pass
             case _:
                 await self.send(
@@ -273,8 +295,16 @@ class _Session:
             await self.send(Error(code=ErrorCode.UNSUPPORTED_VERSION, message=reason))
             await self.ws.close(CLOSE_UNSUPPORTED_VERSION, reason[:120])
             return
+        if message.node_id == self.server.node_id:
+            reason = f"node id {message.node_id} is ours: two nodes share an id (copied state directory?)"
+            log.error("peer %s: %s", self.remote, reason)
+            await self.send(Error(code=ErrorCode.DUPLICATE_NODE_ID, message=reason))
+            await self.ws.close(CLOSE_DUPLICATE_ID, "duplicate node id")
+            return
         self.peer = message
         await self.send(self.server.hello)
+        if self.server.membership is not None:
+            self.server.membership.on_hello(message)
 
     async def _on_generate(self, message: Generate, requests: asyncio.TaskGroup) -> None:
         server = self.server

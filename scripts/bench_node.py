@@ -8,7 +8,10 @@
    alternating each round, after one untimed warm-up of each path.
 2. Batching: ``--batch`` requests through the protocol sent concurrently versus
    the same requests one after another; throughput = completion tokens / wall
-   seconds.
+   seconds. Two workloads, both greedy: the capitals questions of phase 1
+   (short answers of uneven length, so the concurrent run waits for its
+   longest answer) and essay prompts that all run to ``--max-tokens`` (equal
+   work per request: the figure of the batching itself).
 
 Everything listens on and connects to 127.0.0.1 only. Usage::
 
@@ -47,6 +50,8 @@ COUNTRIES = [
     "Switzerland", "Ukraine", "Romania", "Bulgaria", "Croatia", "Serbia", "Czechia", "Slovakia", "Ghana", "Ethiopia",
 ]  # fmt: skip
 TEMPLATES = ["What is the capital of {}?", "Which city is the capital of {}? Answer briefly."]
+# Long-answer prompts: every request runs to max_tokens, so each one is the same amount of work.
+ESSAY_TEMPLATE = "Write a long essay about the history of {}."
 
 
 def questions(count: int) -> list[str]:
@@ -55,6 +60,13 @@ def questions(count: int) -> list[str]:
     if count > len(pool):
         raise SystemExit(f"bench_node: at most {len(pool)} different questions are available")
     return pool[:count]
+
+
+def essay_prompts(count: int) -> list[str]:
+    """``count`` different prompts whose answers are longer than any sensible ``--max-tokens``."""
+    if count > len(COUNTRIES):
+        raise SystemExit(f"bench_node: at most {len(COUNTRIES)} concurrent requests are available")
+    return [ESSAY_TEMPLATE.format(c) for c in COUNTRIES[:count]]
 
 
 def progress(message: str) -> None:
@@ -69,6 +81,7 @@ class Run:
     ttft_ms: float | None
     tokens: int
     text: str
+    finish_reason: str | None = None
     server_total_ms: float | None = None
     server_ttft_ms: float | None = None
 
@@ -86,6 +99,7 @@ async def run_direct(engine, question: str, max_tokens: int, request_id: str) ->
     first: float | None = None
     tokens = 0
     parts: list[str] = []
+    reason = None
     async with asyncio.timeout(REQUEST_TIMEOUT_S):
         stream = engine.generate(request, request_id)
         async with contextlib.aclosing(stream):
@@ -94,7 +108,8 @@ async def run_direct(engine, question: str, max_tokens: int, request_id: str) ->
                     first = (time.perf_counter() - started) * 1000
                 tokens += delta.tokens
                 parts.append(delta.text)
-    return Run((time.perf_counter() - started) * 1000, first, tokens, "".join(parts))
+                reason = delta.finish_reason or reason
+    return Run((time.perf_counter() - started) * 1000, first, tokens, "".join(parts), reason)
 
 
 async def run_protocol(client, question: str, max_tokens: int) -> Run:
@@ -114,6 +129,7 @@ async def run_protocol(client, question: str, max_tokens: int) -> Run:
         done.first_token_ms,
         done.done.usage.completion_tokens,
         done.text,
+        done.done.finish_reasons[0],
         done.done.timings.total_ms,
         done.done.timings.first_token_ms,
     )
@@ -138,8 +154,7 @@ async def bench_overhead(engine, client, qs: list[str], max_tokens: int) -> dict
         else:
             proto.append(await run_protocol(client, q, max_tokens))
             direct.append(await run_direct(engine, q, max_tokens, f"bench-direct-{i}"))
-    token_mismatch = [i for i, (a, b) in enumerate(zip(direct, proto, strict=True)) if a.tokens != b.tokens]
-    text_mismatch = [i for i, (a, b) in enumerate(zip(direct, proto, strict=True)) if a.text != b.text]
+    pairs = list(zip(direct, proto, strict=True))
     wall_a, wall_b = median([r.wall_ms for r in direct]), median([r.wall_ms for r in proto])
     ttft_a, ttft_b = median([r.ttft_ms for r in direct]), median([r.ttft_ms for r in proto])
     return {
@@ -148,7 +163,7 @@ async def bench_overhead(engine, client, qs: list[str], max_tokens: int) -> dict
         "direct_wall_ms_median": wall_a,
         "protocol_wall_ms_median": wall_b,
         "wall_ratio": wall_b / wall_a,
-        "wall_ratio_paired_median": statistics.median(b.wall_ms / a.wall_ms for a, b in zip(direct, proto, strict=True)),
+        "wall_ratio_paired_median": statistics.median(b.wall_ms / a.wall_ms for a, b in pairs),
         "wall_ratio_target_max": WALL_RATIO_TARGET,
         "wall_ratio_pass": wall_b / wall_a <= WALL_RATIO_TARGET,
         "direct_ttft_ms_median": ttft_a,
@@ -160,24 +175,21 @@ async def bench_overhead(engine, client, qs: list[str], max_tokens: int) -> dict
         "protocol_tokens": [r.tokens for r in proto],
         "direct_tokens_total": sum(r.tokens for r in direct),
         "protocol_tokens_total": sum(r.tokens for r in proto),
-        "token_count_mismatches": token_mismatch,
-        "text_mismatches": text_mismatch,
+        "token_count_mismatches": [i for i, (a, b) in enumerate(pairs) if a.tokens != b.tokens],
+        "text_mismatches": [i for i, (a, b) in enumerate(pairs) if a.text != b.text],
         "direct_wall_ms": [round(r.wall_ms, 3) for r in direct],
         "protocol_wall_ms": [round(r.wall_ms, 3) for r in proto],
     }
 
 
-async def bench_batching(client, qs: list[str], max_tokens: int) -> dict[str, Any]:
-    progress(f"phase 2: batching, warm-up with {len(qs)} concurrent short requests (untimed)")
-    async with asyncio.timeout(BATCH_TIMEOUT_S):
-        await asyncio.gather(*(run_protocol(client, q, 8) for q in qs))
-
-    progress(f"phase 2: batching, {len(qs)} requests one after another")
+async def bench_batching(client, label: str, qs: list[str], max_tokens: int) -> dict[str, Any]:
+    """The same ``qs`` through the protocol one after another, then all at once."""
+    progress(f"phase 2: batching ({label}), {len(qs)} requests one after another")
     started = time.perf_counter()
     sequential = [await run_protocol(client, q, max_tokens) for q in qs]
     seq_s = time.perf_counter() - started
 
-    progress(f"phase 2: batching, the same {len(qs)} requests concurrently")
+    progress(f"phase 2: batching ({label}), the same {len(qs)} requests concurrently")
     started = time.perf_counter()
     async with asyncio.timeout(BATCH_TIMEOUT_S):
         concurrent = await asyncio.gather(*(run_protocol(client, q, max_tokens) for q in qs))
@@ -186,77 +198,97 @@ async def bench_batching(client, qs: list[str], max_tokens: int) -> dict[str, An
     seq_tokens = sum(r.tokens for r in sequential)
     con_tokens = sum(r.tokens for r in concurrent)
     seq_tps, con_tps = seq_tokens / seq_s, con_tokens / con_s
+    pairs = list(zip(sequential, concurrent, strict=True))
     return {
+        "label": label,
         "batch": len(qs),
         "max_tokens": max_tokens,
         "sequential_wall_s": seq_s,
         "concurrent_wall_s": con_s,
         "sequential_tokens": seq_tokens,
         "concurrent_tokens": con_tokens,
+        "tokens_per_request": [r.tokens for r in sequential],
+        "all_ran_to_max_tokens": all(r.tokens == max_tokens for r in [*sequential, *concurrent]),
         "sequential_tokens_per_s": seq_tps,
         "concurrent_tokens_per_s": con_tps,
         "speedup": con_tps / seq_tps,
         "speedup_target_min": BATCH_SPEEDUP_TARGET,
         "speedup_pass": con_tps / seq_tps >= BATCH_SPEEDUP_TARGET,
-        "text_mismatches": [i for i, (a, b) in enumerate(zip(sequential, concurrent, strict=True)) if a.text != b.text],
+        "text_mismatches": [i for i, (a, b) in enumerate(pairs) if a.text != b.text],
     }
+
+
+async def bench_all_batching(client, batch: int, max_tokens: int) -> list[dict[str, Any]]:
+    capitals, essays = questions(batch), essay_prompts(batch)
+    progress(f"phase 2: batching, warm-up with {batch} concurrent short requests (untimed)")
+    async with asyncio.timeout(BATCH_TIMEOUT_S):
+        await asyncio.gather(*(run_protocol(client, q, 8) for q in capitals))
+    return [
+        await bench_batching(client, "capitals questions", capitals, max_tokens),
+        await bench_batching(client, "essay prompts", essays, max_tokens),
+    ]
 
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def report(overhead: dict[str, Any], batching: dict[str, Any], where: str) -> None:
+def report(results: dict[str, Any]) -> None:
+    """Print one line per figure, then a summary table (stdout)."""
     from rich.console import Console
     from rich.table import Table
 
-    o, b = overhead, batching
-    print(f"setup: (b) = {where}")
-    if where.startswith("NodeServer in this process"):
+    o, where = results["overhead"], results["setup"]
+    print(f"model: {results['model']}")
+    print(f"setup: (a) = VllmEngine in this process; (b) = {where}")
+    if results["same_process"]:
         print(
-            "note: client and server share this process's event loop (and the engine's output handler), "
-            "so (b) pays the client's work too: a conservative (pessimistic) overhead measure"
+            "note: client and server share this process's event loop with the engine's output handler, "
+            "so (b) also pays for the client's work: a conservative (pessimistic) overhead measure"
         )
     print(f"overhead.requests: {o['requests']} greedy requests per path, max_tokens {o['max_tokens']}")
     print(
-        f"overhead.wall_median: direct {o['direct_wall_ms_median']:.1f} ms, protocol {o['protocol_wall_ms_median']:.1f} ms,"
-        f" ratio {o['wall_ratio']:.3f} (target ≤ {WALL_RATIO_TARGET:.2f}) {verdict(o['wall_ratio_pass'])}"
+        f"overhead.wall_median: direct {o['direct_wall_ms_median']:.1f} ms, "
+        f"protocol {o['protocol_wall_ms_median']:.1f} ms, "
+        f"ratio {o['wall_ratio']:.3f} (target ≤ {WALL_RATIO_TARGET:.2f}) {verdict(o['wall_ratio_pass'])}"
     )
     print(f"overhead.wall_ratio_paired_median: {o['wall_ratio_paired_median']:.3f} (median of per-question b/a)")
     print(
-        f"overhead.ttft_median: direct {o['direct_ttft_ms_median']:.1f} ms, protocol {o['protocol_ttft_ms_median']:.1f} ms,"
-        f" ratio {o['ttft_ratio']:.3f} (no target)"
+        f"overhead.ttft_median: direct {o['direct_ttft_ms_median']:.1f} ms, "
+        f"protocol {o['protocol_ttft_ms_median']:.1f} ms, ratio {o['ttft_ratio']:.3f} (no target)"
     )
     print(
         f"overhead.server_side_median: total {o['server_total_ms_median']:.1f} ms, "
-        f"first token {o['server_ttft_ms_median']:.1f} ms (node's own timings from the done frame)"
+        f"first token {o['server_ttft_ms_median']:.1f} ms (the node's own timings, from the done frame)"
     )
     equal = not o["token_count_mismatches"]
     print(
-        f"overhead.tokens_per_request: direct {o['direct_tokens']}, protocol {o['protocol_tokens']}"
-        f" (totals {o['direct_tokens_total']} / {o['protocol_tokens_total']} tokens)"
-        f" {'equal' if equal else 'MISMATCH at questions ' + str(o['token_count_mismatches'])}"
+        f"overhead.tokens_per_request: direct {o['direct_tokens']}, protocol {o['protocol_tokens']} "
+        f"(totals {o['direct_tokens_total']} / {o['protocol_tokens_total']} tokens) "
+        + ("equal" if equal else f"MISMATCH at questions {o['token_count_mismatches']}")
     )
     if o["text_mismatches"]:
         print(f"overhead.text: greedy texts differ at questions {o['text_mismatches']}")
-    print(
-        f"batching.sequential: {b['batch']} requests, {b['sequential_tokens']} tokens in {b['sequential_wall_s']:.2f} s"
-        f" = {b['sequential_tokens_per_s']:.1f} tokens/s"
-    )
-    print(
-        f"batching.concurrent: {b['batch']} requests, {b['concurrent_tokens']} tokens in {b['concurrent_wall_s']:.2f} s"
-        f" = {b['concurrent_tokens_per_s']:.1f} tokens/s"
-    )
-    print(
-        f"batching.speedup: {b['speedup']:.2f}x (target ≥ {BATCH_SPEEDUP_TARGET:g}x) {verdict(b['speedup_pass'])}"
-        + ("" if b["sequential_tokens"] == b["concurrent_tokens"] else " (token totals differ: batched float32 math)")
-    )
+    for b in results["batching"]:
+        key = "batching." + b["label"].replace(" ", "_")
+        lengths = "every request ran to max_tokens" if b["all_ran_to_max_tokens"] else "uneven answer lengths"
+        print(f"{key}.tokens_per_request: {b['tokens_per_request']} ({lengths}, max_tokens {b['max_tokens']})")
+        for mode in ("sequential", "concurrent"):
+            print(
+                f"{key}.{mode}: {b['batch']} requests, {b[mode + '_tokens']} tokens in {b[mode + '_wall_s']:.2f} s"
+                f" = {b[mode + '_tokens_per_s']:.1f} tokens/s"
+            )
+        same = b["sequential_tokens"] == b["concurrent_tokens"]
+        print(
+            f"{key}.speedup: {b['speedup']:.2f}x (target ≥ {BATCH_SPEEDUP_TARGET:g}x) {verdict(b['speedup_pass'])}"
+            + ("" if same else " (token totals differ between the runs: batched float32 arithmetic)")
+        )
 
-    table = Table(title="bench_node summary")
-    for column in ("figure", "direct / sequential", "protocol / concurrent", "ratio", "target", "result"):
+    table = Table(title=f"bench_node summary ({results['model']})")
+    for column in ("figure", "direct | sequential", "protocol | concurrent", "ratio", "target", "result"):
         table.add_column(column, justify="left" if column == "figure" else "right")
     table.add_row(
-        "wall time, median",
+        "wall time per request, median",
         f"{o['direct_wall_ms_median']:.1f} ms",
         f"{o['protocol_wall_ms_median']:.1f} ms",
         f"{o['wall_ratio']:.3f}",
@@ -272,32 +304,34 @@ def report(overhead: dict[str, Any], batching: dict[str, Any], where: str) -> No
         "-",
     )
     table.add_row(
-        "tokens (all requests)",
+        "tokens generated, all requests",
         f"{o['direct_tokens_total']}",
         f"{o['protocol_tokens_total']}",
         "",
         "equal",
         "OK" if equal else "MISMATCH",
     )
-    table.add_row(
-        f"throughput, {b['batch']} requests",
-        f"{b['sequential_tokens_per_s']:.1f} tokens/s",
-        f"{b['concurrent_tokens_per_s']:.1f} tokens/s",
-        f"{b['speedup']:.2f}x",
-        f"≥ {BATCH_SPEEDUP_TARGET:g}x",
-        verdict(b["speedup_pass"]),
-    )
-    Console(highlight=False).print(table)
+    for b in results["batching"]:
+        table.add_row(
+            f"throughput, {b['batch']} {b['label']}",
+            f"{b['sequential_tokens_per_s']:.1f} tokens/s",
+            f"{b['concurrent_tokens_per_s']:.1f} tokens/s",
+            f"{b['speedup']:.2f}x",
+            f"≥ {BATCH_SPEEDUP_TARGET:g}x",
+            verdict(b["speedup_pass"]),
+        )
+    Console(highlight=False, width=max(110, Console().width)).print(table)
 
 
-async def main(args: argparse.Namespace) -> int:
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the engine, serve it, run both phases; returns the figures."""
     from dellm_p2p.client import PeerClient
     from dellm_p2p.engine.vllm_engine import VllmEngine
     from dellm_p2p.models import resolve_model
     from dellm_p2p.server import NodeServer
 
     qs = questions(args.requests)
-    batch_qs = questions(args.batch)
+    essay_prompts(args.batch)  # fail before loading anything if --batch is too large
     capacity = max(32, args.batch)
 
     progress("resolving the model")
@@ -316,24 +350,24 @@ async def main(args: argparse.Namespace) -> int:
         if args.subprocess_node:
             from dellm_p2p.local import NodeProcess
 
-            progress("starting a dellm-node child process (loads its own engine)")
+            progress("starting a dellm-node child process (it loads its own engine)")
             node_args = ["--max-concurrency", str(capacity), "--host", "127.0.0.1", "--port", "0"]
             if args.model:
                 node_args += ["--model", model.path]
             node = NodeProcess(node_args)
             async with asyncio.timeout(ENGINE_START_TIMEOUT_S + 30):
                 url = await asyncio.to_thread(node.wait_ready, ENGINE_START_TIMEOUT_S)
-            where = f"dellm-node child process at {url}"
+            where = f"dellm-node child process at {url} (its own engine)"
         else:
             server = NodeServer(engine, node_id="bench-node", name="bench", max_concurrency=capacity)
             async with asyncio.timeout(30):
                 url = await server.start("127.0.0.1", 0)
-            where = f"NodeServer in this process at {url}, same engine"
+            where = f"PeerClient -> NodeServer in this process at {url}, serving the same engine"
         progress(f"(b) = {where}")
         client = await PeerClient.connect(url, name="bench", timeout_s=30)
 
         overhead = await bench_overhead(engine, client, qs, args.max_tokens)
-        batching = await bench_batching(client, batch_qs, args.max_tokens)
+        batching = await bench_all_batching(client, args.batch, args.max_tokens)
     finally:
         progress("closing client, server and engine")
         try:
@@ -351,26 +385,26 @@ async def main(args: argparse.Namespace) -> int:
             finally:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await engine.close()
-
-    report(overhead, batching, where)
-    if args.json:
-        figures = {"model": model.name, "setup": where, "overhead": overhead, "batching": batching}
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"figures written to {args.json}")
-    return 0
+    return {
+        "model": model.name,
+        "setup": where,
+        "same_process": not args.subprocess_node,
+        "overhead": overhead,
+        "batching": batching,
+    }
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20, help="questions per path in the overhead phase")
     parser.add_argument("--max-tokens", type=int, default=48, help="max_tokens of every request [tokens]")
-    parser.add_argument("--batch", type=int, default=16, help="requests in the batching phase")
+    parser.add_argument("--batch", type=int, default=16, help="concurrent requests in the batching phase")
     parser.add_argument("--model", default=None, help="local HF model directory (default: embedded SmolLM2-135M)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     parser.add_argument(
         "--subprocess-node",
         action="store_true",
-        help="run path (b) and batching against a separate dellm-node child process",
+        help="run path (b) and the batching phase against a separate dellm-node child process",
     )
     args = parser.parse_args()
     if args.requests < 1 or args.batch < 1 or args.max_tokens < 1:
@@ -381,4 +415,9 @@ def parse_args() -> argparse.Namespace:
 if __name__ == "__main__":
     # Quiet vLLM before anything imports it (the engine imports it lazily).
     setup_logging(0)
-    sys.exit(run(main(parse_args())))
+    arguments = parse_args()
+    figures = run(main(arguments))
+    report(figures)
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"figures written to {arguments.json}")

@@ -19,8 +19,13 @@ from dellm_p2p.protocol import (
     Error,
     ErrorCode,
     Generate,
+    GetPeers,
     GetStats,
     Hello,
+    MemberEntry,
+    Members,
+    PeerRow,
+    Peers,
     Ping,
     Pong,
     ProtocolError,
@@ -132,6 +137,24 @@ ROUND_TRIP = [
             uptime_s=3600.5,
         ),
         id="stats",
+    ),
+    pytest.param(
+        Members(
+            nonce=3,
+            reply=True,
+            entries=[
+                MemberEntry(node_id="n1", url="ws://127.0.0.1:1", model="m", capacity=4, incarnation=9, heartbeat=2),
+                MemberEntry(node_id="n2", url="ws://127.0.0.1:2", state="left"),
+            ],
+        ),
+        id="members",
+    ),
+    pytest.param(GetPeers(nonce=4), id="get_peers"),
+    pytest.param(
+        Peers(
+            nonce=4, node_id="n0", peers=[PeerRow(node_id="n1", url="ws://127.0.0.1:1", rtt_ms=0.4, state="suspect")]
+        ),
+        id="peers",
     ),
 ]
 

@@ -7,15 +7,18 @@ stderr with a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
 import click
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from ..client import PeerClient, PeerError
-from ..protocol import MAX_CHOICES, SamplingParams, Token
+from ..discovery import browse
+from ..protocol import MAX_CHOICES, PeerRow, SamplingParams, Token
 from ..runtime import run, setup_logging
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -123,6 +126,67 @@ async def _stats(peer: str, as_json: bool) -> int:
         table.add_row(key, str(value))
     out.print(table)
     return 0
+
+
+@main.command()
+@click.option("--peer", metavar="URL", help="Ask this node (default: the first node found by mDNS).")
+@click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
+@click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
+def peers(peer: str | None, interfaces: tuple[str, ...], discover_timeout: float, as_json: bool, watch: bool) -> None:
+    """Show the network as one node sees it: peers, RTT, fitness, state."""
+    try:
+        sys.exit(run(_peers(peer, list(interfaces) or None, discover_timeout, as_json, watch)))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _peers(peer: str | None, interfaces: list[str] | None, discover_s: float, as_json: bool, watch: bool) -> int:
+    try:
+        url = peer or await _discover_one(interfaces, discover_s)
+        async with await PeerClient.connect(url) as client:
+            if not watch:
+                rows = await _peer_rows(client)
+                out.print_json(json.dumps(rows)) if as_json else out.print(_peer_table(rows, url))
+                return 0
+            with Live(console=out, auto_refresh=False) as live:
+                while True:
+                    live.update(_peer_table(await _peer_rows(client), url), refresh=True)
+                    await asyncio.sleep(1.0)
+    except PeerError as exc:
+        err.print(f"dellm: error: {exc}")
+        return 1
+
+
+async def _discover_one(interfaces: list[str] | None, timeout_s: float) -> str:
+    found = await browse(interfaces, timeout_s)
+    if not found:
+        where = ", ".join(interfaces) if interfaces else "all interfaces"
+        raise PeerError("no_peers", f"no dellm node answered on mDNS ({where}) within {timeout_s:g} s; try --peer URL")
+    return found[0].url
+
+
+async def _peer_rows(client: PeerClient) -> list[dict]:
+    remote = client.remote
+    table = await client.peers()
+    me = PeerRow(node_id=remote.node_id, url=client.url, name=remote.name, model=remote.model,
+                 capacity=remote.capacity, state="self", source="self")  # fmt: skip
+    return [row.model_dump() for row in [me, *table.peers]]
+
+
+def _peer_table(rows: list[dict], url: str) -> Table:
+    alive = sum(r["state"] in ("alive", "self") for r in rows)
+    table = Table(title=f"dellm network seen from {url}: {alive} alive of {len(rows)}")
+    for column in ("name", "node id", "url", "model", "cap", "in-flight", "rtt ms", "fitness", "seen s ago", "state"):
+        table.add_column(column, justify="right" if column in ("cap", "in-flight", "rtt ms", "fitness") else "left")
+    colors = {"alive": "green", "self": "bold green", "suspect": "yellow", "dead": "red", "left": "dim"}
+    for r in rows:
+        rtt = f"{r['rtt_ms']:.2f}" if r["rtt_ms"] is not None else "-"
+        state = f"[{colors.get(r['state'], 'white')}]{r['state']}[/]"
+        table.add_row(r["name"], r["node_id"], r["url"], r["model"] or "(none)", str(r["capacity"]),
+                      str(r["in_flight"]), rtt, f"{r['fitness']:.3f}", f"{r['last_seen_s']:.1f}", state)  # fmt: skip
+    return table
 
 
 if __name__ == "__main__":

@@ -44,10 +44,20 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 @click.option("--max-model-len", type=click.IntRange(16), help="Context window in tokens (default 2048).")
 @click.option("--kv-cache-gib", type=click.FloatRange(0, min_open=True), help="vLLM CPU KV cache in GiB (default 1).")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the node id is kept.")
+@click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap peer ws://host:port (repeatable).")
+@click.option("--no-mdns", is_flag=True, default=None, help="Do not announce or browse on mDNS.")
+@click.option(
+    "--mdns-interface", "mdns_interfaces", multiple=True, metavar="IP", help="IPv4 address for mDNS (repeatable)."
+)
+@click.option("--advertise-url", metavar="URL", help="The ws:// URL peers should use to reach this node.")
 @click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug and vLLM logs.")
-def main(config_path: str | None, no_model: bool | None, verbose: int, **options) -> None:
+def main(config_path: str | None, no_model: bool | None, no_mdns: bool | None, verbose: int, **options) -> None:
     """Serve a language model to dellm peers over websockets."""
     setup_logging(verbose)
+    if no_mdns:
+        options["mdns"] = False
+    for key in ("peers", "mdns_interfaces"):  # empty = not given: keep the file's value
+        options[key] = list(options[key]) or None
     if no_model:
         options["engine"] = "none"
     elif options.get("openai_url") and not options.get("engine"):

@@ -1,0 +1,267 @@
+"""Membership: bootstrap peers, peer exchange by gossip, liveness and RTT.
+
+Every ``gossip_interval_s`` a node raises its heartbeat, applies the
+failure-detection timeouts of its :class:`~dellm_p2p.peer_table.PeerTable`,
+and exchanges member lists (push-pull ``members`` frames) with ``fanout``
+peers: first peers it has never reached (new from mDNS, bootstrap or
+gossip), then random alive ones. Each exchange also pings the peer, feeding
+its RTT EWMA. A node that knows one peer therefore learns the rest within a
+few rounds (O(log N) rounds for N nodes), and silence propagates as suspect,
+then dead.
+
+Connections are pooled (:class:`PeerPool`): one websocket per peer, reused by
+gossip and by coordinators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from .client import PeerClient, PeerError
+from .discovery import Announcement
+from .peer_table import PeerState, PeerTable
+from .protocol import DEFAULT_MAX_FRAME_BYTES, Hello, MemberEntry
+
+log = logging.getLogger(__name__)
+
+
+class PeerPool:
+    """One reusable :class:`PeerClient` per peer URL.
+
+    Args:
+        node_id, name, url: our identity, sent in every ``hello``.
+        connect_timeout_s: deadline for connect plus handshake [s].
+        max_frame_bytes: largest frame accepted from peers [bytes].
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        name: str,
+        url: str | None,
+        connect_timeout_s: float = 3.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ):
+        self.node_id, self.name, self.url = node_id, name, url
+        self.connect_timeout_s = connect_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self._clients: dict[str, PeerClient] = {}
+        self._connecting: dict[str, asyncio.Future[PeerClient]] = {}
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def clients(self) -> list[PeerClient]:
+        return [c for c in self._clients.values() if not c.closed]
+
+    async def get(self, url: str) -> PeerClient:
+        """The open connection to ``url``, connecting if needed.
+
+        Raises:
+            PeerError: the peer cannot be reached or fails the handshake.
+        """
+        client = self._clients.get(url)
+        if client is not None and not client.closed:
+            return client
+        pending = self._connecting.get(url)
+        if pending is None:  # one connect per URL even when many callers race
+            pending = asyncio.ensure_future(self._connect(url))
+            self._connecting[url] = pending
+            pending.add_done_callback(lambda _: self._connecting.pop(url, None))
+        return await asyncio.shield(pending)
+
+    async def _connect(self, url: str) -> PeerClient:
+        client = await PeerClient.connect(
+            url,
+            node_id=self.node_id,
+            name=self.name,
+            listen_url=self.url,
+            timeout_s=self.connect_timeout_s,
+            max_frame_bytes=self.max_frame_bytes,
+        )
+        old = self._clients.pop(url, None)
+        if old is not None:
+            await old.close()
+        self._clients[url] = client
+        return client
+
+    async def drop(self, url: str) -> None:
+        """Close and forget the connection to ``url``."""
+        client = self._clients.pop(url, None)
+        if client is not None:
+            await client.close()
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+class Membership:
+    """Keeps a node's peer table current. Hooks: :meth:`on_members`, :meth:`on_hello`, mDNS callbacks.
+
+    Args:
+        node_id, name, url: our identity (``url`` is our reachable ``ws://`` URL).
+        model, capacity: what we serve, gossiped to peers.
+        table: the peer table to maintain.
+        pool: connection pool shared with the coordinator.
+        bootstrap: ``ws://`` URLs contacted until they answer.
+        in_flight: returns how many requests we serve now (gossiped).
+        gossip_interval_s: time between rounds [s].
+        fanout: peers contacted per round.
+        rpc_timeout_s: deadline of one exchange (connect, ping, members) [s].
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        name: str,
+        url: str,
+        model: str | None,
+        capacity: int,
+        table: PeerTable,
+        pool: PeerPool,
+        bootstrap: list[str] | None = None,
+        in_flight: Callable[[], int] = lambda: 0,
+        gossip_interval_s: float = 0.5,
+        fanout: int = 3,
+        rpc_timeout_s: float = 3.0,
+    ):
+        self.node_id, self.name, self.url = node_id, name, url
+        self.model, self.capacity = model, capacity
+        self.table = table
+        self.pool = pool
+        self.bootstrap = [u for u in (bootstrap or []) if u != url]
+        self.in_flight = in_flight
+        self.gossip_interval_s = gossip_interval_s
+        self.fanout = fanout
+        self.rpc_timeout_s = rpc_timeout_s
+        self.incarnation = time.time_ns() // 1_000_000
+        self.heartbeat = 0
+        self.left = False
+        self._unreachable: dict[str, float] = {}  # url -> time of the last failed attempt
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+
+    def self_entry(self) -> MemberEntry:
+        return MemberEntry(
+            node_id=self.node_id,
+            url=self.url,
+            name=self.name,
+            model=self.model,
+            capacity=self.capacity,
+            incarnation=self.incarnation,
+            heartbeat=self.heartbeat,
+            state="left" if self.left else "alive",
+            in_flight=self.in_flight(),
+        )
+
+    def digest(self) -> list[MemberEntry]:
+        return [self.self_entry(), *self.table.digest()]
+
+    async def start(self) -> None:
+        """Start gossiping in the background."""
+        self._task = asyncio.create_task(self._run(), name="dellm-membership")
+
+    async def close(self, goodbye_timeout_s: float = 1.0) -> None:
+        """Tell connected peers we leave (best effort, bounded), then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.left = True
+        self.heartbeat += 1
+        goodbye = self.digest()[:1]
+        clients = self.pool.clients()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(goodbye_timeout_s):
+                await asyncio.gather(*(c.members(goodbye) for c in clients), return_exceptions=True)
+        await self.pool.close()
+
+    # Hooks called by the server and by mDNS discovery.
+
+    def on_members(self, entries: list[MemberEntry]) -> list[MemberEntry]:
+        """A peer pushed its member list: merge it and answer with ours."""
+        if self.table.observe_all(entries):
+            self._wake.set()
+        return self.digest()
+
+    def on_hello(self, hello: Hello) -> None:
+        """A peer connected to us: a node with a URL becomes a candidate peer."""
+        if hello.url and hello.node_id != self.node_id:
+            self._add(hello.node_id, hello.url, "inbound", hello.model, hello.capacity, hello.name)
+
+    def on_found(self, found: Announcement) -> None:
+        """mDNS found a peer."""
+        self._add(found.node_id, found.url, "mdns", found.model, found.capacity, "")
+
+    def on_removed(self, node_id: str) -> None:
+        """mDNS goodbye: the peer stopped cleanly."""
+        self.table.mark_left(node_id)
+
+    def _add(self, node_id: str, url: str, source: str, model: str | None, capacity: int, name: str) -> None:
+        if node_id not in self.table or self.table.get(node_id).state is not PeerState.ALIVE:
+            self.table.add_candidate(node_id, url, source, model=model, capacity=capacity, name=name)
+            self._wake.set()  # contact it now rather than at the next tick
+
+    # The gossip loop.
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._round()
+            except Exception:  # one bad round must not stop membership
+                log.exception("gossip round failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.gossip_interval_s):
+                    await self._wake.wait()
+
+    async def _round(self) -> None:
+        self.heartbeat += 1
+        for node_id, state in self.table.sweep():
+            if state is PeerState.DEAD:
+                peer = self.table.get(node_id)
+                if peer is not None:
+                    await self.pool.drop(peer.url)
+        async with asyncio.TaskGroup() as tasks:
+            for url in self._targets():
+                tasks.create_task(self._exchange(url))
+
+    def _targets(self) -> list[str]:
+        now = time.monotonic()
+        retry_after = max(5 * self.gossip_interval_s, 2.0)
+        peers = self.table.alive()
+        fresh = [p.url for p in peers if p.rtt_ms is None]
+        known_urls = {p.url for p in self.table.records()}
+        boot = [u for u in self.bootstrap if u not in known_urls]
+        candidates = [u for u in dict.fromkeys(boot + fresh) if now - self._unreachable.get(u, -1e9) > retry_after]
+        rest = [p.url for p in peers if p.url not in candidates]
+        random.shuffle(rest)
+        return candidates[: max(self.fanout, 8)] + rest[: max(0, self.fanout - len(candidates))]
+
+    async def _exchange(self, url: str) -> None:
+        try:
+            async with asyncio.timeout(self.rpc_timeout_s):
+                client = await self.pool.get(url)
+                rtt = await client.ping(self.rpc_timeout_s)
+                reply = await client.members(self.digest(), self.rpc_timeout_s)
+        except (PeerError, TimeoutError) as exc:
+            await self.pool.drop(url)
+            if url not in self._unreachable:
+                log.warning("cannot reach peer at %s: %s", url, exc)
+            self._unreachable[url] = time.monotonic()
+            return
+        self._unreachable.pop(url, None)
+        remote = client.remote
+        if remote.node_id == self.node_id:
+            return
+        self._add(remote.node_id, url, "bootstrap", remote.model, remote.capacity, remote.name)
+        self.table.observe_all(reply.entries)
+        self.table.record_rtt(remote.node_id, rtt)

@@ -1,0 +1,274 @@
+"""The peer table: what a node knows about every other node, and failure detection.
+
+Pure bookkeeping, no I/O (the gossip service in :mod:`dellm_p2p.membership`
+feeds it). Liveness follows gossip-style failure detection (van Renesse,
+Minsky and Hayden, 1998): every node increases its own heartbeat counter each
+round and gossips it; a peer whose heartbeat has not advanced for
+``suspect_after_s`` becomes *suspect*, after ``dead_after_s`` *dead* (out of
+routing), and is forgotten after ``forget_after_s``. A node that stops
+cleanly gossips state *left* (and says goodbye over mDNS): peers drop it at
+once. A restarted node has a higher incarnation (its start time), so it
+rejoins with the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .protocol import MemberEntry, PeerRow
+
+log = logging.getLogger(__name__)
+
+
+class PeerState(StrEnum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+@dataclass
+class PeerRecord:
+    """One known peer.
+
+    Attributes:
+        node_id, url, name, model, capacity: as the peer announces them.
+        incarnation: the peer's start time [ms since the epoch].
+        heartbeat: the highest heartbeat counter seen for it.
+        in_flight: requests the peer reported serving.
+        rtt_ms: EWMA of our ping round trips to it [ms], ``None`` until measured.
+        fitness: routing fitness in [0, 1] (the coordinator's reward rule).
+        last_seen: ``clock()`` when its heartbeat last advanced or it answered us [s].
+        state: alive, suspect, dead or left.
+        source: how we learned of it (mdns, bootstrap, gossip, inbound).
+    """
+
+    node_id: str
+    url: str
+    name: str = ""
+    model: str | None = None
+    capacity: int = 0
+    incarnation: int = 0
+    heartbeat: int = 0
+    in_flight: int = 0
+    rtt_ms: float | None = None
+    fitness: float = 0.5
+    last_seen: float = 0.0
+    state: PeerState = PeerState.ALIVE
+    source: str = "gossip"
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (self.incarnation, self.heartbeat)
+
+    def entry(self) -> MemberEntry:
+        """This record as a gossip entry."""
+        return MemberEntry(
+            node_id=self.node_id,
+            url=self.url,
+            name=self.name,
+            model=self.model,
+            capacity=self.capacity,
+            incarnation=self.incarnation,
+            heartbeat=self.heartbeat,
+            state="left" if self.state is PeerState.LEFT else "alive",
+            in_flight=self.in_flight,
+        )
+
+    def row(self, now: float) -> PeerRow:
+        """This record as a row of a ``peers`` frame."""
+        return PeerRow(
+            node_id=self.node_id,
+            url=self.url,
+            name=self.name,
+            model=self.model,
+            capacity=self.capacity,
+            in_flight=self.in_flight,
+            rtt_ms=round(self.rtt_ms, 3) if self.rtt_ms is not None else None,
+            fitness=round(self.fitness, 4),
+            last_seen_s=round(max(0.0, now - self.last_seen), 3),
+            state=self.state.value,
+            source=self.source,
+        )
+
+
+class PeerTable:
+    """Known peers keyed by node id, with timeouts-driven state.
+
+    Args:
+        self_id: our node id (entries for it are never stored; a foreign
+            entry carrying it is a duplicate id and is reported once).
+        self_url: our URL, to tell our own entry from a duplicate's.
+        suspect_after_s: silence before a peer is suspect [s].
+        dead_after_s: silence before a peer is dead and out of routing [s].
+        forget_after_s: silence before a dead or left peer is dropped [s].
+        max_peers: table size bound; entries beyond it are ignored.
+        rtt_alpha: EWMA weight of a new RTT sample.
+        clock: monotonic clock [s] (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        self_id: str,
+        self_url: str = "",
+        *,
+        suspect_after_s: float = 3.0,
+        dead_after_s: float = 8.0,
+        forget_after_s: float = 60.0,
+        max_peers: int = 4096,
+        rtt_alpha: float = 0.3,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.self_id = self_id
+        self.self_url = self_url
+        self.suspect_after_s = suspect_after_s
+        self.dead_after_s = dead_after_s
+        self.forget_after_s = forget_after_s
+        self.max_peers = max_peers
+        self.rtt_alpha = rtt_alpha
+        self.clock = clock
+        self.duplicates: set[str] = set()
+        self._peers: dict[str, PeerRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __contains__(self, node_id: str) -> bool:
+        return node_id in self._peers
+
+    def get(self, node_id: str) -> PeerRecord | None:
+        return self._peers.get(node_id)
+
+    def records(self) -> list[PeerRecord]:
+        return list(self._peers.values())
+
+    def alive(self) -> list[PeerRecord]:
+        """Peers that may receive work: alive or suspect (not dead, not left)."""
+        return [p for p in self._peers.values() if p.state in (PeerState.ALIVE, PeerState.SUSPECT)]
+
+    def by_url(self, url: str) -> PeerRecord | None:
+        return next((p for p in self._peers.values() if p.url == url), None)
+
+    def observe(self, entry: MemberEntry, source: str = "gossip") -> bool:
+        """Merge one gossip entry; returns True when it told us something new.
+
+        An entry wins only with a higher (incarnation, heartbeat) than ours,
+        so stale gossip never revives a dead peer.
+        """
+        if entry.node_id == self.self_id:
+            if entry.url != self.self_url and entry.node_id not in self.duplicates:
+                self.duplicates.add(entry.node_id)
+                log.error("duplicate node id %s: another node at %s uses our id", entry.node_id, entry.url)
+            return False
+        now = self.clock()
+        known = self._peers.get(entry.node_id)
+        if known is None:
+            if entry.state == "left" or len(self._peers) >= self.max_peers:
+                return False
+            self._peers[entry.node_id] = self._record(entry, source, now)
+            log.info("peer %s joined at %s (%s)", entry.node_id, entry.url, source)
+            return True
+        if (entry.incarnation, entry.heartbeat) <= known.version:
+            return False
+        if entry.url != known.url and entry.incarnation == known.incarnation:
+            log.warning("node id %s is announced from %s and %s: duplicate id?", entry.node_id, known.url, entry.url)
+        if known.state in (PeerState.DEAD, PeerState.LEFT) and entry.state == "alive":
+            log.info("peer %s rejoined at %s", entry.node_id, entry.url)
+        fitness, rtt = known.fitness, known.rtt_ms
+        updated = self._record(entry, known.source, now)
+        updated.fitness, updated.rtt_ms = fitness, rtt if entry.url == known.url else None
+        self._peers[entry.node_id] = updated
+        return True
+
+    def add_candidate(self, node_id: str, url: str, source: str, **fields) -> None:
+        """Add a peer heard of outside gossip (mDNS, inbound hello) if unknown or revived."""
+        known = self._peers.get(node_id)
+        if node_id == self.self_id or (known is not None and known.state is PeerState.ALIVE):
+            return
+        if known is None and len(self._peers) >= self.max_peers:
+            return
+        record = PeerRecord(node_id=node_id, url=url, source=source, last_seen=self.clock(), **fields)
+        if known is not None:  # dead or left before: keep its version so only newer gossip wins
+            record.incarnation, record.heartbeat, record.fitness = known.incarnation, known.heartbeat, known.fitness
+        self._peers[node_id] = record
+
+    def touch(self, node_id: str) -> None:
+        """The peer answered us directly: it is alive now."""
+        peer = self._peers.get(node_id)
+        if peer is not None and peer.state is not PeerState.LEFT:
+            peer.last_seen = self.clock()
+            peer.state = PeerState.ALIVE
+
+    def record_rtt(self, node_id: str, rtt_ms: float) -> None:
+        """Fold a ping round trip [ms] into the peer's EWMA."""
+        peer = self._peers.get(node_id)
+        if peer is not None:
+            a = self.rtt_alpha
+            peer.rtt_ms = rtt_ms if peer.rtt_ms is None else (1 - a) * peer.rtt_ms + a * rtt_ms
+            self.touch(node_id)
+
+    def mark_left(self, node_id: str) -> None:
+        """The peer said goodbye (mDNS removal or a *left* entry)."""
+        peer = self._peers.get(node_id)
+        if peer is not None and peer.state is not PeerState.LEFT:
+            peer.state = PeerState.LEFT
+            log.info("peer %s left", node_id)
+
+    def sweep(self) -> list[tuple[str, PeerState]]:
+        """Apply timeouts; returns the (node_id, new state) transitions."""
+        now = self.clock()
+        changes: list[tuple[str, PeerState]] = []
+        for node_id, peer in list(self._peers.items()):
+            silent = now - peer.last_seen
+            if peer.state in (PeerState.DEAD, PeerState.LEFT):
+                if silent > self.forget_after_s:
+                    del self._peers[node_id]
+                continue
+            new = (
+                PeerState.DEAD
+                if silent > self.dead_after_s
+                else PeerState.SUSPECT
+                if silent > self.suspect_after_s
+                else PeerState.ALIVE
+            )
+            if new is not peer.state:
+                peer.state = new
+                changes.append((node_id, new))
+                if new is PeerState.DEAD:
+                    log.warning("peer %s at %s is dead (silent for %.1f s)", node_id, peer.url, silent)
+        return changes
+
+    def digest(self) -> list[MemberEntry]:
+        """Entries worth gossiping: alive peers and recent goodbyes.
+
+        Suspect and dead peers are not passed on, so stale news dies out.
+        """
+        return [p.entry() for p in self._peers.values() if p.state in (PeerState.ALIVE, PeerState.LEFT)]
+
+    def rows(self) -> list[PeerRow]:
+        now = self.clock()
+        return [p.row(now) for p in sorted(self._peers.values(), key=lambda p: (p.name, p.node_id))]
+
+    @staticmethod
+    def _record(entry: MemberEntry, source: str, now: float) -> PeerRecord:
+        return PeerRecord(
+            node_id=entry.node_id,
+            url=entry.url,
+            name=entry.name,
+            model=entry.model,
+            capacity=entry.capacity,
+            incarnation=entry.incarnation,
+            heartbeat=entry.heartbeat,
+            in_flight=entry.in_flight,
+            last_seen=now,
+            state=PeerState.LEFT if entry.state == "left" else PeerState.ALIVE,
+            source=source,
+        )
+
+    def observe_all(self, entries: Iterable[MemberEntry], source: str = "gossip") -> int:
+        """Merge many entries; returns how many told us something new."""
+        return sum(self.observe(e, source) for e in entries)
