@@ -25,7 +25,7 @@ from collections.abc import Callable
 from .client import PeerClient, PeerError
 from .discovery import Announcement
 from .peer_table import PeerState, PeerTable
-from .protocol import DEFAULT_MAX_FRAME_BYTES, Hello, MemberEntry
+from .protocol import DEFAULT_MAX_FRAME_BYTES, ErrorCode, Hello, MemberEntry
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,10 @@ class Membership:
         except (PeerError, TimeoutError) as exc:
             await self.pool.drop(url)
             if url not in self._unreachable:
-                log.warning("cannot reach peer at %s: %s", url, exc)
+                if getattr(exc, "code", None) == ErrorCode.DUPLICATE_NODE_ID:
+                    log.error("peer at %s refused us: %s", url, exc)
+                else:
+                    log.warning("cannot reach peer at %s: %s", url, exc or "timed out")
             self._unreachable[url] = time.monotonic()
             return
         self._unreachable.pop(url, None)

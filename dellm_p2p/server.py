@@ -296,7 +296,7 @@ class _Session:
             await self.ws.close(CLOSE_UNSUPPORTED_VERSION, reason[:120])
             return
         if message.node_id == self.server.node_id:
-            reason = f"node id {message.node_id} is ours: two nodes share an id (copied state directory?)"
+            reason = f"duplicate node id {message.node_id}: the peer uses this node's id (copied state directory?)"
             log.error("peer %s: %s", self.remote, reason)
             await self.send(Error(code=ErrorCode.DUPLICATE_NODE_ID, message=reason))
             await self.ws.close(CLOSE_DUPLICATE_ID, "duplicate node id")
