@@ -108,6 +108,8 @@ class PeerClient:
         self._waiters: dict[tuple[str, int], asyncio.Future] = {}
         self._nonces = itertools.count(1)
         self._closed_reason: str | None = None
+        self.bytes_sent = 0  # websocket payload bytes since the handshake
+        self.bytes_received = 0
         self._reader = asyncio.create_task(self._read_loop(), name=f"dellm-reader {url}")
 
     @classmethod
@@ -319,14 +321,17 @@ class PeerClient:
     async def _send(self, message) -> None:
         if self.closed:
             raise PeerError(ErrorCode.CONNECTION_LOST, self._closed_reason or "connection closed")
+        frame = encode(message)
+        self.bytes_sent += len(frame)
         try:
-            await self._ws.send(encode(message))
+            await self._ws.send(frame)
         except websockets.exceptions.ConnectionClosed as exc:
             raise PeerError(ErrorCode.CONNECTION_LOST, f"connection to {self.url} closed: {exc}") from None
 
     async def _read_loop(self) -> None:
         try:
             async for frame in self._ws:
+                self.bytes_received += len(frame)
                 try:
                     message = decode(frame)
                 except ProtocolError as exc:

@@ -52,10 +52,25 @@ class PeerPool:
         self.connect_timeout_s = connect_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self._clients: dict[str, PeerClient] = {}
+        self._closed_bytes = [0, 0]  # sent, received by connections already closed
         self._connecting: dict[str, asyncio.Future[PeerClient]] = {}
 
     def __len__(self) -> int:
         return len(self._clients)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes sent on pooled connections, closed ones included."""
+        return self._closed_bytes[0] + sum(c.bytes_sent for c in self._clients.values())
+
+    @property
+    def bytes_received(self) -> int:
+        """Payload bytes received on pooled connections, closed ones included."""
+        return self._closed_bytes[1] + sum(c.bytes_received for c in self._clients.values())
+
+    def _retire(self, client: PeerClient) -> None:
+        self._closed_bytes[0] += client.bytes_sent
+        self._closed_bytes[1] += client.bytes_received
 
     def clients(self) -> list[PeerClient]:
         return [c for c in self._clients.values() if not c.closed]
@@ -87,6 +102,7 @@ class PeerPool:
         )
         old = self._clients.pop(url, None)
         if old is not None:
+            self._retire(old)
             await old.close()
         self._clients[url] = client
         return client
@@ -95,10 +111,13 @@ class PeerPool:
         """Close and forget the connection to ``url``."""
         client = self._clients.pop(url, None)
         if client is not None:
+            self._retire(client)
             await client.close()
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            self._retire(client)
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 

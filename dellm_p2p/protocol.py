@@ -70,6 +70,8 @@ Messages (fields; units in brackets)
 ``get_stats`` nonce (int). Answered by ``stats``.
 ``stats``     nonce (int), node_id, model, in_flight, capacity, requests_total,
               requests_failed, requests_cancelled, tokens_generated [tokens],
+              bytes_sent, bytes_received [bytes of websocket payload, all
+              connections of the node, both directions of dialing],
               engine_running (requests the engine is still computing),
               uptime_s [s].
 
@@ -234,6 +236,8 @@ class Stats(_Message):
     requests_failed: int = 0
     requests_cancelled: int = 0
     tokens_generated: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
     engine_running: int = 0
     uptime_s: float = 0.0
 

@@ -63,6 +63,8 @@ class ServerCounters:
     requests_failed: int = 0
     requests_cancelled: int = 0
     tokens_generated: int = 0
+    bytes_sent: int = 0  # websocket payload bytes, all inbound connections
+    bytes_received: int = 0
 
 
 class NodeServer:
@@ -151,6 +153,9 @@ class NodeServer:
             requests_failed=self.counters.requests_failed,
             requests_cancelled=self.counters.requests_cancelled,
             tokens_generated=self.counters.tokens_generated,
+            bytes_sent=self.counters.bytes_sent + (self.membership.pool.bytes_sent if self.membership else 0),
+            bytes_received=self.counters.bytes_received
+            + (self.membership.pool.bytes_received if self.membership else 0),
             engine_running=engine_running,
             uptime_s=round(time.monotonic() - self._started, 3),
         )
@@ -238,10 +243,13 @@ class _Session:
             task.cancel()
 
     async def send(self, message) -> None:
+        frame = encode(message)
+        self.server.counters.bytes_sent += len(frame)
         with contextlib.suppress(websockets.exceptions.ConnectionClosed):
-            await self.ws.send(encode(message))
+            await self.ws.send(frame)
 
     async def _on_frame(self, frame: bytes | str, requests: asyncio.TaskGroup) -> None:
+        self.server.counters.bytes_received += len(frame)
         try:
             message = decode(frame)
         except ProtocolError as exc:
