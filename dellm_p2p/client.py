@@ -39,6 +39,8 @@ from .protocol import (
     Ping,
     Pong,
     ProtocolError,
+    RewardRecord,
+    Rewards,
     SamplingParams,
     Stats,
     Token,
@@ -291,13 +293,24 @@ class PeerClient:
         """The node's counters (``stats`` frame). Raises :class:`PeerError`."""
         return await self._request(GetStats(nonce=next(self._nonces)), "stats", timeout_s)
 
-    async def members(self, entries: list[MemberEntry], timeout_s: float = 5.0) -> Members:
-        """Push-pull membership gossip: send our entries, return the peer's. Raises :class:`PeerError`."""
-        return await self._request(Members(nonce=next(self._nonces), entries=entries), "members", timeout_s)
+    async def members(
+        self, entries: list[MemberEntry], timeout_s: float = 5.0, rewards: list[RewardRecord] | None = None
+    ) -> Members:
+        """Push-pull membership gossip: send our entries (and recent rewards), return the peer's.
+
+        Raises:
+            PeerError: ``timeout`` or ``connection_lost``.
+        """
+        message = Members(nonce=next(self._nonces), entries=entries, rewards=rewards or [])
+        return await self._request(message, "members", timeout_s)
 
     async def peers(self, timeout_s: float = 5.0) -> Peers:
         """The node's peer table (``peers`` frame). Raises :class:`PeerError`."""
         return await self._request(GetPeers(nonce=next(self._nonces)), "peers", timeout_s)
+
+    async def rewards(self, records: list[RewardRecord]) -> None:
+        """Push reward records (fitness gossip; no reply). Raises :class:`PeerError` if the connection is gone."""
+        await self._send(Rewards(records=records))
 
     async def send_raw(self, frame: bytes | str) -> None:
         """Send an arbitrary frame (for tests and protocol debugging)."""

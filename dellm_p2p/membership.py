@@ -21,11 +21,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .client import PeerClient, PeerError
 from .discovery import Announcement
 from .peer_table import PeerState, PeerTable
-from .protocol import DEFAULT_MAX_FRAME_BYTES, ErrorCode, Hello, MemberEntry
+from .protocol import DEFAULT_MAX_FRAME_BYTES, ErrorCode, Hello, MemberEntry, Members, RewardRecord
+
+if TYPE_CHECKING:
+    from .fitness import FitnessBook
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +129,9 @@ class Membership:
     """Keeps a node's peer table current. Hooks: :meth:`on_members`, :meth:`on_hello`, mDNS callbacks.
 
     Args:
-        node_id, name, url: our identity (``url`` is our reachable ``ws://`` URL).
+        node_id, name, url: our identity (``url`` is our reachable ``ws://``
+            URL; ``None`` for a short-lived coordinator that only observes:
+            it is not gossiped and says no goodbye).
         model, capacity: what we serve, gossiped to peers.
         table: the peer table to maintain.
         pool: connection pool shared with the coordinator.
@@ -141,7 +147,7 @@ class Membership:
         *,
         node_id: str,
         name: str,
-        url: str,
+        url: str | None,
         model: str | None,
         capacity: int,
         table: PeerTable,
@@ -167,8 +173,11 @@ class Membership:
         self._unreachable: dict[str, float] = {}  # url -> time of the last failed attempt
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self.fitness: FitnessBook | None = None  # set by the owner: reward records ride along (anti-entropy)
 
-    def self_entry(self) -> MemberEntry:
+    def self_entry(self) -> MemberEntry | None:
+        if self.url is None:
+            return None
         return MemberEntry(
             node_id=self.node_id,
             url=self.url,
@@ -182,7 +191,8 @@ class Membership:
         )
 
     def digest(self) -> list[MemberEntry]:
-        return [self.self_entry(), *self.table.digest()]
+        me = self.self_entry()
+        return [me, *self.table.digest()] if me is not None else self.table.digest()
 
     async def start(self) -> None:
         """Start gossiping in the background."""
@@ -196,20 +206,26 @@ class Membership:
                 await self._task
         self.left = True
         self.heartbeat += 1
-        goodbye = self.digest()[:1]
-        clients = self.pool.clients()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(goodbye_timeout_s):
-                await asyncio.gather(*(c.members(goodbye) for c in clients), return_exceptions=True)
+        goodbye = self.self_entry()
+        if goodbye is not None:
+            clients = self.pool.clients()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(goodbye_timeout_s):
+                    await asyncio.gather(*(c.members([goodbye]) for c in clients), return_exceptions=True)
         await self.pool.close()
 
     # Hooks called by the server and by mDNS discovery.
 
-    def on_members(self, entries: list[MemberEntry]) -> list[MemberEntry]:
-        """A peer pushed its member list: merge it and answer with ours."""
-        if self.table.observe_all(entries):
+    def on_members(self, message: Members) -> Members:
+        """A peer pushed its member list (and recent rewards): merge them, answer with ours."""
+        if self.table.observe_all(message.entries):
             self._wake.set()
-        return self.digest()
+        if self.fitness is not None:
+            self.fitness.receive(message.rewards)
+        return Members(nonce=message.nonce, reply=True, entries=self.digest(), rewards=self._recent_rewards())
+
+    def _recent_rewards(self) -> list[RewardRecord]:
+        return self.fitness.recent() if self.fitness is not None else []
 
     def on_hello(self, hello: Hello) -> None:
         """A peer connected to us: a node with a URL becomes a candidate peer."""
@@ -270,7 +286,7 @@ class Membership:
             async with asyncio.timeout(self.rpc_timeout_s):
                 client = await self.pool.get(url)
                 rtt = await client.ping(self.rpc_timeout_s)
-                reply = await client.members(self.digest(), self.rpc_timeout_s)
+                reply = await client.members(self.digest(), self.rpc_timeout_s, rewards=self._recent_rewards())
         except (PeerError, TimeoutError) as exc:
             await self.pool.drop(url)
             if url not in self._unreachable:
@@ -287,3 +303,5 @@ class Membership:
         self._add(remote.node_id, url, "bootstrap", remote.model, remote.capacity, remote.name)
         self.table.observe_all(reply.entries)
         self.table.record_rtt(remote.node_id, rtt)
+        if self.fitness is not None:
+            self.fitness.receive(reply.rewards)

@@ -16,6 +16,7 @@ from pathlib import Path
 from .config import NodeConfig
 from .discovery import MdnsDiscovery
 from .engine import Engine
+from .fitness import FitnessBook
 from .membership import Membership, PeerPool
 from .peer_table import PeerTable
 from .server import NodeServer
@@ -121,6 +122,8 @@ class Node:
         self.table: PeerTable | None = None
         self.membership: Membership | None = None
         self.mdns: MdnsDiscovery | None = None
+        self.fitness: FitnessBook | None = None
+        self._saver: asyncio.Task | None = None
 
     async def start(self) -> str:
         """Load and warm up the model, then listen. Returns the ``ws://`` URL.
@@ -174,6 +177,12 @@ class Node:
             fanout=config.fanout,
         )
         server.membership = self.membership
+        self.fitness = FitnessBook(
+            self.node_id, self.table, path=config.resolved_state_dir / "fitness.json", pool=pool, fanout=config.fanout
+        )
+        server.fitness = self.fitness
+        self.membership.fitness = self.fitness
+        self._saver = asyncio.create_task(self._save_fitness(), name="dellm-fitness-saver")
         await self.membership.start()
         if config.mdns:
             self.mdns = MdnsDiscovery(
@@ -187,6 +196,16 @@ class Node:
                 on_removed=self.membership.on_removed,
             )
             await self.mdns.start()
+
+    async def _save_fitness(self, every_s: float = 5.0) -> None:
+        """Persist fitness every few seconds when it changed, so a crash loses little."""
+        while True:
+            await asyncio.sleep(every_s)
+            if self.fitness is not None:
+                try:
+                    await asyncio.to_thread(self.fitness.save)
+                except OSError as exc:
+                    log.warning("cannot save fitness: %s", exc)
 
     def cancel_in_flight(self) -> None:
         """Cancel every request being served (a running :meth:`close` then finishes at once)."""
@@ -203,6 +222,11 @@ class Node:
         membership, self.membership = self.membership, None
         if membership is not None:
             await membership.close()
+        if self._saver is not None:
+            self._saver.cancel()
+        fitness, self.fitness = self.fitness, None
+        if fitness is not None:
+            await fitness.close()
         server, self.server = self.server, None
         if server is not None:
             self._closing_server = server

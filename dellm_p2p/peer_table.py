@@ -132,6 +132,8 @@ class PeerTable:
         self.rtt_alpha = rtt_alpha
         self.clock = clock
         self.duplicates: set[str] = set()
+        # Fitness a newly known peer starts with (the fitness book restores saved values).
+        self.initial_fitness: Callable[[str], float] = lambda node_id: 0.5
         self._peers: dict[str, PeerRecord] = {}
 
     def __len__(self) -> int:
@@ -169,7 +171,9 @@ class PeerTable:
         if known is None:
             if entry.state == "left" or len(self._peers) >= self.max_peers:
                 return False
-            self._peers[entry.node_id] = self._record(entry, source, now)
+            record = self._record(entry, source, now)
+            record.fitness = self.initial_fitness(entry.node_id)
+            self._peers[entry.node_id] = record
             log.info("peer %s joined at %s (%s)", entry.node_id, entry.url, source)
             return True
         if (entry.incarnation, entry.heartbeat) <= known.version:
@@ -192,6 +196,7 @@ class PeerTable:
         if known is None and len(self._peers) >= self.max_peers:
             return
         record = PeerRecord(node_id=node_id, url=url, source=source, last_seen=self.clock(), **fields)
+        record.fitness = self.initial_fitness(node_id)
         if known is not None:  # dead or left before: keep its version so only newer gossip wins
             record.incarnation, record.heartbeat, record.fitness = known.incarnation, known.heartbeat, known.fitness
         self._peers[node_id] = record

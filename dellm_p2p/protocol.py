@@ -61,12 +61,22 @@ Messages (fields; units in brackets)
               gossip, push-pull: a ``members`` with reply=false is answered
               by the receiver's own ``members`` with reply=true and the same
               nonce. An entry replaces what the receiver knows only when its
-              (incarnation, heartbeat) is higher.
+              (incarnation, heartbeat) is higher. rewards (list of reward
+              records, see ``rewards``) carries the sender's recent records:
+              anti-entropy, so a record that push gossip missed still
+              reaches every node.
 ``get_peers`` nonce (int). Answered by ``peers``.
-``peers``     nonce, node_id, peers (rows of the node's peer table: node_id,
+``peers``     nonce, node_id, fitness (the node's own), peers (rows of the node's peer table: node_id,
               url, name, model, capacity, in_flight, rtt_ms [ms, EWMA of ping
               round trips], fitness (0..1), last_seen_s [s ago], state
               (alive | suspect | dead | left), source (how it was learned)).
+``rewards``   records (list of at most 1024: id (unique, for deduplication),
+              issuer (coordinator node id), node_id (the rewarded peer),
+              reward (-1..1), chunk, ts [s since the epoch], hops). Fitness
+              gossip, no reply: a node applies each record it has not seen
+              (fitness <- 0.9 * fitness + 0.1 * (fitness + reward), clamped
+              to [0, 1]) and forwards it with hops + 1 to a few peers while
+              hops < 6.
 ``get_stats`` nonce (int). Answered by ``stats``.
 ``stats``     nonce (int), node_id, model, in_flight, capacity, requests_total,
               requests_failed, requests_cancelled, tokens_generated [tokens],
@@ -98,6 +108,7 @@ MAX_STOP_STRINGS = 8
 CLOSE_UNSUPPORTED_VERSION = 4001
 CLOSE_DUPLICATE_ID = 4002
 MAX_MEMBER_ENTRIES = 4096
+MAX_REWARD_RECORDS = 1024
 
 
 class ErrorCode(StrEnum):
@@ -259,11 +270,24 @@ class MemberEntry(_Message):
     in_flight: Annotated[int, Field(ge=0)] = 0
 
 
+class RewardRecord(_Message):
+    """One fitness reward issued by a coordinator for one peer's answer to one chunk."""
+
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    issuer: NodeId
+    node_id: NodeId
+    reward: Annotated[float, Field(ge=-1.0, le=1.0)]
+    chunk: Annotated[str, Field(max_length=64)] = ""
+    ts: float = 0.0
+    hops: Annotated[int, Field(ge=0, le=64)] = 0
+
+
 class Members(_Message):
     type: Literal["members"] = "members"
     nonce: int = 0
     reply: bool = False
     entries: Annotated[list[MemberEntry], Field(max_length=MAX_MEMBER_ENTRIES)] = []
+    rewards: Annotated[list[RewardRecord], Field(max_length=MAX_REWARD_RECORDS)] = []
 
 
 class PeerRow(_Message):
@@ -291,12 +315,31 @@ class Peers(_Message):
     type: Literal["peers"] = "peers"
     nonce: int = 0
     node_id: str
+    fitness: float = 0.5
     peers: list[PeerRow] = []
 
 
-_TYPES = (Hello, Generate, Token, Done, Error, Cancel, Ping, Pong, GetStats, Stats, Members, GetPeers, Peers)
+class Rewards(_Message):
+    type: Literal["rewards"] = "rewards"
+    records: Annotated[list[RewardRecord], Field(max_length=MAX_REWARD_RECORDS)]
+
+
+_TYPES = (Hello, Generate, Token, Done, Error, Cancel, Ping, Pong, GetStats, Stats, Members, GetPeers, Peers, Rewards)
 Message = Annotated[
-    Hello | Generate | Token | Done | Error | Cancel | Ping | Pong | GetStats | Stats | Members | GetPeers | Peers,
+    Hello
+    | Generate
+    | Token
+    | Done
+    | Error
+    | Cancel
+    | Ping
+    | Pong
+    | GetStats
+    | Stats
+    | Members
+    | GetPeers
+    | Peers
+    | Rewards,
     Field(discriminator="type"),
 ]
 MESSAGE_TYPES = frozenset(m.model_fields["type"].default for m in _TYPES)

@@ -24,6 +24,7 @@ from . import __version__
 from .engine import Delta, Engine, EngineError, GenerationRequest, PromptTooLongError
 
 if TYPE_CHECKING:
+    from .fitness import FitnessBook
     from .membership import Membership
 
 from .protocol import (
@@ -44,6 +45,7 @@ from .protocol import (
     Ping,
     Pong,
     ProtocolError,
+    Rewards,
     Stats,
     Timings,
     Token,
@@ -101,6 +103,7 @@ class NodeServer:
         self.in_flight = 0
         self.shutting_down = False
         self.membership: Membership | None = None  # set by the node when it joins a network
+        self.fitness: FitnessBook | None = None
         self.url: str | None = None
         self._server: Server | None = None
         self._sessions: set[_Session] = set()
@@ -272,12 +275,18 @@ class _Session:
                 await self.send(self.server.stats(message.nonce))
             case Members() if not message.reply:
                 membership = self.server.membership
-                entries = membership.on_members(message.entries) if membership is not None else []
-                await self.send(Members(nonce=message.nonce, reply=True, entries=entries))
+                if membership is not None:
+                    await self.send(membership.on_members(message))
+                else:
+                    await self.send(Members(nonce=message.nonce, reply=True))
             case GetPeers():
-                membership = self.server.membership
+                membership, fitness = self.server.membership, self.server.fitness
                 rows = membership.table.rows() if membership is not None else []
-                await self.send(Peers(nonce=message.nonce, node_id=self.server.node_id, peers=rows))
+                own = fitness.self_fitness if fitness is not None else 0.5
+                await self.send(Peers(nonce=message.nonce, node_id=self.server.node_id, fitness=own, peers=rows))
+            case Rewards():
+                if self.server.fitness is not None:
+                    self.server.fitness.receive(message.records)
             case Error():
                 log.info("peer %s reported %s: %s", self.remote, message.code, message.message)
             case Pong() | Hello() | Members():

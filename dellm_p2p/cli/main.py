@@ -17,9 +17,11 @@ from rich.live import Live
 from rich.table import Table
 
 from ..client import PeerClient, PeerError
+from ..coordinator.vote import STRATEGIES
 from ..discovery import browse
 from ..protocol import MAX_CHOICES, PeerRow, SamplingParams, Token
 from ..runtime import run, setup_logging
+from .progress import show_progress
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -126,6 +128,48 @@ async def _stats(peer: str, as_json: bool) -> int:
         table.add_row(key, str(value))
     out.print(table)
     return 0
+
+
+@main.command()
+@click.argument("question")
+@click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap node ws://host:port (repeatable).")
+@click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
+@click.option("--no-mdns", is_flag=True, help="Do not browse mDNS (use --peer).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="majority", show_default=True)
+@click.option("--redundancy", "-k", type=click.IntRange(1, 16), default=3, show_default=True, help="Answers per chunk.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 4096), default=160, show_default=True)
+@click.option("--decompose", type=click.Choice(["rules", "llm"]), default="rules", show_default=True)
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=180.0, show_default=True, help="Seconds.")
+@click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the full trace as JSON.")
+def ask(question: str, peers, interfaces, no_mdns: bool, as_json: bool, discover_timeout: float, **opts) -> None:
+    """Ask the network QUESTION: decompose, route, vote, synthesize."""
+    from ..swarm import AskOptions, Swarm, SwarmError
+
+    opts["timeout_s"] = opts.pop("timeout")
+    try:
+        options = AskOptions(**opts).checked()
+    except SwarmError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    async def go() -> int:
+        try:
+            async with Swarm(
+                peers=peers, mdns=not no_mdns, mdns_interfaces=list(interfaces) or None,
+                options=options, discover_timeout_s=discover_timeout,
+            ) as swarm:  # fmt: skip
+                if as_json:
+                    answer = await swarm.ask(question)
+                    out.print_json(json.dumps(answer.to_dict(), default=str))
+                else:
+                    await show_progress(swarm, question, out, err)
+            return 0
+        except (SwarmError, PeerError) as exc:
+            err.print(f"dellm: error: {exc}")
+            return 1
+
+    sys.exit(run(go()))
 
 
 @main.command()

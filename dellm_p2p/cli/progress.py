@@ -1,0 +1,84 @@
+"""Live progress of ``dellm ask``: chunks, peers per chunk, votes, agreement, then the answer."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ..coordinator.events import (
+    CandidateReady,
+    ChunkPlanned,
+    ChunkRouted,
+    ChunkVoted,
+    Final,
+    PeerFailed,
+    SynthesisToken,
+)
+
+
+class _Board:
+    """What the live table shows, per chunk."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+
+    def table(self) -> Table:
+        table = Table(title="dellm ask", expand=False)
+        for column in ("chunk", "op", "text", "peers", "answers", "vote", "agreement"):
+            table.add_column(column, overflow="fold")
+        for chunk_id, row in self.rows.items():
+            table.add_row(
+                chunk_id, row["op"], row["text"], ", ".join(p[:8] for p in row["peers"]) or "…",
+                str(row["answers"]) + (f" ({row['failed']} failed)" if row["failed"] else ""),
+                row["vote"], row["agreement"],
+            )  # fmt: skip
+        return table
+
+
+async def show_progress(swarm, question: str, out: Console, err: Console) -> None:
+    """Run ``swarm.stream(question)`` with a live table on stderr, the answer on stdout."""
+    board = _Board()
+    streaming = False
+    with Live(board.table(), console=err, refresh_per_second=8, transient=False) as live:
+        async for event in swarm.stream(question):
+            match event:
+                case ChunkPlanned(chunk=c):
+                    board.rows[c.id] = dict(op=c.operation.value, text=c.text[:60], peers=[], answers=0, failed=0,
+                                            vote="", agreement="")  # fmt: skip
+                case ChunkRouted(chunk_id=cid, assignments=assignments):
+                    board.rows[cid]["peers"] += [
+                        a.peer_id + (f"×{a.samples}" if a.samples > 1 else "") for a in assignments
+                    ]
+                case CandidateReady(chunk_id=cid):
+                    board.rows[cid]["answers"] += 1
+                case PeerFailed(chunk_id=cid, peer_id=peer, reason=reason):
+                    if cid in board.rows:
+                        board.rows[cid]["failed"] += 1
+                    err.print(f"[yellow]peer {peer[:8]} failed on {cid}: {reason}[/]")
+                case ChunkVoted(chunk_id=cid, result=result):
+                    board.rows[cid]["vote"] = (result.winner.display if result.winner else "(none)")[:40]
+                    board.rows[cid]["agreement"] = f"{result.agreement:.0%}"
+                case SynthesisToken(text=text):
+                    if not streaming:
+                        live.stop()
+                        streaming = True
+                        err.print("[dim]synthesizing…[/]")
+                    out.print(text, end="", markup=False)
+                case Final(answer=answer):
+                    live.update(board.table())
+                    if streaming:
+                        out.print()
+                    else:
+                        live.stop()
+                        out.print(answer.text, markup=False)
+                    _summary(answer, err)
+            live.update(board.table())
+
+
+def _summary(answer, err: Console) -> None:
+    rewards = ", ".join(f"{r.node_id[:8]} {r.reward:+.3f}" for r in answer.rewards)
+    who = f"synthesized by {answer.synthesizer[:8]}" if answer.synthesizer else "winner returned as is"
+    err.print(
+        f"[dim]{len(answer.chunks)} chunk(s), {who}, {answer.total_ms / 1000:.1f} s; rewards: {rewards or 'none'}[/]"
+    )

@@ -1,0 +1,1 @@
+"""The coordinator: decompose, route, stream and assemble, vote, synthesize, reward."""

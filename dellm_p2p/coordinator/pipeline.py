@@ -1,0 +1,376 @@
+"""The coordinator pipeline for one question: decompose → route → stream → vote → reward → synthesize.
+
+Chunks whose dependencies are answered run concurrently; each chunk's
+requests run concurrently under a per-chunk deadline. A failed or timed-out
+peer's samples are re-routed to the next-best peer. Once no outstanding
+answer can change a chunk's winner, the stragglers are cancelled (their
+nodes abort the generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..client import PeerError
+from ..fitness import FitnessBook
+from ..membership import PeerPool
+from ..peer_table import PeerTable
+from ..protocol import SamplingParams, Token
+from .decompose import LLM_DECOMPOSE_PROMPT, DecompositionError, decompose, parse_llm_decomposition, render_chunk_prompt
+from .errors import AllPeersFailedError, NoPeersError, QuestionError
+from .events import (
+    CandidateReady,
+    ChunkPlanned,
+    ChunkRouted,
+    ChunkTrace,
+    ChunkVoted,
+    Event,
+    PeerFailed,
+    PeerToken,
+    SwarmAnswer,
+    SynthesisToken,
+)
+from .extract import ANSWER_SUFFIX, extract_answer
+from .reward import chunk_rewards, reward_records
+from .route import RouteWeights, eligible_peers, route, score_peers
+from .synthesize import fallback_answer, synthesis_messages
+from .types import Assignment, Candidate, Chunk, VoteResult
+from .vote import STRATEGIES, judge_vote, vote
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    """How one question is answered.
+
+    Attributes:
+        strategy: vote strategy (majority, weighted, borda, ranking, judge).
+        redundancy: answers per chunk (k).
+        temperature: sampling temperature of chunk answers (0 = greedy).
+        max_tokens: tokens per chunk answer.
+        timeout_s: deadline of the whole question [s].
+        chunk_timeout_s: deadline of one chunk, re-routes included [s].
+        decompose: ``rules`` or ``llm`` (falls back to the rules on invalid output).
+        synthesize: let an LLM combine the chunk answers (else they are listed).
+        max_question_chars: longer questions are refused.
+        max_reroutes: re-routes per chunk after peer failures.
+        weights: routing-score weights.
+    """
+
+    strategy: str = "majority"
+    redundancy: int = 3
+    temperature: float = 0.7
+    max_tokens: int = 160
+    timeout_s: float = 180.0
+    chunk_timeout_s: float = 90.0
+    decompose: str = "rules"
+    synthesize: bool = True
+    max_question_chars: int = 10_000
+    max_reroutes: int = 3
+    weights: RouteWeights = field(default_factory=RouteWeights)
+
+    def checked(self) -> AskOptions:
+        """Validate; raises :class:`QuestionError` with a one-line reason."""
+        if self.strategy not in STRATEGIES:
+            raise QuestionError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        if self.decompose not in ("rules", "llm"):
+            raise QuestionError(f"unknown decomposition {self.decompose!r}; choose rules or llm")
+        if not 1 <= self.redundancy <= 16:
+            raise QuestionError("redundancy must be between 1 and 16")
+        if not 0 <= self.temperature <= 2:
+            raise QuestionError("temperature must be between 0 and 2")
+        if self.timeout_s <= 0 or self.chunk_timeout_s <= 0 or self.max_tokens < 1:
+            raise QuestionError("timeouts and max_tokens must be positive")
+        return self
+
+
+def check_question(question: str, limit: int) -> str:
+    """Trimmed question; raises :class:`QuestionError` when empty or over ``limit`` characters."""
+    if not isinstance(question, str) or not question.strip():
+        raise QuestionError("the question is empty")
+    if len(question) > limit:
+        raise QuestionError(f"the question is {len(question):,} characters; the limit is {limit:,}")
+    return question.strip()
+
+
+class QuestionRun:
+    """State of one question being answered; :meth:`run` emits events through ``emit``."""
+
+    def __init__(
+        self,
+        question: str,
+        options: AskOptions,
+        *,
+        coordinator_id: str,
+        table: PeerTable,
+        pool: PeerPool,
+        fitness: FitnessBook,
+        emit: Callable[[Event], Awaitable[None]],
+    ):
+        self.question = question
+        self.options = options
+        self.coordinator_id = coordinator_id
+        self.table = table
+        self.pool = pool
+        self.fitness = fitness
+        self.emit = emit
+        self.load: Counter[str] = Counter()  # requests in flight per peer, from this question
+        self.assigned: Counter[str] = Counter()  # chunks routed per peer, to spread the work
+        self.traces: dict[str, ChunkTrace] = {}
+        self.finished: dict[str, asyncio.Event] = {}
+
+    async def run(self) -> SwarmAnswer:
+        started = time.perf_counter()
+        opts = self.options
+        async with asyncio.timeout(opts.timeout_s):
+            chunks = await self._decompose()
+            for chunk in chunks:
+                self.traces[chunk.id] = ChunkTrace(chunk)
+                self.finished[chunk.id] = asyncio.Event()
+                await self.emit(ChunkPlanned(chunk))
+            async with asyncio.TaskGroup() as group:
+                for chunk in chunks:
+                    group.create_task(self._answer_chunk(chunk))
+            records = self._reward()
+            text, synthesizer = await self._synthesize(chunks)
+        return SwarmAnswer(
+            question=self.question,
+            text=text,
+            chunks=[self.traces[c.id] for c in chunks],
+            synthesizer=synthesizer,
+            rewards=records,
+            fitness=self.fitness.snapshot(),
+            total_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    # Decompose.
+
+    async def _decompose(self) -> list[Chunk]:
+        if self.options.decompose == "llm":
+            try:
+                reply = await self._ask_one(LLM_DECOMPOSE_PROMPT.format(question=self.question), max_tokens=400)
+                return parse_llm_decomposition(reply, self.question)
+            except (DecompositionError, PeerError, NoPeersError) as exc:
+                log.info("LLM decomposition unusable (%s); using the rules", exc)
+        return decompose(self.question)
+
+    # Route, stream and vote one chunk.
+
+    async def _answer_chunk(self, chunk: Chunk) -> None:
+        trace = self.traces[chunk.id]
+        started = time.perf_counter()
+        try:
+            for dep in chunk.depends_on:
+                await self.finished[dep].wait()
+            known = {d: v.winner.text.strip() for d in chunk.depends_on if (v := self.traces[d].vote) and v.winner}
+            prompt = f"{render_chunk_prompt(chunk, known)}\n{ANSWER_SUFFIX}"
+            await self._collect(chunk, prompt, trace)
+            if not trace.candidates:
+                reasons = "; ".join(f"{peer}: {why}" for peer, why in trace.failures) or "no answer in time"
+                raise AllPeersFailedError(f"chunk {chunk.id} got no answer ({reasons})")
+            trace.vote = await self._vote(chunk, trace.candidates)
+            await self.emit(ChunkVoted(chunk.id, trace.vote))
+        finally:
+            trace.elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+            self.finished[chunk.id].set()
+
+    async def _collect(self, chunk: Chunk, prompt: str, trace: ChunkTrace) -> None:
+        opts = self.options
+        tried: set[str] = set()
+        failed: set[str] = set()
+        reroutes = 0
+        pending: dict[asyncio.Task, Assignment] = {}
+
+        async def dispatch(wanted: int) -> None:
+            # Prefer peers not yet used for this chunk; fall back to used ones (more samples), never failed ones.
+            peers = self.table.alive()
+            fresh = eligible_peers(peers, self.load, exclude=failed | tried)
+            assignments = route(
+                chunk,
+                peers,
+                redundancy=wanted,
+                weights=opts.weights,
+                load=self.load,
+                assigned=self.assigned,
+                exclude=(failed | tried) if fresh else failed,
+            )
+            for a in assignments:
+                tried.add(a.peer_id)
+                self.assigned[a.peer_id] += 1
+                pending[asyncio.create_task(self._request(chunk, a, prompt))] = a
+            trace.assignments.extend(assignments)
+            await self.emit(ChunkRouted(chunk.id, tuple(assignments)))
+
+        await dispatch(opts.redundancy)
+        try:
+            async with asyncio.timeout(opts.chunk_timeout_s):
+                while pending:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        assignment = pending.pop(task)
+                        outcome = task.result()
+                        if isinstance(outcome, str):
+                            failed.add(assignment.peer_id)
+                            trace.failures.append((assignment.peer_id, outcome))
+                            await self.emit(PeerFailed(chunk.id, assignment.peer_id, outcome))
+                            if reroutes < opts.max_reroutes:
+                                reroutes += 1
+                                with contextlib.suppress(NoPeersError):
+                                    await dispatch(assignment.samples)
+                            continue
+                        for candidate in outcome:
+                            trace.candidates.append(candidate)
+                            await self.emit(CandidateReady(chunk.id, candidate))
+                    outstanding = sum(a.samples for a in pending.values())
+                    if pending and _decided(trace.candidates, outstanding):
+                        break
+        except TimeoutError:
+            log.info("chunk %s deadline passed with %d answers", chunk.id, len(trace.candidates))
+        finally:
+            for task in pending:  # stragglers: cancelling sends `cancel`, the node aborts
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _request(self, chunk: Chunk, a: Assignment, prompt: str) -> list[Candidate] | str:
+        """Ask one peer for ``a.samples`` answers; returns the candidates, or a one-line failure reason."""
+        opts = self.options
+        self.load[a.peer_id] += 1
+        started = time.perf_counter()
+        texts: dict[int, list[str]] = {}
+        logprobs: dict[int, list[float]] = {}
+        first: dict[int, float] = {}
+        try:
+            client = await self.pool.get(a.url)
+            params = SamplingParams(
+                max_tokens=opts.max_tokens, temperature=opts.temperature, n=a.samples, logprobs=True
+            )
+            messages = [{"role": "user", "content": prompt}]
+            async for item in client.generate(messages=messages, params=params, timeout_s=opts.chunk_timeout_s):
+                if isinstance(item, Token):
+                    texts.setdefault(item.index, []).append(item.text)
+                    logprobs.setdefault(item.index, []).extend(item.logprobs or [])
+                    first.setdefault(item.index, (time.perf_counter() - started) * 1000)
+                    await self.emit(PeerToken(chunk.id, a.peer_id, item.index, item.text))
+        except PeerError as exc:
+            return str(exc)
+        finally:
+            self.load[a.peer_id] -= 1
+        latency = (time.perf_counter() - started) * 1000
+        self.table.touch(a.peer_id)
+        candidates = []
+        for index in range(a.samples):
+            text = "".join(texts.get(index, []))
+            answer, display = extract_answer(text, chunk.operation, chunk.text)
+            candidates.append(
+                Candidate(
+                    peer_id=a.peer_id,
+                    text=text,
+                    answer=answer,
+                    display=display,
+                    logprobs=logprobs.get(index, []),
+                    latency_ms=round(latency, 3),
+                    first_token_ms=round(first[index], 3) if index in first else None,
+                    fitness=self.fitness.fitness(a.peer_id),
+                    sample=index,
+                )
+            )
+        return candidates
+
+    async def _vote(self, chunk: Chunk, candidates: list[Candidate]) -> VoteResult:
+        if self.options.strategy != "judge":
+            return vote(candidates, self.options.strategy)
+        answered = {c.peer_id for c in candidates}
+
+        async def ask(prompt: str) -> str:
+            return await self._ask_one(prompt, max_tokens=16, avoid=answered)
+
+        return await judge_vote(candidates, chunk.text, ask)
+
+    # Reward and gossip.
+
+    def _reward(self) -> list:
+        records = []
+        for trace in self.traces.values():
+            if trace.vote is None:
+                continue
+            trace.rewards = chunk_rewards(trace.candidates, trace.vote)
+            records += reward_records(self.coordinator_id, trace.chunk.id, trace.rewards)
+        for record in records:
+            self.fitness.apply(record)
+        if records:
+            # Every peer hears it directly (they forward to the rest); best effort, in the background.
+            self.fitness.spawn_forward(records, fanout=max(self.fitness.fanout, len(self.table.alive())))
+        return records
+
+    # Synthesize.
+
+    async def _synthesize(self, chunks: list[Chunk]) -> tuple[str, str | None]:
+        votes = {c.id: self.traces[c.id].vote for c in chunks if self.traces[c.id].vote}
+        if len(chunks) == 1:
+            only = votes.get(chunks[0].id)
+            if only is not None and only.winner is not None and (only.agreement >= 0.5 or not self.options.synthesize):
+                return only.winner.text.strip(), None
+        if not self.options.synthesize:
+            return fallback_answer(chunks, votes), None
+        messages = synthesis_messages(self.question, chunks, votes)
+        for peer in self._ranked_peers()[:3]:
+            parts: list[str] = []
+            try:
+                client = await self.pool.get(peer.url)
+                params = SamplingParams(max_tokens=max(256, self.options.max_tokens), temperature=0.0)
+                async for item in client.generate(
+                    messages=messages, params=params, timeout_s=self.options.chunk_timeout_s
+                ):
+                    if isinstance(item, Token) and item.text:
+                        parts.append(item.text)
+                        await self.emit(SynthesisToken(peer.node_id, item.text))
+                text = "".join(parts).strip()
+                if text:
+                    return text, peer.node_id
+            except PeerError as exc:
+                await self.emit(PeerFailed("synthesis", peer.node_id, str(exc)))
+        return fallback_answer(chunks, votes), None
+
+    # Helpers.
+
+    def _ranked_peers(self, avoid: set[str] | frozenset[str] = frozenset()):
+        peers = eligible_peers(self.table.alive(), self.load)
+        preferred = [p for p in peers if p.node_id not in avoid] or peers
+        scores = score_peers(preferred, self.options.weights)
+        return sorted(preferred, key=lambda p: (scores[p.node_id], p.node_id))
+
+    async def _ask_one(self, prompt: str, *, max_tokens: int, avoid: set[str] | frozenset[str] = frozenset()) -> str:
+        """Greedy single answer from the best available peer (next ones on failure)."""
+        ranked = self._ranked_peers(avoid)
+        if not ranked:
+            raise NoPeersError("no alive peer with a model")
+        last: PeerError | None = None
+        for peer in ranked[:3]:
+            try:
+                client = await self.pool.get(peer.url)
+                result = await client.complete(
+                    messages=[{"role": "user", "content": prompt}],
+                    params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
+                    timeout_s=self.options.chunk_timeout_s,
+                )
+                return result.text
+            except PeerError as exc:
+                last = exc
+        raise last or NoPeersError("no peer answered")
+
+
+def _decided(candidates: list[Candidate], outstanding: int) -> bool:
+    """True when no ``outstanding`` answer can change the majority winner (the leader leads by more)."""
+    counts = Counter(c.answer for c in candidates if c.answer is not None).most_common(2)
+    if not counts:
+        return False
+    lead = counts[0][1] - (counts[1][1] if len(counts) > 1 else 0)
+    return lead > outstanding

@@ -1,0 +1,54 @@
+"""Reward: score each peer's answer to a chunk against the vote (the DELLM reward rule).
+
+A peer whose answer agrees with the consensus earns ``+0.05`` plus a speed
+bonus of up to ``+0.02`` (the fastest agreeing peer gets all of it, the
+slowest none), others ``−0.05``. A peer that gave several samples agrees when
+any of them does. When the vote has no winner nobody is rewarded. The
+fitness update itself is :func:`dellm_p2p.fitness.apply_reward`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+
+from ..protocol import RewardRecord
+from .types import Candidate, VoteResult
+
+AGREE = 0.05
+DISAGREE = -0.05
+SPEED_BONUS = 0.02
+
+
+def chunk_rewards(candidates: Sequence[Candidate], result: VoteResult) -> dict[str, float]:
+    """Reward per peer id for one chunk (see module docstring); empty when there is no winner."""
+    if result.answer is None or not candidates:
+        return {}
+    by_peer: dict[str, list[Candidate]] = {}
+    for candidate in candidates:
+        by_peer.setdefault(candidate.peer_id, []).append(candidate)
+    agreeing = {
+        peer: min(c.latency_ms for c in cands if c.answer == result.answer)
+        for peer, cands in by_peer.items()
+        if any(c.answer == result.answer for c in cands)
+    }
+    fastest, slowest = min(agreeing.values(), default=0.0), max(agreeing.values(), default=0.0)
+    span = slowest - fastest
+    rewards = {}
+    for peer in by_peer:
+        if peer in agreeing:
+            speed = 1.0 if span <= 0 else (slowest - agreeing[peer]) / span
+            rewards[peer] = round(AGREE + SPEED_BONUS * speed, 6)
+        else:
+            rewards[peer] = DISAGREE
+    return rewards
+
+
+def reward_records(issuer: str, chunk_id: str, rewards: dict[str, float]) -> list[RewardRecord]:
+    """Gossip-ready records for one chunk's rewards (unique ids, timestamp now)."""
+    now = time.time()
+    return [
+        RewardRecord(id=uuid.uuid4().hex, issuer=issuer, node_id=peer, reward=reward, chunk=chunk_id, ts=now)
+        for peer, reward in rewards.items()
+    ]

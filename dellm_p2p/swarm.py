@@ -1,0 +1,240 @@
+"""The Python async API: ask the network a question.
+
+::
+
+    async with Swarm(mdns_interfaces=["127.0.0.1"]) as swarm:
+        answer = await swarm.ask("Calculate 10% interest on $1000 then find the best savings accounts")
+        print(answer.text)
+
+        async for event in swarm.stream("What is the capital of France?"):
+            ...  # ChunkPlanned, ChunkRouted, PeerToken, CandidateReady, ChunkVoted, SynthesisToken, Final
+
+A :class:`Swarm` joins the network as a short-lived coordinator: it finds
+nodes by mDNS and/or bootstrap URLs, learns the rest by membership gossip,
+copies their fitness, and runs the coordinator pipeline
+(:mod:`dellm_p2p.coordinator.pipeline`). It announces nothing and serves
+nothing. Errors are :class:`~dellm_p2p.coordinator.errors.SwarmError`
+subclasses with one-line messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+from .client import PeerError
+from .coordinator.errors import AllPeersFailedError, NoPeersError, QuestionError, SwarmError
+from .coordinator.events import Event, Final, SwarmAnswer
+from .coordinator.pipeline import AskOptions, QuestionRun, check_question
+from .discovery import MdnsDiscovery
+from .fitness import FitnessBook
+from .membership import Membership, PeerPool
+from .peer_table import PeerTable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AllPeersFailedError", "AskOptions", "NoPeersError", "QuestionError", "Swarm", "SwarmAnswer", "SwarmError"]
+
+
+class Swarm:
+    """A coordinator that joins the network and answers questions with it.
+
+    Args:
+        peers: bootstrap node URLs (``ws://host:port``).
+        mdns: browse mDNS for nodes.
+        mdns_interfaces: IPv4 addresses to browse on (``None`` = all).
+        options: defaults for every question (see :class:`AskOptions`).
+        discover_timeout_s: how long :meth:`start` waits for the first node
+            that serves a model [s]; it then waits up to a second more for
+            the membership to settle.
+    """
+
+    def __init__(
+        self,
+        *,
+        peers: Sequence[str] = (),
+        mdns: bool = True,
+        mdns_interfaces: Sequence[str] | None = None,
+        options: AskOptions | None = None,
+        discover_timeout_s: float = 5.0,
+    ):
+        self.options = (options or AskOptions()).checked()
+        self.node_id = f"coordinator-{uuid.uuid4().hex[:12]}"
+        self.table = PeerTable(self.node_id, "")
+        self.pool = PeerPool(node_id=self.node_id, name="coordinator", url=None)
+        self.membership = Membership(
+            node_id=self.node_id,
+            name="coordinator",
+            url=None,
+            model=None,
+            capacity=0,
+            table=self.table,
+            pool=self.pool,
+            bootstrap=list(peers),
+            gossip_interval_s=0.5,
+        )
+        self.fitness = FitnessBook(self.node_id, self.table, pool=self.pool)
+        self.membership.fitness = self.fitness
+        self._mdns = (
+            MdnsDiscovery(
+                node_id=self.node_id,
+                name="coordinator",
+                port=1,
+                model=None,
+                capacity=0,
+                interfaces=list(mdns_interfaces) if mdns_interfaces else None,
+                on_found=self.membership.on_found,
+                on_removed=self.membership.on_removed,
+                announce=False,
+            )
+            if mdns
+            else None
+        )
+        self._bootstrap = list(peers)
+        self._discover_timeout_s = discover_timeout_s
+        self._started = False
+
+    async def __aenter__(self) -> Swarm:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Join: discover nodes and copy their fitness.
+
+        Raises:
+            NoPeersError: no node serving a model answered within the discovery timeout.
+        """
+        if self._started:
+            return
+        self._started = True
+        await self.membership.start()
+        if self._mdns is not None:
+            await self._mdns.start()
+        deadline = time.monotonic() + self._discover_timeout_s
+        while not self._serving_peers():
+            if time.monotonic() > deadline:
+                await self.close()
+                raise NoPeersError(self._no_peers_reason())
+            await asyncio.sleep(0.05)
+        await self._settle(min(1.0, max(0.0, deadline - time.monotonic()) + 0.5))
+        await self._copy_fitness()
+
+    async def close(self) -> None:
+        """Leave: stop discovery and close connections. Idempotent."""
+        if self._mdns is not None:
+            await self._mdns.close()
+        await self.membership.close()
+        await self.fitness.close()
+
+    def _serving_peers(self):
+        return [p for p in self.table.alive() if p.model and p.rtt_ms is not None]
+
+    async def _settle(self, max_s: float) -> None:
+        """Wait until the set of reachable nodes stops growing (or ``max_s`` [s])."""
+        seen, stable_since, end = len(self._serving_peers()), time.monotonic(), time.monotonic() + max_s
+        while time.monotonic() < end and time.monotonic() - stable_since < 0.4:
+            await asyncio.sleep(0.05)
+            now = len(self._serving_peers())
+            if now != seen:
+                seen, stable_since = now, time.monotonic()
+
+    async def _copy_fitness(self) -> None:
+        """Start from the network's view of fitness: ask one node for its table."""
+        for peer in self._serving_peers()[:2]:
+            try:
+                client = await self.pool.get(peer.url)
+                view = await client.peers(timeout_s=2.0)
+            except PeerError:
+                continue
+            values = {row.node_id: row.fitness for row in view.peers} | {view.node_id: view.fitness}
+            for node_id, value in values.items():
+                if (record := self.table.get(node_id)) is not None:
+                    record.fitness = value
+            return
+
+    def _no_peers_reason(self) -> str:
+        where = []
+        if self._mdns is not None:
+            interfaces = self._mdns._interfaces
+            where.append(f"mDNS on {', '.join(interfaces) if interfaces else 'all interfaces'}")
+        if self._bootstrap:
+            where.append(f"bootstrap {', '.join(self._bootstrap)}")
+        known = len(self.table)
+        return (
+            f"no alive node serving a model found via {' and '.join(where) or 'nothing (no mDNS, no --peer)'} "
+            f"within {self._discover_timeout_s:g} s ({known} node(s) known)"
+        )
+
+    async def ask(self, question: str, **options) -> SwarmAnswer:
+        """Answer ``question``; keyword arguments override :class:`AskOptions` fields for this question.
+
+        Raises:
+            QuestionError: empty or too long question, unknown strategy or setting.
+            NoPeersError: no alive node serves a model.
+            AllPeersFailedError: every peer failed on a chunk.
+            SwarmError: the question's deadline passed.
+        """
+        async for event in self.stream(question, **options):
+            if isinstance(event, Final):
+                return event.answer
+        raise SwarmError("the pipeline ended without an answer")
+
+    async def stream(self, question: str, **options) -> AsyncIterator[Event]:
+        """Answer ``question`` as a stream of typed events ending with :class:`Final` (same errors as :meth:`ask`)."""
+        try:
+            opts = dataclasses.replace(self.options, **options).checked()
+        except TypeError as exc:
+            raise QuestionError(f"unknown option: {exc}") from None
+        text = check_question(question, opts.max_question_chars)
+        if not self._started:
+            await self.start()
+        if not self._serving_peers():
+            raise NoPeersError(self._no_peers_reason())
+        queue: asyncio.Queue = asyncio.Queue()
+        run = QuestionRun(
+            text, opts, coordinator_id=self.node_id, table=self.table, pool=self.pool,
+            fitness=self.fitness, emit=queue.put,
+        )  # fmt: skip
+        task = asyncio.create_task(run.run())
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+            try:
+                answer = task.result()
+            except TimeoutError:
+                raise SwarmError(f"no answer within {opts.timeout_s:g} s") from None
+            except BaseExceptionGroup as group:  # a chunk failed inside the pipeline's task group
+                raise _as_swarm_error(_first(group)) from None
+            except PeerError as exc:
+                raise _as_swarm_error(exc) from None
+            yield Final(answer)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf exception of a (nested) exception group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _as_swarm_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, SwarmError):
+        return exc
+    if isinstance(exc, PeerError):
+        return AllPeersFailedError(str(exc))
+    return exc
