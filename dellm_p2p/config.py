@@ -32,6 +32,10 @@ class NodeConfig(BaseSettings):
         dtype: vLLM dtype; ``None`` picks float32 on CPU, ``auto`` on GPU.
         max_model_len: context window [tokens].
         kv_cache_gib: vLLM CPU KV-cache size [GiB].
+        cpu_bind: CPU cores for vLLM's CPU worker threads
+            (``VLLM_CPU_OMP_THREADS_BIND``, e.g. ``"1"`` or ``"0-3"``); by
+            default vLLM binds core 0, so several nodes on one machine
+            should be given different cores.
         vllm_args: extra ``AsyncEngineArgs`` (e.g. ``tensor_parallel_size``).
         openai_base_url: API root for ``engine = "openai"``.
         openai_model: model on that server (``None`` = the first listed).
@@ -63,6 +67,7 @@ class NodeConfig(BaseSettings):
     dtype: str | None = None
     max_model_len: int = Field(default=2048, ge=16)
     kv_cache_gib: float = Field(default=1.0, gt=0)
+    cpu_bind: str | None = None
     vllm_args: dict[str, Any] = Field(default_factory=dict)
     openai_base_url: str | None = None
     openai_model: str | None = None

@@ -71,6 +71,7 @@ def build_engine(config: NodeConfig, progress: ProgressCallback) -> Engine | Non
         dtype=config.dtype or _default_dtype(),
         max_model_len=config.max_model_len,
         kv_cache_gib=config.kv_cache_gib,
+        cpu_bind=config.cpu_bind,
         engine_kwargs=config.vllm_args,
     )
 

@@ -22,11 +22,12 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 
 def setup_logging(verbose: int) -> None:
-    """Log to stderr: warnings by default, info with ``-v``, debug with ``-vv``.
+    """Log to stderr: warnings at 0 (errors only at -1), info at 1 (``-v``), debug at 2 (``-vv``).
 
     vLLM logs errors only by default, warnings with ``-v``, info with ``-vv``.
     """
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    levels = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
+    level = levels.get(max(-1, verbose), logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # vLLM configures its own logger from the environment when imported, and
     # logs to stdout by default: keep stdout for results.

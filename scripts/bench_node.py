@@ -41,6 +41,11 @@ ENGINE_START_TIMEOUT_S = 900.0
 REQUEST_TIMEOUT_S = 120.0
 BATCH_TIMEOUT_S = 900.0
 CLOSE_TIMEOUT_S = 60.0
+# With --subprocess-node two vLLM engines share this machine: vLLM's auto CPU binding pins both workers
+# to the same core, and a worker busy-loops on its shared-memory queue for 1 s after its last step
+# (vllm/distributed/device_communicators/shm_broadcast.py, SpinCondition busy_loop_s=1). Waiting this
+# long before each timed request lets the other engine's worker go idle first.
+SETTLE_S = 1.5
 
 COUNTRIES = [
     "France", "Germany", "Italy", "Spain", "Portugal", "Japan", "China", "India", "Brazil", "Canada",
@@ -140,20 +145,29 @@ def median(values: list[float | None]) -> float:
     return statistics.median(present) if present else float("nan")
 
 
-async def bench_overhead(engine, client, qs: list[str], max_tokens: int) -> dict[str, Any]:
+async def bench_overhead(engine, client, qs: list[str], max_tokens: int, settle_s: float) -> dict[str, Any]:
     progress("phase 1: protocol overhead, warm-up of both paths (untimed)")
     await run_direct(engine, qs[0], max_tokens, "bench-direct-warmup")
     await run_protocol(client, qs[0], max_tokens)
     progress(f"phase 1: protocol overhead, {len(qs)} questions, interleaved a/b with alternating order")
     direct: list[Run] = []
     proto: list[Run] = []
+
+    async def a(i: int, q: str) -> None:
+        await asyncio.sleep(settle_s)
+        direct.append(await run_direct(engine, q, max_tokens, f"bench-direct-{i}"))
+
+    async def b(q: str) -> None:
+        await asyncio.sleep(settle_s)
+        proto.append(await run_protocol(client, q, max_tokens))
+
     for i, q in enumerate(qs):
         if i % 2 == 0:
-            direct.append(await run_direct(engine, q, max_tokens, f"bench-direct-{i}"))
-            proto.append(await run_protocol(client, q, max_tokens))
+            await a(i, q)
+            await b(q)
         else:
-            proto.append(await run_protocol(client, q, max_tokens))
-            direct.append(await run_direct(engine, q, max_tokens, f"bench-direct-{i}"))
+            await b(q)
+            await a(i, q)
     pairs = list(zip(direct, proto, strict=True))
     wall_a, wall_b = median([r.wall_ms for r in direct]), median([r.wall_ms for r in proto])
     ttft_a, ttft_b = median([r.ttft_ms for r in direct]), median([r.ttft_ms for r in proto])
@@ -218,8 +232,9 @@ async def bench_batching(client, label: str, qs: list[str], max_tokens: int) -> 
     }
 
 
-async def bench_all_batching(client, batch: int, max_tokens: int) -> list[dict[str, Any]]:
+async def bench_all_batching(client, batch: int, max_tokens: int, settle_s: float) -> list[dict[str, Any]]:
     capitals, essays = questions(batch), essay_prompts(batch)
+    await asyncio.sleep(settle_s)
     progress(f"phase 2: batching, warm-up with {batch} concurrent short requests (untimed)")
     async with asyncio.timeout(BATCH_TIMEOUT_S):
         await asyncio.gather(*(run_protocol(client, q, 8) for q in capitals))
@@ -245,6 +260,11 @@ def report(results: dict[str, Any]) -> None:
         print(
             "note: client and server share this process's event loop with the engine's output handler, "
             "so (b) also pays for the client's work: a conservative (pessimistic) overhead measure"
+        )
+    else:
+        print(
+            f"note: two vLLM engines on this machine; each timed request waits {SETTLE_S:g} s first so the "
+            "other engine's worker stops busy-polling (both workers are pinned to the same core)"
         )
     print(f"overhead.requests: {o['requests']} greedy requests per path, max_tokens {o['max_tokens']}")
     print(
@@ -366,8 +386,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         progress(f"(b) = {where}")
         client = await PeerClient.connect(url, name="bench", timeout_s=30)
 
-        overhead = await bench_overhead(engine, client, qs, args.max_tokens)
-        batching = await bench_all_batching(client, args.batch, args.max_tokens)
+        settle_s = SETTLE_S if args.subprocess_node else 0.0
+        overhead = await bench_overhead(engine, client, qs, args.max_tokens, settle_s)
+        batching = await bench_all_batching(client, args.batch, args.max_tokens, settle_s)
     finally:
         progress("closing client, server and engine")
         try:

@@ -24,8 +24,10 @@ from dellm_p2p.engine import (
 class SimulatedEngine(Engine):
     """Replies ``reply`` word by word, one word per ``token_interval_s``.
 
-    A prompt containing ``FAIL`` raises :class:`EngineError` mid-stream; one
-    longer than ``max_model_len`` words raises :class:`PromptTooLongError`.
+    A prompt containing ``FAIL`` (or any prompt once ``broken`` is set)
+    raises :class:`EngineError` mid-stream; one longer than
+    ``max_model_len`` words raises :class:`PromptTooLongError`. ``replies``
+    maps a prompt substring to the reply used for prompts containing it.
     """
 
     def __init__(
@@ -37,6 +39,9 @@ class SimulatedEngine(Engine):
         self.counters = EngineStats()
         self.running: set[str] = set()
         self.aborted: list[str] = []
+        self.broken = False
+        self.replies: dict[str, str] = {}
+        self.prompts: list[str] = []
 
     @property
     def info(self) -> ModelInfo:
@@ -51,17 +56,19 @@ class SimulatedEngine(Engine):
         if prompt_tokens >= self.max_model_len:
             raise PromptTooLongError(prompt_tokens, self.max_model_len)
         p = request.params
-        words = self.reply[: p.max_tokens]
+        self.prompts.append(text)
+        reply = next((r.split(" ") for key, r in self.replies.items() if key in text), self.reply)
+        words = reply[: p.max_tokens]
         self.counters.requests_total += 1
         self.running.add(request_id)
         completed = False
         try:
             for position, word in enumerate(words):
                 await asyncio.sleep(self.token_interval_s)
-                if "FAIL" in text and position == 1:
+                if ("FAIL" in text or self.broken) and position == 1:
                     raise EngineError("simulated engine failure")
                 last = position == len(words) - 1
-                reason = None if not last else ("stop" if len(words) == len(self.reply) else "length")
+                reason = None if not last else ("stop" if len(words) == len(reply) else "length")
                 for index in range(p.n):
                     self.counters.tokens_generated += 1
                     yield Delta(

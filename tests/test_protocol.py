@@ -29,6 +29,8 @@ from dellm_p2p.protocol import (
     Ping,
     Pong,
     ProtocolError,
+    RewardRecord,
+    Rewards,
     SamplingParams,
     Stats,
     Timings,
@@ -150,6 +152,10 @@ ROUND_TRIP = [
         id="members",
     ),
     pytest.param(GetPeers(nonce=4), id="get_peers"),
+    pytest.param(
+        Rewards(records=[RewardRecord(id="r1", issuer="c", node_id="n1", reward=0.06, chunk="c1", ts=1.5, hops=2)]),
+        id="rewards",
+    ),
     pytest.param(
         Peers(
             nonce=4, node_id="n0", peers=[PeerRow(node_id="n1", url="ws://127.0.0.1:1", rtt_ms=0.4, state="suspect")]

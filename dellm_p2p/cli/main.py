@@ -28,10 +28,11 @@ out = Console(highlight=False, soft_wrap=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug logs.")
+@click.option("-v", "--verbose", count=True, help="-v: warnings, -vv: info, -vvv: debug logs.")
 def main(verbose: int) -> None:
     """Talk to a dellm peer-to-peer network of language-model nodes."""
-    setup_logging(verbose)
+    # A command prints its own one-line errors; library warnings (an unreachable peer) are noise here.
+    setup_logging(verbose - 1)
 
 
 def _peer_option(f):
@@ -145,11 +146,13 @@ async def _stats(peer: str, as_json: bool) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print the full trace as JSON.")
 def ask(question: str, peers, interfaces, no_mdns: bool, as_json: bool, discover_timeout: float, **opts) -> None:
     """Ask the network QUESTION: decompose, route, vote, synthesize."""
+    from ..coordinator.pipeline import check_question
     from ..swarm import AskOptions, Swarm, SwarmError
 
     opts["timeout_s"] = opts.pop("timeout")
     try:
         options = AskOptions(**opts).checked()
+        check_question(question, options.max_question_chars)
     except SwarmError as exc:
         raise click.BadParameter(str(exc)) from None
 

@@ -17,6 +17,7 @@ the text sent to a peer.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -43,6 +44,8 @@ MIN_CHUNK_WORDS = 3
 MAX_CONTEXT_CHARS = 300
 
 Span = tuple[int, int]
+# Characters looked at around a candidate split point (keeps long inputs linear).
+_WINDOW = 80
 
 
 class DecompositionError(ValueError):
@@ -484,6 +487,7 @@ def _mask_protected(text: str, *, parentheses: bool = True) -> str:
     """
     out = list(text)
     n = len(text)
+    closers: dict[str, list[int]] = {}  # valid closing single quotes, found once
     i = 0
     while i < n:
         ch = text[i]
@@ -500,7 +504,7 @@ def _mask_protected(text: str, *, parentheses: bool = True) -> str:
         elif ch in _OPENING_QUOTES:
             single = ch in "'‘"
             if not (single and i > 0 and text[i - 1].isalnum()):
-                end = _closing_quote(text, i, _OPENING_QUOTES[ch], single)
+                end = _closing_quote(text, i, _OPENING_QUOTES[ch], single, closers)
                 if end < 0 and not single:
                     end = n - 1
         if end >= 0:
@@ -511,11 +515,15 @@ def _mask_protected(text: str, *, parentheses: bool = True) -> str:
     return "".join(out)
 
 
-def _closing_quote(text: str, start: int, close: str, single: bool) -> int:
-    j = text.find(close, start + 1)
-    while j >= 0 and single and j + 1 < len(text) and text[j + 1].isalnum():
-        j = text.find(close, j + 1)  # "’" in "don’t" inside ‘…’ does not close it
-    return j
+def _closing_quote(text: str, start: int, close: str, single: bool, closers: dict[str, list[int]]) -> int:
+    if not single:
+        return text.find(close, start + 1)
+    # A single quote closes only before a non-letter: the "’" of "don’t" inside ‘…’ does not.
+    if close not in closers:
+        closers[close] = [m.start() for m in re.finditer(rf"{re.escape(close)}(?![^\W_])", text)]
+    positions = closers[close]
+    k = bisect.bisect_right(positions, start)
+    return positions[k] if k < len(positions) else -1
 
 
 def _cut(spans: list[Span], finder: Callable[[int, int], Iterable[Span]]) -> list[Span]:
@@ -549,8 +557,8 @@ def _numbered_markers(region: str, offset: int) -> list[Span]:
     cands = []
     for m in _NUMBERED.finditer(region):
         number = int(m.group(1) or m.group(2))
-        before = region[: m.start()].rstrip(" \t")
-        strong = bool(m.group(1)) or not before or before[-1] in "\n.;:!?,)"
+        before = region[max(0, m.start() - _WINDOW) : m.start()].rstrip(" \t")
+        strong = bool(m.group(1)) or (before[-1] in "\n.;:!?,)" if before else m.start() <= _WINDOW)
         cands.append((m.start(), m.end(), number, strong))
     chain = [c for c in cands if c[2] == 1 and c[3]][:1]
     while chain:
@@ -570,7 +578,7 @@ def _sequencing_separators(masked: str, s: int, e: int) -> list[Span]:
     for m in _SEQUENCING.finditer(region):
         with_and = bool(m.group(1))
         word = m.group(2).lower().split()[0]
-        before = region[: m.start()]
+        before = region[max(0, m.start() - _WINDOW) : m.start()]
         prev = _last_word(before)
         if word == "then":
             if prev in _NOT_BEFORE_THEN and not with_and:
@@ -579,10 +587,10 @@ def _sequencing_separators(masked: str, s: int, e: int) -> list[Span]:
                 cond_from = m.end()
                 continue
         else:
-            at_boundary = with_and or _at_clause_boundary(before) or prev in ("then", "also")
+            at_boundary = with_and or _at_clause_boundary(before, m.start() <= _WINDOW) or prev in ("then", "also")
             if not at_boundary:
                 continue
-            if word == "next" and not _CLAUSE_START.match(region[m.end() :].lstrip(" \t,:")):
+            if word == "next" and not _CLAUSE_START.match(region[m.end() : m.end() + _WINDOW].lstrip(" \t,:")):
                 continue  # "next week", "next to"
         seps.append((m.start() + s, m.end() + s))
         cond_from = m.end()
@@ -595,26 +603,30 @@ def _and_separators(masked: str, s: int, e: int) -> list[Span]:
     seps: list[Span] = []
     left_start = 0
     for m in _AND.finditer(region):
-        if not _CLAUSE_START.match(region[m.end() :]):
+        if not _CLAUSE_START.match(region, m.end()):
             continue
-        if not _starts_clause(region[left_start : m.start()]):
+        if not _starts_clause(region, left_start, m.start()):
             continue
         seps.append((m.start() + s, m.end() + s))
         left_start = m.end()
     return seps
 
 
-def _starts_clause(text: str) -> bool:
-    pos = _skip_leading(text, 0)
-    polite = _POLITE.match(text, pos)
+def _starts_clause(text: str, pos: int, end: int) -> bool:
+    """``text[pos:end]`` opens with an instruction or a question clause (after "please" etc.)."""
+    pos = _skip_leading(text, pos, end)
+    polite = _POLITE.match(text, pos, end)
     if polite:
         pos = polite.end()
-    return bool(_CLAUSE_START.match(text, pos))
+    return bool(_CLAUSE_START.match(text, pos, end))
 
 
-def _at_clause_boundary(before: str) -> bool:
+def _at_clause_boundary(before: str, at_start: bool) -> bool:
+    """``before`` (the text before a word, or its last characters) ends a clause."""
     stripped = before.rstrip()
-    return not stripped or stripped[-1] in ",.;:!?" or "\n" in before[len(stripped) :]
+    if not stripped:
+        return at_start
+    return stripped[-1] in ",.;:!?" or "\n" in before[len(stripped) :]
 
 
 def _last_word(text: str) -> str:
@@ -622,14 +634,15 @@ def _last_word(text: str) -> str:
     return m.group(1).lower() if m else ""
 
 
-def _skip_leading(text: str, pos: int) -> int:
+def _skip_leading(text: str, pos: int, end: int | None = None) -> int:
     """Past punctuation, bullets and step openers ("First,", "and") at ``pos``."""
+    end = len(text) if end is None else end
     while True:
-        junk = _LEADING_JUNK.match(text, pos)
+        junk = _LEADING_JUNK.match(text, pos, end)
         if junk and junk.end() > pos:
             pos = junk.end()
             continue
-        ordinal = _ORDINAL.match(text, pos)
+        ordinal = _ORDINAL.match(text, pos, end)
         if ordinal and ordinal.end() > pos:
             pos = ordinal.end()
             continue
@@ -662,23 +675,30 @@ def _merge_headers(text: str, spans: list[Span]) -> list[Span]:
 
 
 def _merge_short(text: str, spans: list[Span]) -> list[Span]:
-    """Merge pieces under :data:`MIN_CHUNK_WORDS` words into the previous piece, else the next."""
-    spans = list(spans)
-    while len(spans) > 1:
-        short = next(
-            (
-                i
-                for i, (s, e) in enumerate(spans)
-                if _word_count(text[slice(*_clean(text, s, e, last=True))]) < MIN_CHUNK_WORDS
-            ),
-            None,
-        )
-        if short is None:
-            break
-        other = short - 1 if short > 0 else short + 1
-        lo, hi = min(short, other), max(short, other)
-        spans[lo : hi + 1] = [(spans[lo][0], spans[hi][1])]
-    return spans
+    """Merge pieces under :data:`MIN_CHUNK_WORDS` words into the previous piece, else the next.
+
+    One pass (questions may be long): a short piece joins the last kept piece;
+    short pieces before any kept piece accumulate until they reach the limit.
+    """
+    out: list[Span] = []
+    pending: Span | None = None  # leading short pieces waiting for the next one
+    pending_words = 0
+    for s, e in spans:
+        if pending is not None:
+            words = pending_words + _word_count(text[pending[1] : e])
+            s = pending[0]
+        else:
+            words = _word_count(text[slice(*_clean(text, s, e, last=True))])
+        if words >= MIN_CHUNK_WORDS:
+            out.append((s, e))
+            pending = None
+        elif out:
+            out[-1] = (out[-1][0], e)
+        else:
+            pending, pending_words = (s, e), words
+    if pending is not None:  # every piece was short: one piece
+        out.append(pending)
+    return out
 
 
 def _refers_back(masked_text: str) -> bool:

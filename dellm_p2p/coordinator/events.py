@@ -78,6 +78,7 @@ class ChunkTrace:
     failures: list[tuple[str, str]] = field(default_factory=list)
     vote: VoteResult | None = None
     rewards: dict[str, float] = field(default_factory=dict)
+    stragglers_cancelled: int = 0
     elapsed_ms: float = 0.0
 
 

@@ -21,6 +21,7 @@ fast; it runs on every candidate before :mod:`~dellm_p2p.coordinator.vote`.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 
@@ -37,9 +38,10 @@ __all__ = [
     "fold",
 ]
 
-#: Appended to a chunk's prompt (after a newline). One short sentence in
-#: simple English: the default model has 135M parameters.
-ANSWER_SUFFIX = '\nEnd with one last line: "Answer: " and your short answer.'
+#: Appended to a chunk's prompt on a new line (the caller adds the newline).
+#: One short sentence in simple English: the default model has 135M
+#: parameters. Not useful for GENERATE chunks, whose answer is the text.
+ANSWER_SUFFIX = 'End with one last line: "Answer: " and your short answer.'
 
 #: A GENERAL reply longer than this many words (without an ``Answer:`` line)
 #: is open-ended text: its key is the folded full text, not an entity.
@@ -104,7 +106,7 @@ def fold(text: str) -> str:
 
 _MARKDOWN = re.compile(r"\*+|__+|`+")
 # A tiny model often keeps going with the next few-shot turn ("\nQ: …").
-_NEXT_TURN = re.compile(r"\n\s*(?:Q|Question|User|Human)\s*:", re.IGNORECASE)
+_NEXT_TURN = re.compile(r"\n[ \t]*(?:Q|Question|User|Human)[ \t]*:", re.IGNORECASE)
 _CONTRACTION = re.compile(r"\b(it|that|this|he|she|what|who|there|here)['’]s\b", re.IGNORECASE)
 
 
@@ -115,8 +117,7 @@ def _clean(text: str) -> str:
     if match and text[: match.start()].strip():
         text = text[: match.start()]
     text = _MARKDOWN.sub("", text)
-    text = re.sub(r"(?m)^\s*(?:#+|[-•>]+)\s+", "", text)
-    text = re.sub(r"\\boxed\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"(?m)^[ \t]*(?:#+|[-•>]+)[ \t]+", "", text)
     return text.strip()
 
 
@@ -139,10 +140,10 @@ _NUMBER_RE = re.compile(_NUMBER)
 # Explicit markers, strongest first; within a class the last occurrence wins
 # (a reply's conclusion comes last). Each captures the clause after the marker.
 _NUMBER_MARKERS = [
-    re.compile(r"####\s*(?P<clause>[^\n]*)"),
+    re.compile(r"####\s*(?P<clause>[^\n]*)|\\boxed\{(?P<boxed>[^{}]*)\}"),
     re.compile(
         r"(?:\b(?:final\s+|correct\s+)?answer(?:\s+to\s+(?:this|the|your)\s+question)?"
-        r"\s*(?:is|would\s+be|will\s+be|should\s+be|:|=)|(?m:^)\s*A\s*:)\s*:?\s*(?P<clause>[^\n]*)",
+        r"\s*(?:is|would\s+be|will\s+be|should\s+be|:|=)|(?m:^)[ \t]*A[ \t]*:)[ \t]*:?[ \t]*(?P<clause>[^\n]*)",
         re.IGNORECASE,
     ),
     re.compile(
@@ -180,9 +181,13 @@ def _number_in_clause(clause: str) -> str | None:
     return _normalise_number(match) if match else None
 
 
+_SENTENCE_PIECE = re.compile(r"(?:[^.!?\n]|(?<=\d)\.(?=\d))*(?:[.!?\n]|$)")
+
+
 def _drop_questions(text: str) -> str:
     """Remove sentences that end with "?": an echoed question commits to nothing."""
-    return re.sub(r"(?:[^.!?\n]|(?<=\d)\.(?=\d))*\?", " ", text)
+    # finditer consumes each piece once: linear, unlike a search for "…?" from every position.
+    return "".join(p for p in _SENTENCE_PIECE.findall(text) if not p.endswith("?"))
 
 
 def extract_number(text: str) -> str | None:
@@ -210,7 +215,7 @@ def extract_number(text: str) -> str | None:
     for marker in _NUMBER_MARKERS:
         found = None
         for match in marker.finditer(text):
-            found = _number_in_clause(match["clause"]) or found
+            found = _number_in_clause(match["clause"] or match.groupdict().get("boxed") or "") or found
         if found is not None:
             return found
     at_end = list(_IS_NUMBER_AT_END.finditer(text))
@@ -275,9 +280,11 @@ _CONNECTORS = frozenset("of de del la le du des da do dos al el es van von and".
 _PLACEHOLDER = re.compile(r"<[^<>]*>|\byour short answer\b|\bshort answer\b", re.IGNORECASE)
 _ENTITY_MARKER = re.compile(
     r"(?:\b(?:final\s+|correct\s+|right\s+)?answer(?:\s+to\s+(?:this|the|your)\s+question)?"
-    r"\s*(?:is|would\s+be|will\s+be|should\s+be|:|=|-)|(?m:^)\s*A\s*:)\s*:?\s*(?P<value>[^\n]+)",
+    r"\s*(?:is|would\s+be|will\s+be|should\s+be|:|=|-)|(?m:^)[ \t]*A[ \t]*:)[ \t]*:?[ \t]*(?P<value>[^\n]+)",
     re.IGNORECASE,
 )
+# The final line ANSWER_SUFFIX asks for; the only marker that makes a long GENERAL reply factual.
+_ANSWER_LINE = re.compile(r"^\s*(?:final\s+)?answer\s*:", re.IGNORECASE | re.MULTILINE)
 _SENTENCE_STARTERS = r"(?:It|The|This|That|Its|He|She|They|There|In|A|An|I)"
 _YES_NO_QUESTION = re.compile(
     r"^\s*(?:is|are|was|were|am|do|does|did|can|could|will|would|should|shall|has|have|had|may|might|must)\b",
@@ -286,6 +293,8 @@ _YES_NO_QUESTION = re.compile(
 _YES_NO_REPLY = re.compile(r"^\s*(yes|no)\b", re.IGNORECASE)
 _MAX_ENTITY_WORDS = 4
 _SENTENCES_SCANNED = 3
+_MAX_COPULAS = 8
+_MAX_COMPLEMENT_CHARS = 200
 
 
 def _protect(text: str) -> str:
@@ -362,13 +371,16 @@ def _capitalised_runs(words: list[str]) -> list[list[str]]:
 
 
 def _strip_edges(text: str) -> str:
-    text = text.strip()
-    text = re.sub(r"^[\s\"'“”‘’«»_–—:]+", "", text)
-    # Keep the final dot of an initialism ("D.C."), drop other trailing punctuation.
-    text = re.sub(r"[\s\"'“”‘’«»_,;:!?]+$", "", text)
-    if text.endswith(".") and not text.endswith("\x00"):
-        text = text.rstrip(".").rstrip()
-    return text.strip()
+    # str.strip, not a "[…]+$" regex: linear on long runs of spaces.
+    text = text.strip().lstrip(_LEAD_JUNK).rstrip(_TRAIL_JUNK)
+    # An initialism keeps its final dot ("D.C."; protected as \x00), other text loses it.
+    while text.endswith("."):
+        text = text[:-1].rstrip(_TRAIL_JUNK)
+    return text
+
+
+_LEAD_JUNK = " \t\n\"'“”‘’«»_–—:"
+_TRAIL_JUNK = " \t\n\"'“”‘’«»_,;:!?"
 
 
 def _strip_echo(text: str, qwords: dict[str, float]) -> str:
@@ -422,6 +434,12 @@ def _valid(answer: str, qwords: dict[str, float]) -> bool:
 
 def _forward_answer(complement: str, qwords: dict[str, float]) -> str | None:
     """The answer in "… is X, …": X cut at its first clause boundary, ≤ 4 words."""
+    answer, _ = _forward_answer_reduced(complement, qwords)
+    return answer
+
+
+def _forward_answer_reduced(complement: str, qwords: dict[str, float]) -> tuple[str | None, bool]:
+    """:func:`_forward_answer`, and whether a longer clause had to be reduced to ≤ 4 words."""
     text = _strip_edges(complement)
     text = _LEADING_ADVERBS.sub("", text)
     text = re.sub(r"^(?:in|at|on|near)\s+(?=\S)", "", text)  # "It is in Japan" → Japan
@@ -434,11 +452,12 @@ def _forward_answer(complement: str, qwords: dict[str, float]) -> str | None:
         text = text[: match.start()]
     text = _strip_edges(text)
     words = text.split()
-    if len(words) > _MAX_ENTITY_WORDS:
+    reduced = len(words) > _MAX_ENTITY_WORDS
+    if reduced:
         runs = [r for r in _capitalised_runs(words) if len(r) <= _MAX_ENTITY_WORDS]
         words = runs[0] if runs else words[:_MAX_ENTITY_WORDS]
     text = _strip_edges(_strip_echo(" ".join(words), qwords))
-    return text if _valid(text, qwords) else None
+    return (text if _valid(text, qwords) else None), reduced
 
 
 def _subject(left: str) -> str:
@@ -460,20 +479,24 @@ def _inverse_answer(subject: str, qwords: dict[str, float]) -> str | None:
     return text if _valid(text, qwords) else None
 
 
-def _copula_candidates(sentence: str, qwords: dict[str, float]) -> list[tuple[float, str]]:
+def _copula_candidates(sentence: str, qwords: dict[str, float], first_sentence: bool) -> list[tuple[float, str]]:
     """(score, answer) for each reading of each copula in the sentence.
 
     Forward ("The capital of France is Paris" → Paris) and inverse ("Paris
     is the capital of France" → Paris) readings are scored by how much of the
     question the other side echoes (head word weight 2), with small bonuses
-    for a capitalised answer, a determiner or pronoun subject (forward) and
-    an article-led complement (inverse), and a penalty for an indefinite
-    complement ("is a city"), which describes rather than names.
+    for a capitalised answer, a common-noun subject after a determiner ("The
+    capital …", "Its capital …") or a pronoun subject in the first sentence
+    (forward; a later "It" may mean anything) and an article-led complement
+    (inverse), and penalties for an indefinite complement ("is a city",
+    which describes rather than names) and for an answer picked out of a
+    longer description.
     """
     out: list[tuple[float, str]] = []
-    for match in _COPULA.finditer(sentence):
-        left, right = sentence[: match.start()], sentence[match.end() :]
-        parts = [p for p in re.split(r"[,;(]", left)]
+    # A bounded number of copulas and complement length keeps long rambling replies linear.
+    for match in itertools.islice(_COPULA.finditer(sentence), _MAX_COPULAS):
+        left, right = sentence[: match.start()], sentence[match.end() : match.end() + _MAX_COMPLEMENT_CHARS]
+        parts = re.split(r"[,;(]", left)
         if len(parts) >= 3 and not parts[-1].strip():
             # Appositive: "Canberra, the capital of Australia, is …" → Canberra.
             name = _inverse_answer(_strip_edges(_LEADING_FILLER.sub("", parts[-3].strip())), qwords)
@@ -490,12 +513,13 @@ def _copula_candidates(sentence: str, qwords: dict[str, float]) -> list[tuple[fl
         echo_left = _overlap(subject, qwords)
         if colon and echo_left == 0:
             continue
-        forward = _forward_answer(right, qwords)
+        forward, reduced = _forward_answer_reduced(right, qwords)
         if forward:
-            pronoun = subject.casefold() in _PRONOUNS
+            pronoun = first_sentence and subject.casefold() in _PRONOUNS
             # "It is São Tomé" names the asked thing even when the name echoes the question.
             score = echo_left - (0.0 if pronoun else _overlap(forward, qwords))
-            score += 0.5 * _capitalised(forward) + 0.5 * (first in _DETERMINERS) + 1.0 * pronoun
+            common_noun = first in _DETERMINERS and not _capitalised(subject)
+            score += 0.5 * _capitalised(forward) + 0.5 * common_noun + 1.0 * pronoun - 0.5 * reduced
             score -= 1.0 * bool(re.match(r"\s*(?:a|an)\s", right, re.IGNORECASE))
             out.append((score, forward))
         if colon:
@@ -524,7 +548,7 @@ def _entity_in(text: str, qwords: dict[str, float]) -> str | None:
     ][:_SENTENCES_SCANNED]
     best: tuple[float, str] | None = None
     for index, sentence in enumerate(sentences):
-        candidates = _copula_candidates(sentence, qwords)
+        candidates = _copula_candidates(sentence, qwords, first_sentence=index == 0)
         if index == 0 and not _COPULA.search(sentence):
             short = _short_answer(sentence, qwords)
             if short:
@@ -581,20 +605,20 @@ def extract_entity(text: str, question: str = "") -> str | None:
         (no letters or digits, one token repeated, only stopwords, a
         placeholder) or when no pattern matches.
     """
-    text = _clean(text)
+    text = re.sub(r"\\boxed\{([^{}]*)\}", r"\1", _clean(text))
     if _is_garbage(text):
         return None
     text = _protect(_CONTRACTION.sub(r"\1 is", text))
     qwords = _question_words(question)
+    markers = list(_ENTITY_MARKER.finditer(text))
     if _YES_NO_QUESTION.match(question):
         # "Is Paris the capital of France?" → "Yes, Paris is …" commits to "Yes".
-        for sentence in _sentences(text):
-            reply = _YES_NO_REPLY.match(_ENTITY_MARKER.sub(r"\g<value>", sentence))
+        leads = [m["value"] for m in reversed(markers)]
+        leads += [s for s in _sentences(text) if not _FILLER_SENTENCE.match(s)][:1]
+        for lead in leads:
+            reply = _YES_NO_REPLY.match(lead)
             if reply:
                 return reply[1].capitalize()
-            if not _FILLER_SENTENCE.match(sentence):
-                break
-    markers = list(_ENTITY_MARKER.finditer(text))
     for marker in reversed(markers):
         value = marker["value"]
         found = _entity_in(value, qwords) or _forward_answer(_sentences(value)[0] if _sentences(value) else "", qwords)
@@ -621,6 +645,17 @@ def _first_sentence(text: str) -> str | None:
     return None
 
 
+def _commits_to_nothing(cleaned: str) -> bool:
+    """A short refusal ("I don't know.") or an echoed placeholder ("Answer: <short answer>").
+
+    Matters most for open-ended keys: identical refusals would agree with
+    each other while distinct good texts do not.
+    """
+    if len(cleaned.split()) <= 20 and _REFUSAL.match(cleaned):
+        return True
+    return bool(re.fullmatch(r"(?:answer\s*:\s*)?<[^<>]*>\W*", cleaned, re.IGNORECASE))
+
+
 def _truncate(text: str, words: int) -> str:
     parts = text.split()
     return " ".join(parts[:words]) + ("…" if len(parts) > words else "")
@@ -635,7 +670,7 @@ def extract_answer(text: str, operation: Operation, question: str = "") -> tuple
       the full text, as for GENERATE).
     * GENERAL → as LOOKUP when the reply is short (≤ :data:`LONG_REPLY_WORDS`
       words) or has an ``Answer:`` line; otherwise as GENERATE.
-    * GENERATE → the full reply; the key is its fold truncated to
+    * GENERATE → the full reply as written; the key is its fold truncated to
       :data:`OPEN_KEY_WORDS` words, which
       :func:`~dellm_p2p.coordinator.vote.cluster_keys` compares by similarity.
 
@@ -658,8 +693,7 @@ def extract_answer(text: str, operation: Operation, question: str = "") -> tuple
         return None, ""
     long_reply = len(cleaned.split()) > LONG_REPLY_WORDS
     if operation is not Operation.GENERATE:
-        marked = bool(_ENTITY_MARKER.search(cleaned))
-        if operation is not Operation.GENERAL or marked or not long_reply:
+        if operation is not Operation.GENERAL or not long_reply or _ANSWER_LINE.search(cleaned):
             entity = extract_entity(text, question)
             if entity:
                 return fold(entity) or None, entity
@@ -669,5 +703,9 @@ def extract_answer(text: str, operation: Operation, question: str = "") -> tuple
                     return None, ""
                 display = _truncate(sentence, FALLBACK_WORDS)
                 return fold(display) or None, display
-    key = " ".join(fold(cleaned).split()[:OPEN_KEY_WORDS])
-    return key or None, cleaned
+    if _commits_to_nothing(cleaned):
+        return None, ""
+    # Open-ended text is shown as written (its markdown is formatting, not noise).
+    display = text.strip()
+    key = " ".join(fold(display).split()[:OPEN_KEY_WORDS])
+    return key or None, display

@@ -40,8 +40,8 @@ from .extract import ANSWER_SUFFIX, extract_answer
 from .reward import chunk_rewards, reward_records
 from .route import RouteWeights, eligible_peers, route, score_peers
 from .synthesize import fallback_answer, synthesis_messages
-from .types import Assignment, Candidate, Chunk, VoteResult
-from .vote import STRATEGIES, judge_vote, vote
+from .types import Assignment, Candidate, Chunk, Operation, VoteResult
+from .vote import STRATEGIES, is_decided, judge_vote, majority, vote
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +169,21 @@ class QuestionRun:
         try:
             for dep in chunk.depends_on:
                 await self.finished[dep].wait()
-            known = {d: v.winner.text.strip() for d in chunk.depends_on if (v := self.traces[d].vote) and v.winner}
-            prompt = f"{render_chunk_prompt(chunk, known)}\n{ANSWER_SUFFIX}"
+            # A dependency's short answer ("100"), not its whole reply: small models lose the thread.
+            known = {
+                d: v.winner.display or v.winner.text
+                for d in chunk.depends_on
+                if (v := self.traces[d].vote) and v.winner
+            }
+            prompt = render_chunk_prompt(chunk, known)
+            if chunk.operation is not Operation.GENERATE:  # open-ended text has no short answer to commit to
+                prompt = f"{prompt}\n{ANSWER_SUFFIX}"
             await self._collect(chunk, prompt, trace)
             if not trace.candidates:
                 reasons = "; ".join(f"{peer}: {why}" for peer, why in trace.failures) or "no answer in time"
                 raise AllPeersFailedError(f"chunk {chunk.id} got no answer ({reasons})")
             trace.vote = await self._vote(chunk, trace.candidates)
-            await self.emit(ChunkVoted(chunk.id, trace.vote))
+            await self.emit(ChunkVoted(chunk.id, trace.vote, trace.stragglers_cancelled))
         finally:
             trace.elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
             self.finished[chunk.id].set()
@@ -229,11 +236,12 @@ class QuestionRun:
                             trace.candidates.append(candidate)
                             await self.emit(CandidateReady(chunk.id, candidate))
                     outstanding = sum(a.samples for a in pending.values())
-                    if pending and _decided(trace.candidates, outstanding):
+                    if pending and trace.candidates and is_decided(majority(trace.candidates).scores, outstanding):
                         break
         except TimeoutError:
             log.info("chunk %s deadline passed with %d answers", chunk.id, len(trace.candidates))
         finally:
+            trace.stragglers_cancelled = len(pending)
             for task in pending:  # stragglers: cancelling sends `cancel`, the node aborts
                 task.cancel()
             if pending:
@@ -365,12 +373,3 @@ class QuestionRun:
             except PeerError as exc:
                 last = exc
         raise last or NoPeersError("no peer answered")
-
-
-def _decided(candidates: list[Candidate], outstanding: int) -> bool:
-    """True when no ``outstanding`` answer can change the majority winner (the leader leads by more)."""
-    counts = Counter(c.answer for c in candidates if c.answer is not None).most_common(2)
-    if not counts:
-        return False
-    lead = counts[0][1] - (counts[1][1] if len(counts) > 1 else 0)
-    return lead > outstanding

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from ..protocol import RewardRecord
 from .types import Candidate, VoteResult
+from .vote import cluster_keys
 
 AGREE = 0.05
 DISAGREE = -0.05
@@ -25,13 +26,18 @@ def chunk_rewards(candidates: Sequence[Candidate], result: VoteResult) -> dict[s
     """Reward per peer id for one chunk (see module docstring); empty when there is no winner."""
     if result.answer is None or not candidates:
         return {}
+    clusters = cluster_keys(candidates)  # the vote counted near-identical long answers as one
+
+    def agrees(c: Candidate) -> bool:
+        return c.answer is not None and clusters.get(c.answer, c.answer) == result.answer
+
     by_peer: dict[str, list[Candidate]] = {}
     for candidate in candidates:
         by_peer.setdefault(candidate.peer_id, []).append(candidate)
     agreeing = {
-        peer: min(c.latency_ms for c in cands if c.answer == result.answer)
+        peer: min(c.latency_ms for c in cands if agrees(c))
         for peer, cands in by_peer.items()
-        if any(c.answer == result.answer for c in cands)
+        if any(map(agrees, cands))
     }
     fastest, slowest = min(agreeing.values(), default=0.0), max(agreeing.values(), default=0.0)
     span = slowest - fastest

@@ -41,6 +41,7 @@ class VllmEngine(Engine):
         warmup: run one short request in :meth:`start`; the first request
             after loading takes about 20 s on CPU, so a node warms up before
             it announces itself ready.
+        cpu_bind: cores for vLLM's CPU worker (``VLLM_CPU_OMP_THREADS_BIND``).
         engine_kwargs: extra ``AsyncEngineArgs`` fields (e.g.
             ``tensor_parallel_size`` on a GPU box).
     """
@@ -54,6 +55,7 @@ class VllmEngine(Engine):
         max_model_len: int = 2048,
         kv_cache_gib: float = 1.0,
         warmup: bool = True,
+        cpu_bind: str | None = None,
         engine_kwargs: dict[str, Any] | None = None,
     ):
         self._model = model
@@ -62,6 +64,7 @@ class VllmEngine(Engine):
         self._max_model_len = max_model_len
         self._kv_cache_gib = kv_cache_gib
         self._warmup = warmup
+        self._cpu_bind = cpu_bind
         self._engine_kwargs = engine_kwargs or {}
         self._llm: Any = None
         self._tokenizer: Any = None
@@ -77,6 +80,8 @@ class VllmEngine(Engine):
         # Engine-internal sockets stay on loopback; nothing else is reachable anyway.
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if self._cpu_bind:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpu_bind
         try:
             # Importing vllm and building the engine blocks for tens of seconds.
             self._llm = await asyncio.to_thread(self._build)
