@@ -53,6 +53,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -474,7 +475,8 @@ def report(results: dict[str, Any]) -> None:
             f"gossip interval {s['gossip_interval_s']:g} s, fanout {s['fanout']}, "
             f"suspect after {s['suspect_after_s']:g} s, dead after {s['dead_after_s']:g} s, mDNS off; "
             f"window {s['settle_s']:g} s after {s['warmup_s']:g} s warm-up | "
-            f"{m['nproc']} cores, {m['mem_gib']:.0f} GiB, Python {m['python']}, {m['platform']}"
+            f"{m['nproc']} cores, {m['mem_gib']:.0f} GiB, Python {m['python']}, {m['platform']}, "
+            f"dellm_p2p {results['code']}"
         ),
     )
     columns = [
@@ -564,6 +566,24 @@ def report(results: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------
 
 
+def code_version() -> str:
+    """The library's git commit, with "+changes" when dellm_p2p/ differs from it (nodes import this tree)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "dellm_p2p"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + (" +changes" if dirty else "")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,50,100", help="comma-separated network sizes N (default 10,50,100)")
@@ -647,6 +667,7 @@ def main() -> int:
             "python": platform.python_version(),
             "platform": platform.platform(terse=True),
         },
+        "code": code_version(),
         "overhead_bytes_hint": "300-400",
         "runs": [],
     }

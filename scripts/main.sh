@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job: set up (if needed), start a node with the embedded default
-# model on 127.0.0.1 and stream an answer from it over the wire protocol.
+# The main job: set up (if needed), start three nodes with the embedded default
+# model on 127.0.0.1 and ask the swarm a question (`dellm ask`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python scripts/demo_node.py "$@"
+exec .venv/bin/python scripts/demo_swarm.py "$@"

@@ -25,3 +25,19 @@ def vllm_node(tmp_path_factory):
     yield node
     code = node.stop(timeout_s=60)
     assert code == 0, f"dellm-node exited with {code}:\n{node.stderr_tail()}"
+
+
+@pytest.fixture(scope="session")
+def vllm_node_b(tmp_path_factory, vllm_node):
+    """A second real node (started after the first, its vLLM worker on core 1)."""
+    state = tmp_path_factory.mktemp("vllm-node-b-state")
+    node = NodeProcess(
+        ["--name", "test-vllm-b", "--state-dir", str(state), "--max-concurrency", "8", "--cpu-bind", "1"]
+    )
+    try:
+        node.wait_ready(timeout_s=600)
+    except Exception:
+        node.kill()
+        raise
+    yield node
+    assert node.stop(timeout_s=60) == 0, node.stderr_tail()

@@ -218,7 +218,7 @@ async def _peer_rows(client: PeerClient) -> list[dict]:
     remote = client.remote
     table = await client.peers()
     me = PeerRow(node_id=remote.node_id, url=client.url, name=remote.name, model=remote.model,
-                 capacity=remote.capacity, state="self", source="self")  # fmt: skip
+                 capacity=remote.capacity, fitness=table.fitness, state="self", source="self")  # fmt: skip
     return [row.model_dump() for row in [me, *table.peers]]
 
 

@@ -1,0 +1,44 @@
+"""Ask the swarm from Python: the final answer, then the same question as a stream of events.
+
+Start a few nodes first (e.g. `bash scripts/main.sh` or `.venv/bin/dellm-node` on several machines), then:
+
+    .venv/bin/python examples/ask_swarm.py ["question"] [--peer ws://host:port]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dellm_p2p.coordinator.events import ChunkPlanned, ChunkVoted, Final, SynthesisToken
+from dellm_p2p.runtime import run
+from dellm_p2p.swarm import Swarm, SwarmError
+
+
+async def main(question: str, peers: list[str]) -> None:
+    async with Swarm(peers=peers, mdns_interfaces=["127.0.0.1"]) as swarm:
+        answer = await swarm.ask(question, strategy="majority", redundancy=3)
+        print(f"answer: {answer.text}")
+        for trace in answer.chunks:
+            vote = trace.vote
+            print(f"  {trace.chunk.id} {trace.chunk.operation}: {vote.answer!r}, agreement {vote.agreement:.0%}")
+
+        async for event in swarm.stream(question):
+            if isinstance(event, ChunkPlanned):
+                print(f"chunk {event.chunk.id}: {event.chunk.text}")
+            elif isinstance(event, ChunkVoted):
+                print(f"vote {event.chunk_id}: {event.result.answer!r} ({event.result.agreement:.0%})")
+            elif isinstance(event, SynthesisToken):
+                print(event.text, end="", flush=True)
+            elif isinstance(event, Final):
+                print(f"\n[{event.answer.total_ms:.0f} ms, {len(event.answer.rewards)} rewards]")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("question", nargs="?", default="What is the capital of France?")
+    parser.add_argument("--peer", action="append", default=[])
+    args = parser.parse_args()
+    try:
+        run(main(args.question, args.peer))
+    except SwarmError as exc:
+        raise SystemExit(f"error: {exc}") from None

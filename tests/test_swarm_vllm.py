@@ -1,0 +1,63 @@
+"""The main job on real input: real vLLM nodes on 127.0.0.1 answer a two-chunk question."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dellm_p2p.client import PeerClient
+from dellm_p2p.coordinator.events import Final, PeerFailed, PeerToken
+from dellm_p2p.local import NodeProcess
+from dellm_p2p.swarm import Swarm
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "Calculate 10% interest on $1000 then find the best savings accounts"
+
+
+async def own_fitness(url: str) -> float:
+    async with await PeerClient.connect(url) as client:
+        return (await client.peers()).fitness
+
+
+async def test_two_real_nodes_answer_a_two_chunk_question(vllm_node, vllm_node_b):
+    urls = [vllm_node.url, vllm_node_b.url]
+    before = [await own_fitness(u) for u in urls]
+    async with Swarm(peers=urls, mdns=False, discover_timeout_s=30) as swarm:
+        answer = await swarm.ask(QUESTION, redundancy=3, max_tokens=64, timeout_s=300)
+    assert [c.chunk.operation.value for c in answer.chunks] == ["MATH", "LOOKUP"]
+    for trace in answer.chunks:
+        assert len({c.peer_id for c in trace.candidates}) == 2, "each chunk answered by both nodes"
+        assert sum(a.samples for a in trace.assignments) >= 3
+        assert trace.vote is not None and trace.vote.scores
+        assert all(c.logprobs for c in trace.candidates), "confidence comes from real logprobs"
+    assert answer.text.strip()
+    assert answer.rewards
+
+    async def changed():
+        while [await own_fitness(u) for u in urls] == before:
+            await asyncio.sleep(0.2)
+
+    await asyncio.wait_for(changed(), 10)
+
+
+async def test_answer_arrives_when_a_node_is_killed_mid_stream(vllm_node, tmp_path):
+    victim = NodeProcess(["--name", "victim", "--state-dir", str(tmp_path), "--cpu-bind", "1"])
+    try:
+        victim.wait_ready(timeout_s=600)
+        async with Swarm(peers=[vllm_node.url, victim.url], mdns=False, discover_timeout_s=30) as swarm:
+            killed, failures, answer = False, [], None
+            async for event in swarm.stream("What is the capital of France?", redundancy=2, max_tokens=48):
+                if isinstance(event, PeerToken) and event.peer_id == victim.node_id and not killed:
+                    victim.kill()  # SIGKILL mid-stream
+                    killed = True
+                if isinstance(event, PeerFailed):
+                    failures.append(event)
+                if isinstance(event, Final):
+                    answer = event.answer
+        assert killed and any(f.peer_id == victim.node_id for f in failures)
+        assert answer is not None and answer.text.strip()
+        assert all(c.peer_id == vllm_node.node_id for c in answer.chunks[0].candidates)
+    finally:
+        victim.kill()
