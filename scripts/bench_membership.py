@@ -436,8 +436,9 @@ async def measure(nodes: list[NodeProcess], args: argparse.Namespace, out: dict)
         await prober.close()
 
 
-def bench_one(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": n, "load_avg_before": [round(x, 2) for x in os.getloadavg()]}
+def bench_one(n: int, args: argparse.Namespace, env: dict[str, str], out: dict[str, Any]) -> None:
+    """Start, measure and stop one network of ``n`` nodes; figures go into ``out`` (partial on errors)."""
+    out.update(n=n, load_avg_before=[round(x, 2) for x in os.getloadavg()])
     nodes: list[NodeProcess] = []
     progress(f"N={n}: starting 1 bootstrap node, then {n - 1} nodes at once (--no-mdns, --peer <bootstrap>)")
     with tempfile.TemporaryDirectory(prefix=f"bench-membership-{n}-") as tmp:
@@ -448,12 +449,14 @@ def bench_one(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str
         except (NodeStartError, RuntimeError) as exc:
             out["error"] = f"{type(exc).__name__}: {exc}"
             progress(f"N={n}: {out['error']}")
+        except KeyboardInterrupt:
+            out["error"] = "interrupted"
+            raise
         finally:
             progress(f"N={n}: stopping {len(nodes)} nodes")
             out["stop"] = stop_cluster(nodes)
-    for key in ("t_first_start", "t_last_ready"):
-        out.pop(key, None)
-    return out
+            for key in ("t_first_start", "t_last_ready"):
+                out.pop(key, None)
 
 
 # ---------------------------------------------------------------------------
@@ -495,7 +498,7 @@ def report(results: dict[str, Any]) -> None:
     for r in results["runs"]:
         st = r.get("steady") or {}
         if "error" in r and "converged" not in r:
-            conv = "error"
+            conv = "interrupted" if r["error"] == "interrupted" else "error"
         elif r.get("converged"):
             conv = fmt(r["convergence_after_last_ready_s"], ".2f")
         else:
@@ -674,7 +677,8 @@ def main() -> int:
     status = 0
     try:
         for n in args.sizes_list:
-            results["runs"].append(bench_one(n, args, env))
+            results["runs"].append({"n": n})
+            bench_one(n, args, env, results["runs"][-1])
     except KeyboardInterrupt:
         progress("interrupted: all nodes stopped; partial results follow")
         status = 130
