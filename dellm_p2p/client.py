@@ -122,6 +122,8 @@ class PeerClient:
         node_id: str | None = None,
         name: str = "client",
         listen_url: str | None = None,
+        model: str | None = None,
+        capacity: int = 0,
         timeout_s: float = 10.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> PeerClient:
@@ -132,6 +134,7 @@ class PeerClient:
             node_id: our id in the hello (a random one for short-lived clients).
             listen_url: our own ``ws://`` URL when we are a node, so the
                 peer can add us to its table; ``None`` for plain clients.
+            model, capacity: what we serve, when we are a node.
             timeout_s: deadline for connecting and the handshake [s].
             max_frame_bytes: largest frame we accept [bytes].
 
@@ -145,6 +148,8 @@ class PeerClient:
             name=name,
             software=f"dellm-p2p/{__version__}",
             url=listen_url,
+            model=model,
+            capacity=capacity,
         )
         try:
             async with asyncio.timeout(timeout_s):
@@ -176,6 +181,11 @@ class PeerClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    @property
+    def busy(self) -> bool:
+        """True while a request or a ping/stats/members exchange is open on this connection."""
+        return bool(self._streams or self._waiters)
 
     @property
     def closed(self) -> bool:

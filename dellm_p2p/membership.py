@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .client import PeerClient, PeerError
 from .discovery import Announcement
-from .peer_table import PeerState, PeerTable
+from .peer_table import Observed, PeerState, PeerTable
 from .protocol import DEFAULT_MAX_FRAME_BYTES, ErrorCode, Hello, MemberEntry, Members, RewardRecord
 
 if TYPE_CHECKING:
@@ -39,8 +40,13 @@ class PeerPool:
 
     Args:
         node_id, name, url: our identity, sent in every ``hello``.
+        model, capacity: what we serve, sent in every ``hello`` too (set
+            by the node once its engine is up).
         connect_timeout_s: deadline for connect plus handshake [s].
         max_frame_bytes: largest frame accepted from peers [bytes].
+        max_connections: open connections kept; beyond it the least recently
+            used idle ones are closed (gossip reaches a few random peers per
+            round, so a large network need not hold a full mesh).
     """
 
     def __init__(
@@ -51,8 +57,13 @@ class PeerPool:
         url: str | None,
         connect_timeout_s: float = 3.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_connections: int = 64,
     ):
         self.node_id, self.name, self.url = node_id, name, url
+        self.max_connections = max_connections
+        self._last_used: dict[str, float] = {}
+        self.model: str | None = None
+        self.capacity = 0
         self.connect_timeout_s = connect_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self._clients: dict[str, PeerClient] = {}
@@ -85,6 +96,7 @@ class PeerPool:
         Raises:
             PeerError: the peer cannot be reached or fails the handshake.
         """
+        self._last_used[url] = time.monotonic()
         client = self._clients.get(url)
         if client is not None and not client.closed:
             return client
@@ -101,6 +113,8 @@ class PeerPool:
             node_id=self.node_id,
             name=self.name,
             listen_url=self.url,
+            model=self.model,
+            capacity=self.capacity,
             timeout_s=self.connect_timeout_s,
             max_frame_bytes=self.max_frame_bytes,
         )
@@ -109,7 +123,18 @@ class PeerPool:
             self._retire(old)
             await old.close()
         self._clients[url] = client
+        await self._evict()
         return client
+
+    async def _evict(self) -> None:
+        """Close least recently used idle connections above ``max_connections``."""
+        excess = len(self._clients) - self.max_connections
+        if excess <= 0:
+            return
+        idle = sorted((u for u, c in self._clients.items() if not c.busy), key=lambda u: self._last_used.get(u, 0.0))
+        for url in idle[:excess]:
+            self._last_used.pop(url, None)
+            await self.drop(url)
 
     async def drop(self, url: str) -> None:
         """Close and forget the connection to ``url``."""
@@ -173,6 +198,8 @@ class Membership:
         self._unreachable: dict[str, float] = {}  # url -> time of the last failed attempt
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self._digest: tuple[int, list[MemberEntry]] | None = None
+        self._base_timeouts = (table.suspect_after_s, table.dead_after_s)
         self.fitness: FitnessBook | None = None  # set by the owner: reward records ride along (anti-entropy)
 
     def self_entry(self) -> MemberEntry | None:
@@ -191,8 +218,12 @@ class Membership:
         )
 
     def digest(self) -> list[MemberEntry]:
-        me = self.self_entry()
-        return [me, *self.table.digest()] if me is not None else self.table.digest()
+        """Our member list; built once per round (and cached) since every exchange sends it."""
+        if self._digest is None or self._digest[0] != self.heartbeat:
+            me = self.self_entry()
+            entries = self.table.digest()
+            self._digest = (self.heartbeat, [me, *entries] if me is not None else entries)
+        return self._digest[1]
 
     async def start(self) -> None:
         """Start gossiping in the background."""
@@ -218,7 +249,9 @@ class Membership:
 
     def on_members(self, message: Members) -> Members:
         """A peer pushed its member list (and recent rewards): merge them, answer with ours."""
-        if self.table.observe_all(message.entries):
+        # Wake the loop only for a new or revived peer: heartbeats are news on
+        # every push, and waking for them made rounds cascade far above the interval.
+        if self.table.observe_all(message.entries) is Observed.JOINED:
             self._wake.set()
         if self.fitness is not None:
             self.fitness.receive(message.rewards)
@@ -260,6 +293,7 @@ class Membership:
 
     async def _round(self) -> None:
         self.heartbeat += 1
+        self._scale_timeouts()
         for node_id, state in self.table.sweep():
             if state is PeerState.DEAD:
                 peer = self.table.get(node_id)
@@ -268,6 +302,21 @@ class Membership:
         async with asyncio.TaskGroup() as tasks:
             for url in self._targets():
                 tasks.create_task(self._exchange(url))
+
+    def _scale_timeouts(self) -> None:
+        """Stretch the failure-detection timeouts with the network size.
+
+        A heartbeat needs about log_fanout(N) gossip rounds to reach every
+        node, so fixed timeouts produce false suspicions in large networks
+        (SWIM and Lifeguard scale theirs the same way). The configured values
+        are the minimum: suspect after max(configured, interval × (2 + 2 ×
+        log_fanout N)); dead after the same multiple of the configured ratio.
+        """
+        suspect, dead = self._base_timeouts
+        size = max(2, len(self.table) + 1)
+        spread = self.gossip_interval_s * (2 + 2 * math.log(size, max(2, self.fanout)))
+        self.table.suspect_after_s = max(suspect, spread)
+        self.table.dead_after_s = self.table.suspect_after_s * dead / suspect
 
     def _targets(self) -> list[str]:
         now = time.monotonic()
@@ -279,7 +328,7 @@ class Membership:
         candidates = [u for u in dict.fromkeys(boot + fresh) if now - self._unreachable.get(u, -1e9) > retry_after]
         rest = [p.url for p in peers if p.url not in candidates]
         random.shuffle(rest)
-        return candidates[: max(self.fanout, 8)] + rest[: max(0, self.fanout - len(candidates))]
+        return candidates[: self.fanout] + rest[: max(0, self.fanout - len(candidates))]
 
     async def _exchange(self, url: str) -> None:
         try:

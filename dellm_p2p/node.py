@@ -164,6 +164,7 @@ class Node:
         )
         pool = PeerPool(node_id=self.node_id, name=config.name, url=self.url, max_frame_bytes=config.max_frame_bytes)
         hello = server.hello
+        pool.model, pool.capacity = hello.model, hello.capacity
         self.membership = Membership(
             node_id=self.node_id,
             name=config.name,

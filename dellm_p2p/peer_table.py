@@ -17,11 +17,19 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 from .protocol import MemberEntry, PeerRow
 
 log = logging.getLogger(__name__)
+
+
+class Observed(IntEnum):
+    """What a gossip entry told us (ordered: ``max`` of several is the most significant)."""
+
+    NOTHING = 0
+    UPDATED = 1  # a newer heartbeat of a known peer
+    JOINED = 2  # a new peer, or one back from dead or left
 
 
 class PeerState(StrEnum):
@@ -66,8 +74,8 @@ class PeerRecord:
         return (self.incarnation, self.heartbeat)
 
     def entry(self) -> MemberEntry:
-        """This record as a gossip entry."""
-        return MemberEntry(
+        """This record as a gossip entry (built unvalidated: the fields were validated on the way in)."""
+        return MemberEntry.model_construct(
             node_id=self.node_id,
             url=self.url,
             name=self.name,
@@ -155,8 +163,8 @@ class PeerTable:
     def by_url(self, url: str) -> PeerRecord | None:
         return next((p for p in self._peers.values() if p.url == url), None)
 
-    def observe(self, entry: MemberEntry, source: str = "gossip") -> bool:
-        """Merge one gossip entry; returns True when it told us something new.
+    def observe(self, entry: MemberEntry, source: str = "gossip") -> Observed:
+        """Merge one gossip entry; says whether it told us nothing, a newer heartbeat, or of a (re)joined peer.
 
         An entry wins only with a higher (incarnation, heartbeat) than ours,
         so stale gossip never revives a dead peer.
@@ -165,28 +173,32 @@ class PeerTable:
             if entry.url != self.self_url and entry.node_id not in self.duplicates:
                 self.duplicates.add(entry.node_id)
                 log.error("duplicate node id %s: another node at %s uses our id", entry.node_id, entry.url)
-            return False
+            return Observed.NOTHING
         now = self.clock()
         known = self._peers.get(entry.node_id)
         if known is None:
             if entry.state == "left" or len(self._peers) >= self.max_peers:
-                return False
+                return Observed.NOTHING
             record = self._record(entry, source, now)
             record.fitness = self.initial_fitness(entry.node_id)
             self._peers[entry.node_id] = record
             log.info("peer %s joined at %s (%s)", entry.node_id, entry.url, source)
-            return True
+            return Observed.JOINED
         if (entry.incarnation, entry.heartbeat) <= known.version:
-            return False
-        if entry.url != known.url and entry.incarnation == known.incarnation:
-            log.warning("node id %s is announced from %s and %s: duplicate id?", entry.node_id, known.url, entry.url)
-        if known.state in (PeerState.DEAD, PeerState.LEFT) and entry.state == "alive":
+            return Observed.NOTHING
+        revived = known.state in (PeerState.DEAD, PeerState.LEFT) and entry.state == "alive"
+        if entry.url != known.url:
+            if entry.incarnation == known.incarnation:
+                log.warning("node id %s announced from %s and %s: duplicate id?", entry.node_id, known.url, entry.url)
+            known.url, known.rtt_ms = entry.url, None
+        if revived:
             log.info("peer %s rejoined at %s", entry.node_id, entry.url)
-        fitness, rtt = known.fitness, known.rtt_ms
-        updated = self._record(entry, known.source, now)
-        updated.fitness, updated.rtt_ms = fitness, rtt if entry.url == known.url else None
-        self._peers[entry.node_id] = updated
-        return True
+        # Updated in place: this runs for every entry of every exchange.
+        known.name, known.model, known.capacity = entry.name, entry.model, entry.capacity
+        known.incarnation, known.heartbeat, known.in_flight = entry.incarnation, entry.heartbeat, entry.in_flight
+        known.last_seen = now
+        known.state = PeerState.LEFT if entry.state == "left" else PeerState.ALIVE
+        return Observed.JOINED if revived else Observed.UPDATED
 
     def add_candidate(self, node_id: str, url: str, source: str, **fields) -> None:
         """Add a peer heard of outside gossip (mDNS, inbound hello) if unknown or revived."""
@@ -248,11 +260,13 @@ class PeerTable:
         return changes
 
     def digest(self) -> list[MemberEntry]:
-        """Entries worth gossiping: alive peers and recent goodbyes.
+        """Entries worth gossiping: alive and suspect peers, and recent goodbyes.
 
-        Suspect and dead peers are not passed on, so stale news dies out.
+        Dead peers are not passed on, so stale news dies out; suspect ones
+        are, since under load a slow path may be the only one carrying their
+        heartbeats (an equal or older version never revives anyone).
         """
-        return [p.entry() for p in self._peers.values() if p.state in (PeerState.ALIVE, PeerState.LEFT)]
+        return [p.entry() for p in self._peers.values() if p.state is not PeerState.DEAD]
 
     def rows(self) -> list[PeerRow]:
         now = self.clock()
@@ -274,6 +288,6 @@ class PeerTable:
             source=source,
         )
 
-    def observe_all(self, entries: Iterable[MemberEntry], source: str = "gossip") -> int:
-        """Merge many entries; returns how many told us something new."""
-        return sum(self.observe(e, source) for e in entries)
+    def observe_all(self, entries: Iterable[MemberEntry], source: str = "gossip") -> Observed:
+        """Merge many entries; returns the most significant :class:`Observed` among them."""
+        return max((self.observe(e, source) for e in entries), default=Observed.NOTHING)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from dellm_p2p.peer_table import PeerState, PeerTable
+from dellm_p2p.peer_table import Observed, PeerState, PeerTable
 from dellm_p2p.protocol import MemberEntry
 
 
@@ -93,12 +93,25 @@ def test_unknown_left_entry_is_ignored(table):
     assert len(table) == 0
 
 
-def test_digest_excludes_suspect_and_dead(table, clock):
+def test_digest_passes_on_suspects_but_not_the_dead(table, clock):
     table.observe(entry("b"))
     clock.now += 4
     table.observe(entry("c"))
     table.sweep()
+    assert {e.node_id for e in table.digest()} == {"b", "c"}
+    clock.now += 5
+    table.sweep()
     assert [e.node_id for e in table.digest()] == ["c"]
+
+
+def test_observe_tells_joins_from_heartbeats(table, clock):
+    assert table.observe(entry(heartbeat=1)) is Observed.JOINED
+    assert table.observe(entry(heartbeat=2)) is Observed.UPDATED
+    assert table.observe(entry(heartbeat=2)) is Observed.NOTHING
+    clock.now += 9
+    table.sweep()
+    assert table.observe(entry(heartbeat=3)) is Observed.JOINED, "back from the dead"
+    assert table.observe_all([entry("c"), entry(heartbeat=4)]) is Observed.JOINED
 
 
 def test_own_id_from_elsewhere_is_a_duplicate(table, caplog):
@@ -132,7 +145,7 @@ def test_fitness_and_rtt_survive_heartbeat_updates(table):
 
 def test_table_size_is_bounded(clock):
     small = PeerTable("me", max_peers=3, clock=clock)
-    assert sum(small.observe(entry(f"n{i}")) for i in range(10)) == 3
+    assert sum(bool(small.observe(entry(f"n{i}"))) for i in range(10)) == 3
     small.add_candidate("extra", "ws://127.0.0.1:5", "mdns")
     assert len(small) == 3
 

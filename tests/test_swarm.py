@@ -50,6 +50,7 @@ class SimNode:
         table = PeerTable(self.name, url)
         pool = PeerPool(node_id=self.name, name=self.name, url=url)
         self.fitness = FitnessBook(self.name, table, pool=pool)
+        pool.model, pool.capacity = "simulated", 8
         self.membership = Membership(
             node_id=self.name, name=self.name, url=url, model="simulated", capacity=8, table=table, pool=pool,
             bootstrap=bootstrap, gossip_interval_s=0.1,
