@@ -58,6 +58,8 @@ async def test_answer_arrives_when_a_node_is_killed_mid_stream(vllm_node, tmp_pa
                     answer = event.answer
         assert killed and any(f.peer_id == victim.node_id for f in failures)
         assert answer is not None and answer.text.strip()
-        assert all(c.peer_id == vllm_node.node_id for c in answer.chunks[0].candidates)
+        # Other session nodes may join through gossip; the dead one contributes nothing.
+        assert answer.chunks[0].candidates
+        assert all(c.peer_id != victim.node_id for c in answer.chunks[0].candidates)
     finally:
         victim.kill()
