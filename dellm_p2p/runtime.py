@@ -36,3 +36,5 @@ def setup_logging(verbose: int) -> None:
     if verbose < 2:
         for noisy in ("transformers", "websockets", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    if verbose <= 0:  # e.g. "Triton is installed, but doesn't include CPU backend" on every start
+        logging.getLogger("vllm").setLevel(logging.ERROR)

@@ -80,7 +80,8 @@ class VllmEngine(Engine):
         # Engine-internal sockets stay on loopback; nothing else is reachable anyway.
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if self._cpu_bind:
+        previous_bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+        if self._cpu_bind:  # read by the engine processes vLLM spawns now; restored below
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpu_bind
         try:
             # Importing vllm and building the engine blocks for tens of seconds.
@@ -89,6 +90,12 @@ class VllmEngine(Engine):
             self._tokenizer = self._llm.get_tokenizer()
         except Exception as exc:
             raise EngineError(f"vLLM could not load {self._model}: {exc}") from exc
+        finally:
+            if self._cpu_bind:
+                if previous_bind is None:
+                    os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+                else:
+                    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = previous_bind
         if self._warmup:
             await self._run_warmup()
 
