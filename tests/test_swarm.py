@@ -134,6 +134,13 @@ async def test_every_strategy_runs(cluster, strategy):
     assert "Paris" in answer.text
 
 
+async def test_no_decomposition_keeps_the_question_whole(cluster):
+    _, bootstrap = cluster
+    async with Swarm(peers=[bootstrap], mdns=False) as swarm:
+        answer = await swarm.ask(QUESTION, decompose="none", redundancy=1)
+    assert len(answer.chunks) == 1 and answer.chunks[0].chunk.text == QUESTION
+
+
 async def test_fewer_peers_than_redundancy_asks_for_samples(cluster):
     _, bootstrap = cluster
     async with Swarm(peers=[bootstrap], mdns=False) as swarm:

@@ -140,7 +140,7 @@ async def _stats(peer: str, as_json: bool) -> int:
 @click.option("--redundancy", "-k", type=click.IntRange(1, 16), default=3, show_default=True, help="Answers per chunk.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=160, show_default=True)
-@click.option("--decompose", type=click.Choice(["rules", "llm"]), default="rules", show_default=True)
+@click.option("--decompose", type=click.Choice(["rules", "llm", "none"]), default="rules", show_default=True)
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=180.0, show_default=True, help="Seconds.")
 @click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the full trace as JSON.")

@@ -22,7 +22,15 @@ from ..fitness import FitnessBook
 from ..membership import PeerPool
 from ..peer_table import PeerTable
 from ..protocol import SamplingParams, Token
-from .decompose import LLM_DECOMPOSE_PROMPT, DecompositionError, decompose, parse_llm_decomposition, render_chunk_prompt
+from .decompose import (
+    LLM_DECOMPOSE_PROMPT,
+    DecompositionError,
+    classify,
+    complexity,
+    decompose,
+    parse_llm_decomposition,
+    render_chunk_prompt,
+)
 from .errors import AllPeersFailedError, NoPeersError, QuestionError
 from .events import (
     CandidateReady,
@@ -57,7 +65,8 @@ class AskOptions:
         max_tokens: tokens per chunk answer.
         timeout_s: deadline of the whole question [s].
         chunk_timeout_s: deadline of one chunk, re-routes included [s].
-        decompose: ``rules`` or ``llm`` (falls back to the rules on invalid output).
+        decompose: ``rules``, ``llm`` (falls back to the rules on invalid
+            output) or ``none`` (the whole question is one chunk).
         synthesize: let an LLM combine the chunk answers (else they are listed).
         max_question_chars: longer questions are refused.
         max_reroutes: re-routes per chunk after peer failures.
@@ -80,8 +89,8 @@ class AskOptions:
         """Validate; raises :class:`QuestionError` with a one-line reason."""
         if self.strategy not in STRATEGIES:
             raise QuestionError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
-        if self.decompose not in ("rules", "llm"):
-            raise QuestionError(f"unknown decomposition {self.decompose!r}; choose rules or llm")
+        if self.decompose not in ("rules", "llm", "none"):
+            raise QuestionError(f"unknown decomposition {self.decompose!r}; choose rules, llm or none")
         if not 1 <= self.redundancy <= 16:
             raise QuestionError("redundancy must be between 1 and 16")
         if not 0 <= self.temperature <= 2:
@@ -153,6 +162,9 @@ class QuestionRun:
     # Decompose.
 
     async def _decompose(self) -> list[Chunk]:
+        if self.options.decompose == "none":
+            operation = classify(self.question)
+            return [Chunk("c1", self.question, operation, complexity(self.question, operation))]
         if self.options.decompose == "llm":
             try:
                 reply = await self._ask_one(LLM_DECOMPOSE_PROMPT.format(question=self.question), max_tokens=400)
