@@ -63,3 +63,20 @@ async def test_answer_arrives_when_a_node_is_killed_mid_stream(vllm_node, tmp_pa
         assert all(c.peer_id != victim.node_id for c in answer.chunks[0].candidates)
     finally:
         victim.kill()
+
+
+def test_examples_run_as_they_are(vllm_node):
+    import subprocess
+    import sys
+
+    swarm = subprocess.run(
+        [sys.executable, "examples/ask_swarm.py", "What is the capital of France?", "--peer", vllm_node.url],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert swarm.returncode == 0, swarm.stderr[-2000:]
+    assert "answer:" in swarm.stdout and "vote c1" in swarm.stdout
+    single = subprocess.run(
+        [sys.executable, "examples/stream_from_node.py", vllm_node.url, "What is the capital of France?"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert single.returncode == 0 and "Paris" in single.stdout, single.stderr[-2000:]
