@@ -35,6 +35,10 @@ TARGETS = {"b/a": 1.05, "c/a": 1.10}
 TIMEOUT_S = 120.0
 
 
+def progress(message: str) -> None:
+    print(f"[bench_overhead {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def chunk_prompt(question: str) -> str:
     """The user message the coordinator sends for ``question`` as a single chunk."""
     from dellm_p2p.coordinator.decompose import classify, render_chunk_prompt

