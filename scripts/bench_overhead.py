@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_node import progress, questions
+from bench_node import questions  # the same question list as bench_node
 
 from dellm_p2p.runtime import run, setup_logging
 

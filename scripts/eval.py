@@ -84,13 +84,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a file from anywhere
     sys.path.insert(0, str(REPO))
 
-from dellm_p2p.client import PeerError  # noqa: E402
-from dellm_p2p.coordinator.decompose import classify, complexity, decompose, render_chunk_prompt  # noqa: E402
-from dellm_p2p.coordinator.extract import ANSWER_SUFFIX, extract_answer, extract_number, fold  # noqa: E402
-from dellm_p2p.coordinator.route import route  # noqa: E402
-from dellm_p2p.coordinator.types import Candidate, Chunk, Operation, VoteResult  # noqa: E402
-from dellm_p2p.coordinator.vote import STRATEGIES, judge_vote, vote  # noqa: E402
-from dellm_p2p.protocol import SamplingParams, Token  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import (  # noqa: E402
     BarColumn,
@@ -100,6 +93,14 @@ from rich.progress import (  # noqa: E402
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from dellm_p2p.client import PeerError  # noqa: E402
+from dellm_p2p.coordinator.decompose import classify, complexity, decompose, render_chunk_prompt  # noqa: E402
+from dellm_p2p.coordinator.extract import ANSWER_SUFFIX, extract_answer, extract_number, fold  # noqa: E402
+from dellm_p2p.coordinator.route import route  # noqa: E402
+from dellm_p2p.coordinator.types import Candidate, Chunk, Operation, VoteResult  # noqa: E402
+from dellm_p2p.coordinator.vote import STRATEGIES, judge_vote, vote  # noqa: E402
+from dellm_p2p.protocol import SamplingParams, Token  # noqa: E402
 
 DATA_DIR = REPO.parent / "shared" / "data"
 DATASETS = {
@@ -343,6 +344,7 @@ def paired(records: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the run
 
+
 def _free_ports(count: int) -> list[int]:
     sockets = []
     try:
@@ -433,6 +435,20 @@ def fitness_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
     return {"nodes": nodes, "mean_change": sum(changes) / len(changes) if changes else None}
 
 
+async def retry_overloaded(call, deadline_s: float, pause_s: float = 0.25):
+    """``await call()``, again after a growing pause while it raises ``PeerError('overloaded')``,
+    for up to ``deadline_s`` [s]; any other error, or overload past the deadline, is raised."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            return await call()
+        except PeerError as exc:
+            if exc.code != "overloaded" or time.monotonic() + pause_s > end:
+                raise
+        await asyncio.sleep(pause_s)
+        pause_s = min(2.0, pause_s * 2)
+
+
 class Evaluator:
     """Runs every method on one question at a time (``--concurrency`` questions in flight)."""
 
@@ -453,20 +469,17 @@ class Evaluator:
         return mine or serving  # --peer given by another spelling of the URL: use what the swarm knows
 
     async def _complete(self, url: str, prompt: str, temperature: float, max_tokens: int):
-        """One chat completion from one node, retried briefly when the node is overloaded."""
-        for attempt in range(4):
-            try:
-                client = await self.swarm.pool.get(url)
-                return await client.complete(
-                    messages=[{"role": "user", "content": prompt}],
-                    params=SamplingParams(max_tokens=max_tokens, temperature=temperature),
-                    timeout_s=self.args.request_timeout,
-                )
-            except PeerError as exc:
-                if exc.code != "overloaded" or attempt == 3:
-                    raise
-                await asyncio.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
+        """One chat completion from one node; waits while the node answers ``overloaded``."""
+
+        async def once():
+            client = await self.swarm.pool.get(url)
+            return await client.complete(
+                messages=[{"role": "user", "content": prompt}],
+                params=SamplingParams(max_tokens=max_tokens, temperature=temperature),
+                timeout_s=self.args.request_timeout,
+            )
+
+        return await retry_overloaded(once, self.args.request_timeout)
 
     # --- per question
 
@@ -547,7 +560,10 @@ class Evaluator:
             logprobs: dict[int, list[float]] = {}
             last: dict[int, float] = {}
             sent = time.perf_counter()
-            try:
+
+            async def stream() -> None:
+                nonlocal sent
+                sent = time.perf_counter()
                 client = await self.swarm.pool.get(a.url)
                 params = SamplingParams(
                     max_tokens=args.max_tokens, temperature=args.temperature, n=a.samples, logprobs=True
@@ -558,6 +574,9 @@ class Evaluator:
                         texts.setdefault(tok.index, []).append(tok.text)
                         logprobs.setdefault(tok.index, []).extend(tok.logprobs or [])
                         last[tok.index] = (time.perf_counter() - started) * 1000
+
+            try:
+                await retry_overloaded(stream, args.request_timeout)  # "overloaded" comes before any token
             finally:
                 self.load[a.peer_id] -= 1
             latency = (time.perf_counter() - sent) * 1000
@@ -923,7 +942,8 @@ def report(result: dict[str, Any]) -> str:
         f"## eval {result['dataset']}: {result['questions']} questions"
         + (" (interrupted)" if result["interrupted"] else ""),
         "",
-        f"model {', '.join(result['model']) or '?'} · T={result['temperature']:g} · max_tokens {result['max_tokens']} · "
+        f"model {', '.join(result['model']) or '?'} · T={result['temperature']:g} · "
+        f"max_tokens {result['max_tokens']} · "
         f"{len(result['peers'])} node(s) · {result['date']} · {result['machine']['machine']}, "
         f"{result['machine']['cpus']} cores · {result['wall_s']:.0f} s",
         "",
@@ -978,7 +998,7 @@ def _strategies(text: str) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="capitals")
     parser.add_argument("--limit", type=int, default=None, help="first N questions (default: all)")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help=f"default {DATA_DIR}")
