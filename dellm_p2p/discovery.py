@@ -145,6 +145,11 @@ class MdnsDiscovery:
             server=f"dellm-{node_id}.local.",
         )
 
+    @property
+    def interfaces(self) -> list[str] | None:
+        """The IPv4 addresses used for mDNS (``None`` = all interfaces)."""
+        return self._interfaces
+
     def _announce_addresses(self) -> list[str]:
         if self._interfaces:
             return self._interfaces

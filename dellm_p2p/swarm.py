@@ -163,7 +163,7 @@ class Swarm:
     def _no_peers_reason(self) -> str:
         where = []
         if self._mdns is not None:
-            interfaces = self._mdns._interfaces
+            interfaces = self._mdns.interfaces
             where.append(f"mDNS on {', '.join(interfaces) if interfaces else 'all interfaces'}")
         if self._bootstrap:
             where.append(f"bootstrap {', '.join(self._bootstrap)}")

@@ -30,7 +30,8 @@ Compared on the same questions in one run:
   ordered round-robin over the peers (so the first k are what routing k
   samples would ask for), and every strategy votes offline on the first k
   (``vote.vote`` / ``vote.judge_vote``). All strategies and all k therefore
-  see identical samples. The question is never decomposed: it is one chunk
+  see identical samples. These requests use the script's own connections
+  (see :class:`Connections`). The question is never decomposed: it is one chunk
   (``classify`` gives its operation, the prompt is built as
   ``pipeline._answer_chunk`` builds it). ``swarm.ask`` cannot do this itself:
   it has no option to skip decomposition, and it cancels stragglers once
@@ -65,12 +66,14 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
 import math
 import os
 import platform
 import re
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +88,7 @@ if str(REPO) not in sys.path:  # run as a file from anywhere
     sys.path.insert(0, str(REPO))
 
 from rich.console import Console  # noqa: E402
+from rich.logging import RichHandler  # noqa: E402
 from rich.progress import (  # noqa: E402
     BarColumn,
     MofNCompleteColumn,
@@ -386,20 +390,21 @@ def start_nodes(count: int, state_root: Path, max_concurrency: int, timeout_s: f
     return nodes
 
 
-def stop_nodes(nodes: Sequence, log) -> None:
+def stop_nodes(nodes: Sequence, log, timeout_s: float = 60.0) -> None:
+    """SIGTERM every node at once (a second SIGTERM would cancel at once), wait, SIGKILL stragglers."""
     for node in nodes:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(ProcessLookupError):
             if node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)  # all at once; stop() below waits
+                node.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
     for node in nodes:
         try:
-            code = node.stop(60)
+            code = node.proc.wait(max(0.1, deadline - time.monotonic()))
             if code != 0:
-                log(f"node {node.url} exited with {code}")
-        except Exception as exc:
-            log(f"stopping {node.url} failed: {exc}")
-            with contextlib.suppress(Exception):
-                node.kill()
+                log(f"node {node.url} exited with {code}:\n{node.stderr_tail(5)}")
+        except subprocess.TimeoutExpired:
+            log(f"node {node.url} did not stop within {timeout_s:g} s; killing it")
+            node.kill()
 
 
 async def read_fitness(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str, Any]:
@@ -435,6 +440,38 @@ def fitness_change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
     return {"nodes": nodes, "mean_change": sum(changes) / len(changes) if changes else None}
 
 
+class Connections:
+    """This script's own connections to the nodes, one per URL, reopened when closed.
+
+    Not the swarm's pool: the swarm's membership drops a pooled connection
+    whenever one gossip exchange with that node takes longer than 3 s (busy
+    CPU), which kills every request in flight on it (dellm_p2p/membership.py,
+    ``Membership._exchange``). The offline samples, baselines and judge calls
+    must not lose answers to that; the ``swarm.ask`` row runs the product path as is.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.reconnects = 0
+
+    async def get(self, url: str):
+        from dellm_p2p.client import PeerClient
+
+        async with self._locks.setdefault(url, asyncio.Lock()):
+            client = self._clients.get(url)
+            if client is None or client.closed:
+                if client is not None:
+                    self.reconnects += 1
+                client = await PeerClient.connect(url, name="eval")
+                self._clients[url] = client
+            return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
 async def retry_overloaded(call, deadline_s: float, pause_s: float = 0.25):
     """``await call()``, again after a growing pause while it raises ``PeerError('overloaded')``,
     for up to ``deadline_s`` [s]; any other error, or overload past the deadline, is raised."""
@@ -460,6 +497,7 @@ class Evaluator:
         self.kmax = max(args.ks)
         self.load: Counter[str] = Counter()
         self.rewards_issued = 0
+        self.connections = Connections()
 
     # --- helpers
 
@@ -472,7 +510,7 @@ class Evaluator:
         """One chat completion from one node; waits while the node answers ``overloaded``."""
 
         async def once():
-            client = await self.swarm.pool.get(url)
+            client = await self.connections.get(url)
             return await client.complete(
                 messages=[{"role": "user", "content": prompt}],
                 params=SamplingParams(max_tokens=max_tokens, temperature=temperature),
@@ -564,7 +602,7 @@ class Evaluator:
             async def stream() -> None:
                 nonlocal sent
                 sent = time.perf_counter()
-                client = await self.swarm.pool.get(a.url)
+                client = await self.connections.get(a.url)
                 params = SamplingParams(
                     max_tokens=args.max_tokens, temperature=args.temperature, n=a.samples, logprobs=True
                 )
@@ -888,6 +926,7 @@ async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[s
                     w.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
 
+        await evaluator.connections.close()
         await asyncio.sleep(args.gossip_settle)  # let the last reward records spread
         after = await read_fitness(urls)
         coordinator_view = swarm.fitness.snapshot()
@@ -930,6 +969,7 @@ async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[s
             "coordinator_view_after": coordinator_view,
             "rewards_issued": evaluator.rewards_issued,
         },
+        "own_connection_reconnects": evaluator.connections.reconnects,
         "diagnostics": diagnostics(args.dataset, done, args.ks, args.strategies),
         "records": done,
     }
@@ -976,6 +1016,9 @@ def report(result: dict[str, Any]) -> str:
         f"right text but wrong key {diag['right_text_wrong_key']}; judge fell back to majority "
         f"{diag['judge_fallbacks']}×; the rules would split {diag['questions_decomposed_by_rules']} question(s)"
     )
+    warned = result.get("library_warnings", {})
+    if warned.get("count"):
+        lines.append(f"library warnings during the run: {warned['count']} (see the JSON), e.g. {warned['messages'][0]}")
     return "\n".join(lines)
 
 
@@ -1030,6 +1073,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class KeepWarnings(logging.Handler):
+    """Keeps the library's warnings (e.g. dropped gossip connections) for the JSON."""
+
+    def __init__(self, keep: int = 200):
+        super().__init__(logging.WARNING)
+        self.keep = keep
+        self.count = 0
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.messages) < self.keep:
+            self.messages.append(f"{record.name}: {record.getMessage()}")
+
+
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM ends the run like Ctrl-C, so that the nodes this script started are stopped."""
     raise KeyboardInterrupt
@@ -1042,6 +1100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]no data file {args.data_dir / DATASETS[args.dataset]}[/]")
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    kept = KeepWarnings()
+    logging.basicConfig(
+        level=logging.WARNING, format="%(name)s: %(message)s", handlers=[RichHandler(console=console), kept]
+    )
     nodes: list = []
     state = tempfile.TemporaryDirectory(prefix="dellm-eval-")
     try:
@@ -1061,6 +1123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stop_nodes(nodes, console.print)
         state.cleanup()
+    result["library_warnings"] = {"count": kept.count, "messages": kept.messages}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(report(result))
