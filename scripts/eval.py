@@ -33,7 +33,8 @@ Compared on the same questions in one run:
   see identical samples. These requests use the script's own connections
   (see :class:`Connections`). The question is never decomposed: it is one chunk
   (``classify`` gives its operation, the prompt is built as
-  ``pipeline._answer_chunk`` builds it). ``swarm.ask`` cannot do this itself:
+  ``pipeline._answer_chunk`` builds it; ``--swarm-prompt raw`` sends the bare
+  question instead, as an experiment). ``swarm.ask`` cannot do this itself:
   it has no option to skip decomposition, and it cancels stragglers once
   majority is decided, so it does not return all k samples;
 * **pass@k** — any of the first k samples right: the ceiling of any vote;
@@ -542,7 +543,8 @@ class Evaluator:
         record["baseline_node"] = node_url
         try:
             async with asyncio.timeout(args.question_timeout):
-                await self._swarm_methods(item, chunk, prompt, record)
+                swarm_prompt = prompt if args.swarm_prompt == "suffix" else item.question
+                await self._swarm_methods(item, chunk, swarm_prompt, record)
                 if args.ask_k:
                     await self._ask(item, record)
                 await self._baselines(item, prompt, node_url, record)
@@ -959,6 +961,7 @@ async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[s
         "wall_s": round(time.time() - started, 1),
         "machine": machine_info(),
         "prompt": f"<question>\\n{ANSWER_SUFFIX}",
+        "swarm_prompt": args.swarm_prompt,
         "rows": rows,
         "best_swarm": best["method"] if best else None,
         "paired": comparisons,
@@ -983,7 +986,7 @@ def report(result: dict[str, Any]) -> str:
         + (" (interrupted)" if result["interrupted"] else ""),
         "",
         f"model {', '.join(result['model']) or '?'} · T={result['temperature']:g} · "
-        f"max_tokens {result['max_tokens']} · "
+        f"max_tokens {result['max_tokens']} · swarm samples: {result['swarm_prompt']} prompt · "
         f"{len(result['peers'])} node(s) · {result['date']} · {result['machine']['machine']}, "
         f"{result['machine']['cpus']} cores · {result['wall_s']:.0f} s",
         "",
@@ -1052,6 +1055,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=3, help="nodes to start when no --peer (default 3)")
     parser.add_argument("--peer", action="append", default=[], help="use this running node (repeatable)")
     parser.add_argument("--concurrency", type=int, default=4, help="questions in flight (default 4)")
+    parser.add_argument(
+        "--swarm-prompt",
+        choices=("suffix", "raw"),
+        default="suffix",
+        help="prompt of the offline swarm samples: the pipeline's (question + ANSWER_SUFFIX, default) or the raw "
+        "question (an experiment; the swarm.ask row always runs the pipeline's)",
+    )
     parser.add_argument("--ask-k", type=int, default=3, help="redundancy of the swarm.ask row; 0 = no such row")
     parser.add_argument("--ask-strategy", choices=STRATEGIES, default="majority")
     parser.add_argument("--request-timeout", type=float, default=180.0, help="one request's deadline [s]")

@@ -1,0 +1,1028 @@
+"""Benchmark the network layer at scale, without models: N simulated nodes on 127.0.0.1.
+
+Every node is the product's own stack -- ``NodeServer`` + ``PeerTable`` +
+``PeerPool`` + ``FitnessBook`` + ``Membership``, wired as ``dellm_p2p.node``
+wires them, with the library's defaults (gossip interval 0.5 s, fan-out 3,
+pool of 64 connections, 32 requests at once) -- but its engine is a
+**SIMULATION** (:class:`SimulatedEngine`, defined here and used nowhere
+else): no model, it streams a fixed 20-word answer at a fixed token rate
+after a fixed latency. Nodes run in a few worker processes (``spawn``), each
+an event loop (uvloop through :func:`dellm_p2p.runtime.run`) hosting N/P
+nodes; the benchmark itself (routing, coordinator) runs in the main process.
+
+Figures per N (``--sizes``, default 10,100,500):
+
+* **membership converged** [s]: from the moment all nodes but the bootstrap
+  node were told to start (each knows only node 0, mDNS off) until every
+  node's table lists the N-1 others in state *alive*. Worker processes check
+  their nodes' tables when polled (every 0.2 s); a node counts from the
+  first check it was complete at, if it stayed complete until all were.
+* **routing** p50/p99 [µs]: ``route(chunk, peers, redundancy=3)`` over a
+  ``PeerTable`` of N records with random RTT (0.2-50 ms), fitness (0-1) and
+  in-flight counts, 10,000 chunks, in the main process before the nodes
+  start (nothing else of ours runs then). The pipeline's whole dispatch
+  decision (``table.alive()`` + ``eligible_peers`` + ``route``) is timed too
+  (JSON).
+* **gossip to all N** [s]: one ``RewardRecord`` is handed to one node
+  (``fitness.receive([record])``: rumor mongering onward, plus anti-entropy
+  on membership exchanges); each node's ``FitnessBook.apply`` stamps
+  ``time.time()`` when it first applies it (all processes share the
+  machine's clock). Median and worst of ``--gossip-reps`` records from
+  different nodes; the JSON says how many nodes got it by push (``rewards``
+  frames) and how many by anti-entropy (``members`` exchanges).
+* **coordinator memory per known peer** [bytes]: ``tracemalloc`` runs in
+  the main process while a ``Swarm`` (mDNS off, bootstrap node 0) is created
+  and joins, until its table lists all N nodes; memory allocated in that
+  window and still live (table, fitness book, membership digest, pooled
+  connections), divided by N.
+* **fan-out throughput** [questions/s]: that Swarm answers single-chunk
+  questions (``decompose="none"``, ``synthesize=False``) at redundancy 3,
+  ``--concurrency`` questions in flight for ``--duration-s``; every
+  simulated answer takes ``--first-token-ms`` + ``--tokens`` × ``--token-ms``
+  (default 0 + 20 × 5 ms = 100 ms), so the ideal rate is concurrency / that.
+
+Worker processes get ``nice`` +``--worker-nice`` (default 10) so the
+coordinator, which in a real network has a machine of its own, is not starved
+by N nodes sharing this machine's cores; ``--procs`` defaults to
+max(cores, ceil(N / 100)): each process holds at most ~100 nodes, since every
+node keeps up to 64 pooled connections and both ends of each are in our
+processes (file descriptors: RLIMIT_NOFILE is raised to its hard limit).
+
+Usage::
+
+    .venv/bin/python scripts/bench_scale.py [--sizes 10,100,500] [--json out.json] [--quick]
+        [--wait-load 2]   # first wait (poll every 30 s, at most 20 min) for the 1-min load average < 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import gc
+import json
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import tracemalloc
+import uuid
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dellm_p2p.config import NodeConfig
+from dellm_p2p.coordinator.errors import SwarmError
+from dellm_p2p.coordinator.pipeline import AskOptions
+from dellm_p2p.coordinator.route import eligible_peers, route
+from dellm_p2p.coordinator.types import Chunk, Operation
+from dellm_p2p.engine import Delta, Engine, EngineStats, GenerationRequest, ModelInfo, PromptTooLongError
+from dellm_p2p.fitness import FitnessBook
+from dellm_p2p.membership import Membership, PeerPool
+from dellm_p2p.peer_table import PeerState, PeerTable
+from dellm_p2p.protocol import MemberEntry, RewardRecord
+from dellm_p2p.runtime import run
+from dellm_p2p.server import NodeServer
+from dellm_p2p.swarm import Swarm
+
+HOST = "127.0.0.1"
+SIM_MODEL = "SIMULATED-no-model"
+TARGET_ROUTE_P99_US = 1000.0  # at N = 500
+TARGET_GOSSIP_S = 3.0  # at N = 500
+TARGET_N = 500
+POLL_S = 0.2  # membership status poll period
+RNG = random.Random(20261122)
+
+
+def progress(message: str) -> None:
+    print(f"[bench_scale {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# The SIMULATION: an engine without a model. Lives only in this benchmark.
+
+
+class SimulatedEngine(Engine):
+    """SIMULATED engine (no model): streams ``tokens`` words, the first after
+    ``first_token_s`` + ``token_interval_s``, then one every ``token_interval_s``.
+
+    Token times are absolute (from the request's start), so event-loop jitter
+    delays a token but does not slow the rate. The answer ends with
+    ``Answer: 42`` so every node agrees and the vote is decided.
+    """
+
+    def __init__(self, tokens: int = 20, token_interval_s: float = 0.005, first_token_s: float = 0.0):
+        words = "Six times seven is forty-two , so the value the question asks for is 42 and nothing else".split()
+        body = (words * (1 + tokens // len(words)))[: max(0, tokens - 2)]
+        self.words = [*body, "Answer:", "42"][-tokens:] if tokens >= 2 else ["42"][:tokens]
+        self.token_interval_s = token_interval_s
+        self.first_token_s = first_token_s
+        self.max_model_len = 4096
+        self.requests = 0
+        self.tokens_out = 0
+        self.running: set[str] = set()
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(SIM_MODEL, self.max_model_len, "simulated")
+
+    async def start(self) -> None:
+        pass
+
+    async def generate(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Delta]:
+        text = request.prompt if request.prompt is not None else " ".join(m.content for m in request.messages or [])
+        prompt_tokens = len(text.split())
+        if prompt_tokens >= self.max_model_len:
+            raise PromptTooLongError(prompt_tokens, self.max_model_len)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        words = self.words[: request.params.max_tokens]
+        self.requests += 1
+        self.running.add(request_id)
+        try:
+            for position, word in enumerate(words):
+                due = started + self.first_token_s + (position + 1) * self.token_interval_s
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                last = position == len(words) - 1
+                for index in range(request.params.n):
+                    self.tokens_out += 1
+                    yield Delta(
+                        index=index,
+                        text=(" " if position else "") + word,
+                        tokens=1,
+                        logprobs=[-0.1] if request.params.logprobs else None,
+                        finish_reason=("stop" if len(words) == len(self.words) else "length") if last else None,
+                        prompt_tokens=prompt_tokens,
+                        queued_ms=0.0,
+                    )
+        finally:
+            self.running.discard(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.running.discard(request_id)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(requests_total=self.requests, tokens_generated=self.tokens_out, running=len(self.running))
+
+    async def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Measurement hooks (subclasses; the library's behaviour is unchanged)
+
+# Per worker process: the watched reward record id and, per node index, when
+# (time.time()), how (push / anti-entropy / inject) and at which hop count it was applied.
+_WATCH: dict[str, Any] = {"id": None, "hits": {}}
+_HOW = {"_on_frame": "push", "on_members": "anti-entropy", "_exchange": "anti-entropy", "cmd_inject": "inject"}
+
+
+class _TimedFitnessBook(FitnessBook):
+    """FitnessBook that stamps the first application of the watched record."""
+
+    def __init__(self, *args, index: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.index = index
+
+    def apply(self, record: RewardRecord) -> bool:
+        fresh = super().apply(record)
+        if fresh and record.id == _WATCH["id"]:
+            # Who called receive(): the server's frame handler (a `rewards` push) or membership (anti-entropy).
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_name in ("apply", "receive", "<listcomp>"):
+                frame = frame.f_back
+            caller = frame.f_code.co_name if frame is not None else "?"
+            _WATCH["hits"][self.index] = (time.time(), _HOW.get(caller, caller), record.hops)
+        return fresh
+
+
+class _CountingPool(PeerPool):
+    """PeerPool that counts the connections it opens (churn when a node gossips with more peers than it keeps)."""
+
+    opened = 0  # per process, all nodes
+
+    async def _connect(self, url: str):
+        client = await super()._connect(url)
+        _CountingPool.opened += 1
+        return client
+
+
+class _LogCounter(logging.Handler):
+    """Counts WARNING+ records by message template; prints the first few ERRORs."""
+
+    def __init__(self, tag: str):
+        super().__init__(logging.WARNING)
+        self.tag = tag
+        self.counts: Counter[str] = Counter()
+        self.printed = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        template = str(record.msg).split("\n", 1)[0]  # asyncio puts the task's repr after a newline
+        self.counts[f"{record.levelname} {record.name}: {template}"] += 1
+        if record.levelno >= logging.ERROR and self.printed < 5:
+            self.printed += 1
+            print(f"[{self.tag}] {record.levelname} {record.name}: {record.getMessage()}", file=sys.stderr)
+
+
+def install_log_counter(tag: str) -> _LogCounter:
+    handler = _LogCounter(tag)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    return handler
+
+
+# ---------------------------------------------------------------------------
+# A node, assembled like dellm_p2p.node.Node does it (engine: SIMULATED)
+
+
+class SimNode:
+    def __init__(self, index: int, settings: dict[str, Any]):
+        self.index = index
+        self.node_id = f"sim-{index:04d}"
+        engine = SimulatedEngine(settings["tokens"], settings["token_ms"] / 1000, settings["first_token_ms"] / 1000)
+        self.server = NodeServer(engine, node_id=self.node_id, name=self.node_id, max_concurrency=settings["capacity"])
+        self.settings = settings
+
+    async def start(self, bootstrap: list[str]) -> str:
+        s, server = self.settings, self.server
+        url = await server.start(HOST, 0)
+        self.table = PeerTable(self.node_id, url, suspect_after_s=s["suspect_after_s"], dead_after_s=s["dead_after_s"])
+        pool = _CountingPool(node_id=self.node_id, name=self.node_id, url=url)
+        hello = server.hello
+        pool.model, pool.capacity = hello.model, hello.capacity
+        self.membership = Membership(
+            node_id=self.node_id, name=self.node_id, url=url, model=hello.model, capacity=hello.capacity,
+            table=self.table, pool=pool, bootstrap=bootstrap, in_flight=lambda: server.in_flight,
+            gossip_interval_s=s["gossip_interval_s"], fanout=s["fanout"],
+        )  # fmt: skip
+        self.fitness = _TimedFitnessBook(self.node_id, self.table, pool=pool, fanout=s["fanout"], index=self.index)
+        server.membership, server.fitness = self.membership, self.fitness
+        self.membership.fitness = self.fitness
+        await self.membership.start()
+        return url
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.membership.close(goodbye_timeout_s=0.5)
+            await self.fitness.close()
+        await self.server.shutdown(0)
+
+
+# ---------------------------------------------------------------------------
+# Worker process: hosts a share of the nodes, answers commands over a pipe
+
+
+def worker_entry(conn, worker_id: int, settings: dict[str, Any]) -> None:
+    """Entry point of a worker process (``spawn``)."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if settings["worker_nice"]:
+        with contextlib.suppress(OSError):
+            os.nice(settings["worker_nice"])
+    logs = install_log_counter(f"worker {worker_id}")
+    with contextlib.suppress(KeyboardInterrupt):
+        run(_Worker(conn, worker_id, settings, logs).serve())
+
+
+class _Worker:
+    def __init__(self, conn, worker_id: int, settings: dict[str, Any], logs: _LogCounter):
+        self.conn, self.worker_id, self.settings, self.logs = conn, worker_id, settings, logs
+        self.nodes: dict[int, SimNode] = {}
+        self.n_total = 0
+        self.ok_since: dict[int, float | None] = {}
+        self.lags: deque[float] = deque(maxlen=20_000)
+        self.mark = (time.process_time(), time.monotonic(), 0, 0)
+        self.profiler: Any = None
+
+    async def serve(self) -> None:
+        lag_task = asyncio.create_task(self._lag_monitor())
+        try:
+            while True:
+                try:
+                    message = await asyncio.to_thread(self.conn.recv)
+                except (EOFError, OSError):  # the main process is gone
+                    break
+                command = message.pop("cmd")
+                try:
+                    reply = await getattr(self, f"cmd_{command}")(**message)
+                except Exception as exc:
+                    reply = {"error": f"{type(exc).__name__}: {exc}"}
+                self.conn.send(reply)
+                if command == "stop":
+                    break
+        finally:
+            lag_task.cancel()
+
+    async def _lag_monitor(self, period_s: float = 0.05) -> None:
+        """Event-loop lag: how late a 50 ms sleep wakes up [ms]."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(period_s)
+            self.lags.append((time.perf_counter() - started - period_s) * 1000)
+
+    async def cmd_ping(self) -> dict:
+        return {"pid": os.getpid()}
+
+    async def cmd_start(self, indices: list[int], bootstrap: list[str], n_total: int) -> dict:
+        self.n_total = n_total
+        urls = {}
+        for i in indices:
+            node = SimNode(i, self.settings)
+            urls[i] = await node.start(bootstrap)
+            self.nodes[i] = node
+            self.ok_since[i] = None
+        return {"urls": urls, "t_started": time.time()}
+
+    async def cmd_status(self) -> dict:
+        """Membership: per node, are all N-1 others in its table and alive?"""
+        want = self.n_total - 1
+        counts = Counter()
+        for i, node in self.nodes.items():
+            states = Counter(p.state for p in node.table.records())
+            alive = states[PeerState.ALIVE]
+            counts["alive"] += alive
+            counts["suspect"] += states[PeerState.SUSPECT]
+            counts["dead"] += states[PeerState.DEAD] + states[PeerState.LEFT]
+            counts["missing"] += max(0, want - len(node.table))
+            now = time.time()
+            if alive >= want:
+                self.ok_since[i] = self.ok_since[i] or now
+            else:
+                self.ok_since[i] = None
+        done = [t for t in self.ok_since.values() if t is not None]
+        return {
+            "complete": len(done),
+            "nodes": len(self.nodes),
+            "ok_since_max": max(done) if len(done) == len(self.nodes) else None,
+            **counts,
+        }
+
+    async def cmd_watch(self, record_id: str) -> dict:
+        _WATCH["id"], _WATCH["hits"] = record_id, {}
+        return {}
+
+    async def cmd_inject(self, index: int, record: dict) -> dict:
+        node = self.nodes[index]
+        reward = RewardRecord(**record)
+        t_inject = time.time()
+        node.fitness.receive([reward])
+        return {"t_inject": t_inject}
+
+    async def cmd_gossip_status(self) -> dict:
+        return {"hits": dict(_WATCH["hits"])}
+
+    async def cmd_stats(self) -> dict:
+        """Since the last call: CPU [s] and wall [s] of this process, event-loop lag, connections opened."""
+        cpu0, wall0, opened0, rounds0 = self.mark
+        cpu, wall = time.process_time(), time.monotonic()
+        rounds = sum(n.membership.heartbeat for n in self.nodes.values())  # +1 per node per gossip round
+        self.mark = (cpu, wall, _CountingPool.opened, rounds)
+        lags = sorted(self.lags)
+        self.lags.clear()
+        try:
+            fds = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            fds = None
+        return {
+            "cpu_s": cpu - cpu0,
+            "wall_s": wall - wall0,
+            "lag_ms_p50": pct(lags, 50),
+            "lag_ms_p99": pct(lags, 99),
+            "lag_ms_max": lags[-1] if lags else None,
+            "connects": _CountingPool.opened - opened0,
+            "rounds": rounds - rounds0,
+            "nodes": len(self.nodes),
+            "pooled": sum(len(n.membership.pool) for n in self.nodes.values()),
+            "fds": fds,
+            "rss_mib": _rss_mib(),
+            "warnings": dict(self.logs.counts),
+        }
+
+    async def cmd_profile(self, path: str | None) -> dict:
+        """Start cProfile (CPU time), or stop it and dump the stats to ``path``."""
+        import cProfile
+
+        if path is None:
+            self.profiler = cProfile.Profile(time.process_time)
+            self.profiler.enable()
+        else:
+            self.profiler.disable()
+            self.profiler.dump_stats(path)
+        return {}
+
+    async def cmd_stop(self) -> dict:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(15):
+                await asyncio.gather(*(n.close() for n in self.nodes.values()), return_exceptions=True)
+        return {}
+
+
+def _rss_mib() -> float | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pct(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+# ---------------------------------------------------------------------------
+# Main process side
+
+
+class WorkerHandle:
+    def __init__(self, ctx, worker_id: int, indices: list[int], settings: dict[str, Any]):
+        self.worker_id, self.indices = worker_id, indices
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker_entry, args=(child, worker_id, settings), daemon=True)
+        self.proc.start()
+        child.close()
+        self.lock = asyncio.Lock()
+
+    async def call(self, cmd: str, timeout_s: float = 120.0, **args) -> dict:
+        async with self.lock:
+            self.conn.send({"cmd": cmd, **args})
+            async with asyncio.timeout(timeout_s):
+                if not await asyncio.to_thread(self.conn.poll, timeout_s):
+                    raise TimeoutError(f"worker {self.worker_id} did not answer {cmd} within {timeout_s:g} s")
+                reply = self.conn.recv()
+        if "error" in reply:
+            raise RuntimeError(f"worker {self.worker_id} failed {cmd}: {reply['error']}")
+        return reply
+
+    def reap(self, timeout_s: float = 20.0) -> None:
+        self.proc.join(timeout_s)
+        if self.proc.is_alive():
+            self.proc.terminate()  # our own child, by its handle
+            self.proc.join(5)
+        self.conn.close()
+
+
+async def call_all(workers: list[WorkerHandle], cmd: str, timeout_s: float = 120.0, **args) -> list[dict]:
+    return await asyncio.gather(*(w.call(cmd, timeout_s, **args) for w in workers))
+
+
+def stats_summary(stats: list[dict]) -> dict[str, Any]:
+    """Workers' stats over one phase: CPU in cores, worst loop lag, connections opened."""
+    wall = max(s["wall_s"] for s in stats) or 1e-9
+    lags99 = [s["lag_ms_p99"] for s in stats if s["lag_ms_p99"] is not None]
+    lagsmax = [s["lag_ms_max"] for s in stats if s["lag_ms_max"] is not None]
+    nodes, rounds, cpu = sum(s["nodes"] for s in stats), sum(s["rounds"] for s in stats), sum(s["cpu_s"] for s in stats)
+    return {
+        "wall_s": round(wall, 2),
+        "workers_cpu_cores": round(cpu / wall, 2),
+        "gossip_rounds_per_node_s": round(rounds / max(1, nodes) / wall, 2),
+        "cpu_ms_per_node_round": round(cpu * 1000 / rounds, 2) if rounds else None,
+        "loop_lag_ms_p99_worst": round(max(lags99), 1) if lags99 else None,
+        "loop_lag_ms_max": round(max(lagsmax), 1) if lagsmax else None,
+        "connects_per_s": round(sum(s["connects"] for s in stats) / wall, 1),
+        "pooled_connections": sum(s["pooled"] for s in stats),
+        "fds": sum(s["fds"] or 0 for s in stats),
+        "rss_mib_total": round(sum(s["rss_mib"] or 0 for s in stats), 1),
+    }
+
+
+# Routing (main process, no I/O)
+
+
+def bench_routing(n: int, iterations: int) -> dict[str, Any]:
+    table = PeerTable("bench-coordinator", "")
+    for i in range(n):
+        table.observe(
+            MemberEntry(
+                node_id=f"sim-{i:04d}", url=f"ws://{HOST}:{20000 + i}", name=f"sim-{i:04d}", model=SIM_MODEL,
+                capacity=32, incarnation=1, heartbeat=1, state="alive", in_flight=RNG.randint(0, 4),
+            )
+        )  # fmt: skip
+        record = table.get(f"sim-{i:04d}")
+        record.rtt_ms = RNG.uniform(0.2, 50.0)
+        record.fitness = RNG.random()
+    peers = table.alive()
+    chunks = [Chunk(f"c{i}", f"What is {i} times 7?", Operation.MATH) for i in range(iterations)]
+    load = Counter({f"sim-{RNG.randrange(n):04d}": 1 for _ in range(min(n, 8))})
+    assigned = Counter({f"sim-{RNG.randrange(n):04d}": 1 for _ in range(min(n, 4))})
+    for chunk in chunks[:200]:  # warm-up
+        route(chunk, peers, redundancy=3, load=load, assigned=assigned)
+    route_ns, dispatch_ns = [], []
+    clock = time.perf_counter_ns
+    for chunk in chunks:
+        t0 = clock()
+        route(chunk, peers, redundancy=3, load=load, assigned=assigned)
+        t1 = clock()
+        route_ns.append(t1 - t0)
+    for chunk in chunks:  # what QuestionRun._collect.dispatch does per chunk
+        t0 = clock()
+        alive = table.alive()
+        eligible_peers(alive, load, exclude=set())  # the pipeline's check for peers not yet tried
+        route(chunk, alive, redundancy=3, load=load, assigned=assigned, exclude=set())
+        dispatch_ns.append(clock() - t0)
+    route_ns.sort()
+    dispatch_ns.sort()
+    return {
+        "iterations": iterations,
+        "route_us_p50": pct(route_ns, 50) / 1000,
+        "route_us_p99": pct(route_ns, 99) / 1000,
+        "route_us_max": route_ns[-1] / 1000,
+        "dispatch_us_p50": pct(dispatch_ns, 50) / 1000,
+        "dispatch_us_p99": pct(dispatch_ns, 99) / 1000,
+    }
+
+
+# Membership convergence
+
+
+async def wait_converged(workers: list[WorkerHandle], n: int, t0: float, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    last_report = time.monotonic()
+    while True:
+        replies = await call_all(workers, "status")
+        links = {k: sum(r.get(k, 0) for r in replies) for k in ("alive", "suspect", "dead", "missing")}
+        complete = sum(r["complete"] for r in replies)
+        if all(r["ok_since_max"] is not None for r in replies):
+            return {"converged": True, "converged_s": max(r["ok_since_max"] for r in replies) - t0, "links": links}
+        if time.monotonic() > deadline:
+            return {"converged": False, "converged_s": None, "complete_nodes": complete, "links": links}
+        if time.monotonic() - last_report > 10:
+            last_report = time.monotonic()
+            progress(
+                f"N={n}: {complete}/{n} tables complete after {time.time() - t0:.0f} s; links alive "
+                f"{links['alive']}/{n * (n - 1)}, suspect {links['suspect']}, dead {links['dead']}, "
+                f"missing {links['missing']}"
+            )
+        await asyncio.sleep(POLL_S)
+
+
+# Reward gossip
+
+
+async def gossip_once(workers: list[WorkerHandle], owner: dict[int, WorkerHandle], n: int, at: int, timeout_s: float):
+    record = RewardRecord(
+        id=uuid.uuid4().hex, issuer="bench-coordinator", node_id=f"sim-{(at + 1) % n:04d}", reward=0.05,
+        chunk="c1", ts=time.time(),
+    )  # fmt: skip
+    await call_all(workers, "watch", record_id=record.id)
+    t_inject = (await owner[at].call("inject", index=at, record=record.model_dump()))["t_inject"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        hits: dict[int, tuple[float, str, int]] = {}
+        for reply in await call_all(workers, "gossip_status"):
+            hits.update({int(k): v for k, v in reply["hits"].items()})
+        if len(hits) >= n or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    times = sorted(t - t_inject for t, _, _ in hits.values())
+    by_how = Counter(how for _, how, _ in hits.values())
+    push_times = [t - t_inject for t, how, _ in hits.values() if how == "push"]
+    return {
+        "injected_at": f"sim-{at:04d}",
+        "reached": len(hits),
+        "all_s": times[-1] if len(hits) >= n else None,
+        "p50_s": pct(times, 50),
+        "p90_s": pct(times, 90),
+        "by_push": by_how.get("push", 0),
+        "by_anti_entropy": by_how.get("anti-entropy", 0),
+        "last_push_s": max(push_times) if push_times else None,
+        "max_hops": max((h for _, _, h in hits.values()), default=0),
+    }
+
+
+# Coordinator: memory while joining, then fan-out throughput
+
+
+async def join_swarm(bootstrap: str, n: int, options: AskOptions, timeout_s: float) -> tuple[Swarm, dict[str, Any]]:
+    gc.collect()
+    tracemalloc.start()
+    swarm = Swarm(peers=[bootstrap], mdns=False, options=options, discover_timeout_s=timeout_s)
+    started = time.monotonic()
+    await swarm.start()
+    for _ in range(int(timeout_s / 0.05)):  # until its table lists every node
+        if len(swarm.table.alive()) >= n:
+            break
+        await asyncio.sleep(0.05)
+    known = len(swarm.table.alive())
+    gc.collect()
+    current, _ = tracemalloc.get_traced_memory()
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    by_area: Counter[str] = Counter()
+    for stat in snapshot.statistics("filename"):
+        name = stat.traceback[0].filename.replace(os.sep, "/")
+        area = next((a for a in ("dellm_p2p", "websockets", "pydantic", "msgpack", "asyncio") if f"/{a}/" in name), "")
+        by_area[area or "other"] += stat.size
+    del snapshot
+    return swarm, {
+        "known_peers": known,
+        "join_s": round(time.monotonic() - started, 2),
+        "traced_bytes": current,
+        "bytes_per_peer": round(current / max(1, known)),
+        "by_area_bytes": dict(by_area.most_common()),
+        "pooled_connections": len(swarm.pool),
+    }
+
+
+async def bench_throughput(swarm: Swarm, concurrency: int, duration_s: float, max_questions: int) -> dict[str, Any]:
+    completed, latencies, failures = 0, [], Counter()
+    peers_used: Counter[str] = Counter()
+    reroutes = 0
+    issued = 0
+    start = time.monotonic()
+    deadline = start + duration_s
+    cpu0 = time.process_time()
+
+    async def asker(k: int) -> None:
+        nonlocal completed, reroutes, issued
+        while time.monotonic() < deadline and issued < max_questions:
+            issued += 1
+            t0 = time.monotonic()
+            try:
+                answer = await swarm.ask(f"What is 6 times 7? (question {issued})")
+            except SwarmError as exc:
+                failures[type(exc).__name__] += 1
+                await asyncio.sleep(0.05)
+                continue
+            t1 = time.monotonic()
+            if t1 <= deadline:
+                completed += 1
+                latencies.append((t1 - t0) * 1000)
+            chunk = answer.chunks[0]
+            peers_used.update(a.peer_id for a in chunk.assignments)
+            reroutes += len(chunk.failures)
+
+    tasks = [asyncio.create_task(asker(k)) for k in range(concurrency)]
+    _, late = await asyncio.wait(tasks, timeout=duration_s + 30)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    cpu = time.process_time() - cpu0
+    latencies.sort()
+    return {
+        "questions_per_s": completed / duration_s,
+        "completed": completed,
+        "failures": dict(failures),
+        "latency_ms_p50": pct(latencies, 50),
+        "latency_ms_p99": pct(latencies, 99),
+        "distinct_peers_used": len(peers_used),
+        "top3_peer_share": round(sum(c for _, c in peers_used.most_common(3)) / max(1, sum(peers_used.values())), 3),
+        "reroutes": reroutes,
+        "coordinator_cpu_cores": round(cpu / max(1e-9, time.monotonic() - start), 2),
+        "coordinator_cpu_ms_per_question": round(cpu * 1000 / max(1, completed), 2),
+    }
+
+
+# One network size
+
+
+async def bench_size(n: int, args: argparse.Namespace, settings: dict[str, Any], out: dict[str, Any]) -> None:
+    progress(f"N={n}: routing, {args.route_iterations:,} chunks")
+    out["routing"] = bench_routing(n, args.route_iterations)
+    procs = min(n, args.procs or max(os.cpu_count() or 1, math.ceil(n / 100)))
+    out["procs"] = procs
+    ctx = multiprocessing.get_context("spawn")
+    shares = [list(range(w, n, procs)) for w in range(procs)]  # node 0 is in worker 0
+    workers = [WorkerHandle(ctx, w, shares[w], settings) for w in range(procs)]
+    owner = {i: w for w in workers for i in w.indices}
+    swarm: Swarm | None = None
+    try:
+        await call_all(workers, "ping", timeout_s=60)
+        progress(f"N={n}: {procs} worker processes up; starting nodes")
+        boot = await workers[0].call("start", indices=[0], bootstrap=[], n_total=n)
+        boot_url = boot["urls"][0]
+        await call_all(workers, "stats")  # reset the phase counters
+        if args.profile:
+            await call_all(workers, "profile", path=None)
+        t0 = time.time()
+        started = await asyncio.gather(
+            *(w.call("start", indices=[i for i in w.indices if i], bootstrap=[boot_url], n_total=n) for w in workers)
+        )
+        out["start_all_s"] = round(max(r["t_started"] for r in started) - t0, 2)
+        out["membership"] = await wait_converged(workers, n, t0, args.converge_timeout_s)
+        out["membership"]["workers"] = stats_summary(await call_all(workers, "stats"))
+        conv = out["membership"]
+        progress(
+            f"N={n}: membership "
+            + (f"converged in {conv['converged_s']:.2f} s" if conv["converged"] else "did NOT converge")
+            + f" (workers used {conv['workers']['workers_cpu_cores']} cores)"
+        )
+
+        await asyncio.sleep(args.settle_s)
+        await call_all(workers, "stats")
+        reps = []
+        for rep in range(args.gossip_reps):
+            at = RNG.randrange(1, n) if n > 1 else 0
+            reps.append(await gossip_once(workers, owner, n, at, args.gossip_timeout_s))
+            progress(f"N={n}: gossip rep {rep + 1}: reached {reps[-1]['reached']}/{n}, all in {reps[-1]['all_s']} s")
+            await asyncio.sleep(0.5)
+        all_s = [r["all_s"] for r in reps]
+        out["gossip"] = {
+            "reps": reps,
+            "all_s_median": statistics.median(all_s) if None not in all_s else None,
+            "all_s_max": max(all_s) if None not in all_s else None,
+            "workers": stats_summary(await call_all(workers, "stats")),
+        }
+
+        options = AskOptions(
+            strategy="majority", redundancy=3, temperature=0.0, max_tokens=args.tokens + 8, timeout_s=30,
+            chunk_timeout_s=20, decompose="none", synthesize=False,
+        )  # fmt: skip
+        progress(f"N={n}: coordinator joins (tracemalloc on)")
+        swarm, out["coordinator_memory"] = await join_swarm(boot_url, n, options, args.join_timeout_s)
+        await call_all(workers, "stats")
+        progress(f"N={n}: fan-out throughput, {args.concurrency} questions in flight for {args.duration_s:g} s")
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
+        out["throughput"] = await bench_throughput(swarm, args.concurrency, args.duration_s, args.max_questions)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(str(Path(args.profile) / f"coordinator-n{n}.prof"))
+            await asyncio.gather(
+                *(w.call("profile", path=str(Path(args.profile) / f"worker-n{n}-{w.worker_id}.prof")) for w in workers)
+            )
+        out["throughput"]["ideal_questions_per_s"] = args.concurrency / (
+            (args.first_token_ms + args.tokens * args.token_ms) / 1000
+        )
+        out["throughput"]["workers"] = stats_summary(await call_all(workers, "stats"))
+        final = await call_all(workers, "stats")
+        out["node_warnings"] = dict(sum((Counter(s["warnings"]) for s in final), Counter()))
+    finally:
+        if swarm is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(swarm.close(), 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(call_all(workers, "stop", timeout_s=30), 40)
+        for w in workers:
+            await asyncio.to_thread(w.reap)
+
+
+# ---------------------------------------------------------------------------
+# Report
+
+
+def fmt(value: Any, spec: str = ".2f", missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def verdict(value: float | None, limit: float) -> str:
+    return "[red]MISS[/red]" if value is None or value >= limit else "[green]PASS[/green]"
+
+
+def report(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = results["settings"]
+    answer_ms = s["first_token_ms"] + s["tokens"] * s["token_ms"]
+    table = Table(
+        title="bench_scale: dellm network layer at scale — nodes run a SIMULATED engine (no model)",
+        caption=(
+            f"SIMULATION: every node's engine streams {s['tokens']} tokens, one per {s['token_ms']:g} ms after "
+            f"{s['first_token_ms']:g} ms ({answer_ms:g} ms an answer). Real NodeServer/Membership/FitnessBook/"
+            f"Swarm code over websockets on {HOST}; gossip every {s['gossip_interval']:g} s, fan-out "
+            f"{s['fanout']}. Targets at N = {TARGET_N}: routing p99 < {TARGET_ROUTE_P99_US / 1000:g} ms, "
+            f"gossip to all < {TARGET_GOSSIP_S:g} s."
+        ),
+    )
+    for header in (
+        "N",
+        "worker procs",
+        "membership converged [s]",
+        "route p50 [µs]",
+        "route p99 [µs]",
+        "gossip to all N [s] median (max)",
+        "coordinator bytes / known peer",
+        f"fan-out q/s (k=3, {s['concurrency']} in flight)",
+    ):
+        table.add_column(header, justify="right")
+    for r in results["runs"]:
+        routing, mem, gossip, thr = (r.get(k) or {} for k in ("routing", "coordinator_memory", "gossip", "throughput"))
+        conv = r.get("membership") or {}
+        if conv.get("converged"):
+            conv_text = fmt(conv["converged_s"])
+        elif conv:
+            conv_text = f"no ({conv.get('complete_nodes', 0)}/{r['n']} in {s['converge_timeout_s']:g} s)"
+        else:
+            conv_text = "-"
+        p99 = routing.get("route_us_p99")
+        if gossip:
+            reached = min(rep["reached"] for rep in gossip["reps"])
+            g_text = (
+                f"{fmt(gossip['all_s_median'])} ({fmt(gossip['all_s_max'])})"
+                if gossip["all_s_max"] is not None
+                else f"not all: {reached}/{r['n']} in {s['gossip_timeout_s']:g} s"
+            )
+            g_text += " " + verdict(gossip["all_s_max"], TARGET_GOSSIP_S)
+        else:
+            g_text = "-"
+        thr_text = (
+            f"{thr['questions_per_s']:.1f} (ideal {thr['ideal_questions_per_s']:.0f})"
+            + (f", {sum(thr['failures'].values())} failed" if thr.get("failures") else "")
+            if thr
+            else "-"
+        )
+        table.add_row(
+            str(r["n"]),
+            str(r.get("procs", "-")),
+            conv_text,
+            fmt(routing.get("route_us_p50"), ".1f"),
+            f"{fmt(p99, '.1f')} {verdict(p99, TARGET_ROUTE_P99_US)}" if p99 is not None else "-",
+            g_text,
+            f"{mem['bytes_per_peer']:,}" if mem else "-",
+            thr_text + (f" ERROR: {r['error']}" if r.get("error") else ""),
+        )
+    console = Console(width=max(160, Console().width))
+    console.print(table)
+    targets = next((r for r in results["runs"] if r["n"] == TARGET_N), None)
+    if targets is not None:
+        p99 = (targets.get("routing") or {}).get("route_us_p99")
+        g = (targets.get("gossip") or {}).get("all_s_max")
+        console.print(
+            f"targets at N = {TARGET_N}: routing p99 {fmt(p99, '.1f')} µs {verdict(p99, TARGET_ROUTE_P99_US)}; "
+            f"gossip to all {fmt(g)} s (worst of {s['gossip_reps']}) {verdict(g, TARGET_GOSSIP_S)}"
+        )
+    for r in results["runs"]:
+        conv, gossip, thr = r.get("membership") or {}, r.get("gossip") or {}, r.get("throughput") or {}
+        parts = [f"N={r['n']}:"]
+        if conv:
+            w = conv["workers"]
+            parts.append(
+                f"converging: workers {w['workers_cpu_cores']} cores, {w['gossip_rounds_per_node_s']} gossip rounds/s "
+                f"per node, loop lag p99 {fmt(w['loop_lag_ms_p99_worst'], '.0f')} ms, {w['connects_per_s']} "
+                "connects/s;"
+            )
+        if gossip:
+            rep = gossip["reps"][0]
+            w = gossip["workers"]
+            parts.append(
+                f"gossip rep 1: {rep['by_push']} by push (last {fmt(rep['last_push_s'], '.3f')} s, max hops "
+                f"{rep['max_hops']}), {rep['by_anti_entropy']} by anti-entropy, p50 {fmt(rep['p50_s'], '.3f')} s; "
+                f"workers {w['workers_cpu_cores']} cores, {w['gossip_rounds_per_node_s']} rounds/s per node, "
+                f"{w['cpu_ms_per_node_round']} ms CPU per node-round, loop lag p99 "
+                f"{fmt(w['loop_lag_ms_p99_worst'], '.0f')} ms;"
+            )
+        if thr:
+            w = thr["workers"]
+            parts.append(
+                f"fan-out: latency p50 {fmt(thr['latency_ms_p50'], '.0f')} ms, {thr['distinct_peers_used']} peers "
+                f"used (top 3: {thr['top3_peer_share']:.0%} of requests), coordinator "
+                f"{thr['coordinator_cpu_ms_per_question']} ms CPU/question, workers {w['workers_cpu_cores']} cores, "
+                f"{w['connects_per_s']} connects/s."
+            )
+        console.print(" ".join(parts), soft_wrap=True)
+    console.print(
+        f"machine: {results['machine']['nproc']} cores; load average at start {results['load_at_start']}"
+        + (" (waited for it)" if results.get("waited_for_load") else "")
+    )
+
+
+# ---------------------------------------------------------------------------
+
+
+def wait_for_load(limit: float, max_s: float) -> bool:
+    """Poll the 1-min load average every 30 s until it is below ``limit`` or ``max_s`` passed; True if it did."""
+    deadline = time.monotonic() + max_s
+    while True:
+        load = os.getloadavg()[0]
+        if load < limit:
+            return True
+        if time.monotonic() >= deadline:
+            progress(f"load average still {load:.2f} after {max_s:g} s: running anyway")
+            return False
+        progress(f"load average {load:.2f} >= {limit:g}: waiting")
+        time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = NodeConfig.model_fields
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="10,100,500", help="comma-separated network sizes N (default 10,100,500)")
+    p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    p.add_argument("--quick", action="store_true", help="tiny run: fewer routing chunks, 1 gossip rep, 2 s of load")
+    p.add_argument("--procs", type=int, default=0, help="worker processes (default max(cores, ceil(N / 100)))")
+    p.add_argument("--worker-nice", type=int, default=10, help="niceness added to worker processes (default 10)")
+    p.add_argument("--gossip-interval", type=float, default=defaults["gossip_interval_s"].default)
+    p.add_argument("--fanout", type=int, default=defaults["fanout"].default)
+    p.add_argument("--capacity", type=int, default=defaults["max_concurrency"].default, help="requests per node")
+    p.add_argument("--tokens", type=int, default=20, help="simulated answer length [tokens] (default 20)")
+    p.add_argument("--token-ms", type=float, default=5.0, help="simulated time per token [ms] (default 5)")
+    p.add_argument("--first-token-ms", type=float, default=0.0, help="simulated latency before tokens [ms]")
+    p.add_argument("--route-iterations", type=int, default=10_000)
+    p.add_argument("--gossip-reps", type=int, default=3)
+    p.add_argument("--gossip-timeout-s", type=float, default=30.0)
+    p.add_argument("--converge-timeout-s", type=float, default=120.0)
+    p.add_argument("--settle-s", type=float, default=2.0, help="pause after convergence before gossip [s]")
+    p.add_argument("--join-timeout-s", type=float, default=60.0)
+    p.add_argument("--concurrency", type=int, default=32, help="questions in flight (default 32)")
+    p.add_argument("--duration-s", type=float, default=10.0, help="fan-out measuring time [s] (default 10)")
+    p.add_argument("--max-questions", type=int, default=100_000)
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="cProfile (CPU time) the coordinator during the fan-out phase and each worker from node start to the "
+        "end of it; writes DIR/coordinator-nN.prof and DIR/worker-nN-W.prof",
+    )
+    p.add_argument("--wait-load", type=float, help="first wait until the 1-min load average is below this")
+    p.add_argument("--wait-max-s", type=float, default=1200.0)
+    args = p.parse_args(argv)
+    try:
+        args.sizes_list = [int(x) for x in args.sizes.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--sizes: not a comma-separated list of integers: {args.sizes!r}")
+    if not args.sizes_list or min(args.sizes_list) < 2:
+        p.error("--sizes: every N must be at least 2")
+    if args.quick:
+        args.route_iterations = min(args.route_iterations, 1000)
+        args.gossip_reps, args.duration_s, args.concurrency = 1, 2.0, min(args.concurrency, 8)
+        args.settle_s, args.converge_timeout_s = 0.5, min(args.converge_timeout_s, 30.0)
+    return args
+
+
+@dataclass
+class _Settings:
+    """What every worker needs to build its nodes."""
+
+    gossip_interval_s: float
+    fanout: int
+    capacity: int
+    tokens: int
+    token_ms: float
+    first_token_ms: float
+    suspect_after_s: float
+    dead_after_s: float
+    worker_nice: int
+
+
+async def amain(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    defaults = NodeConfig.model_fields
+    settings = _Settings(
+        gossip_interval_s=args.gossip_interval, fanout=args.fanout, capacity=args.capacity, tokens=args.tokens,
+        token_ms=args.token_ms, first_token_ms=args.first_token_ms,
+        suspect_after_s=defaults["suspect_after_s"].default, dead_after_s=defaults["dead_after_s"].default,
+        worker_nice=args.worker_nice,
+    ).__dict__  # fmt: skip
+    for n in args.sizes_list:
+        out: dict[str, Any] = {"n": n}
+        results["runs"].append(out)
+        try:
+            await bench_size(n, args, settings, out)
+        except Exception as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"
+            progress(f"N={n}: {out['error']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs = install_log_counter("main")
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "simulation": f"SimulatedEngine in {Path(__file__).name}: no model, fixed-rate token stream",
+        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "sizes")},
+        "runs": [],
+    }
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    if args.wait_load is not None:
+        results["waited_for_load"] = True
+        results["load_ok"] = wait_for_load(args.wait_load, args.wait_max_s)
+    results["load_at_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    status = 0
+    try:
+        run(amain(args, results))
+    except KeyboardInterrupt:
+        progress("interrupted; partial results follow")
+        status = 130
+    results["coordinator_warnings"] = dict(logs.counts)
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"figures written to {args.json}")
+    if any("error" in r for r in results["runs"]):
+        status = status or 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
