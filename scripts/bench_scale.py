@@ -88,7 +88,7 @@ from dellm_p2p.engine import Delta, Engine, EngineStats, GenerationRequest, Mode
 from dellm_p2p.fitness import FitnessBook
 from dellm_p2p.membership import Membership, PeerPool
 from dellm_p2p.peer_table import PeerState, PeerTable
-from dellm_p2p.protocol import MemberEntry, RewardRecord
+from dellm_p2p.protocol import MemberEntry, Members, RewardRecord, decode, encode
 from dellm_p2p.runtime import run
 from dellm_p2p.server import NodeServer
 from dellm_p2p.swarm import Swarm
@@ -256,7 +256,7 @@ class SimNode:
         s, server = self.settings, self.server
         url = await server.start(HOST, 0)
         self.table = PeerTable(self.node_id, url, suspect_after_s=s["suspect_after_s"], dead_after_s=s["dead_after_s"])
-        pool = _CountingPool(node_id=self.node_id, name=self.node_id, url=url)
+        pool = _CountingPool(node_id=self.node_id, name=self.node_id, url=url, max_connections=s["max_connections"])
         hello = server.hello
         pool.model, pool.capacity = hello.model, hello.capacity
         self.membership = Membership(
@@ -264,7 +264,9 @@ class SimNode:
             table=self.table, pool=pool, bootstrap=bootstrap, in_flight=lambda: server.in_flight,
             gossip_interval_s=s["gossip_interval_s"], fanout=s["fanout"],
         )  # fmt: skip
-        self.fitness = _TimedFitnessBook(self.node_id, self.table, pool=pool, fanout=s["fanout"], index=self.index)
+        self.fitness = _TimedFitnessBook(
+            self.node_id, self.table, pool=pool, fanout=s["fanout"], max_hops=s["reward_max_hops"], index=self.index
+        )
         server.membership, server.fitness = self.membership, self.fitness
         self.membership.fitness = self.fitness
         await self.membership.start()
@@ -376,9 +378,10 @@ class _Worker:
     async def cmd_inject(self, index: int, record: dict) -> dict:
         node = self.nodes[index]
         reward = RewardRecord(**record)
+        states = Counter(p.state.value for p in node.table.records())
         t_inject = time.time()
         node.fitness.receive([reward])
-        return {"t_inject": t_inject}
+        return {"t_inject": t_inject, "injector_table": dict(states)}
 
     async def cmd_gossip_status(self) -> dict:
         return {"hits": dict(_WATCH["hits"])}
@@ -580,7 +583,8 @@ async def gossip_once(workers: list[WorkerHandle], owner: dict[int, WorkerHandle
         chunk="c1", ts=time.time(),
     )  # fmt: skip
     await call_all(workers, "watch", record_id=record.id)
-    t_inject = (await owner[at].call("inject", index=at, record=record.model_dump()))["t_inject"]
+    injected = await owner[at].call("inject", index=at, record=record.model_dump())
+    t_inject = injected["t_inject"]
     deadline = time.monotonic() + timeout_s
     while True:
         hits: dict[int, tuple[float, str, int]] = {}
@@ -594,6 +598,7 @@ async def gossip_once(workers: list[WorkerHandle], owner: dict[int, WorkerHandle
     push_times = [t - t_inject for t, how, _ in hits.values() if how == "push"]
     return {
         "injected_at": f"sim-{at:04d}",
+        "injector_table": injected["injector_table"],  # its peers by state when it got the record
         "reached": len(hits),
         "all_s": times[-1] if len(hits) >= n else None,
         "p50_s": pct(times, 50),
@@ -605,13 +610,68 @@ async def gossip_once(workers: list[WorkerHandle], owner: dict[int, WorkerHandle
     }
 
 
-# Coordinator: memory while joining, then fan-out throughput
+# Coordinator: memory per known peer, then fan-out throughput
+
+
+def _swarm_state_bytes(frame: bytes | None) -> int:
+    """Live bytes allocated by a Swarm (not started: no I/O) that learned the peers in one ``members`` frame."""
+    gc.collect()
+    tracemalloc.start()
+    swarm = Swarm(peers=[], mdns=False)
+    if frame is not None:
+        reply = decode(frame)  # as the Swarm's first exchange receives it
+        swarm.table.observe_all(reply.entries)
+        for entry in reply.entries:
+            swarm.table.record_rtt(entry.node_id, RNG.uniform(0.2, 50.0))
+        swarm.membership.digest()  # cached: every exchange sends it
+        del reply
+    gc.collect()
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del swarm
+    return current
+
+
+def coordinator_state_memory(n: int) -> dict[str, Any]:
+    """A Swarm's PeerTable + PeerPool + FitnessBook + Membership with N known peers, per peer [bytes].
+
+    Deterministic (no network, no load): the N entries come decoded from one real ``members`` frame;
+    the empty Swarm's own bytes are subtracted. Pooled connections (at most PeerPool.max_connections,
+    whatever N) are in the live figure instead.
+    """
+    entries = [
+        MemberEntry(
+            node_id=f"sim-{i:04d}", url=f"ws://{HOST}:{20000 + i}", name=f"sim-{i:04d}", model=SIM_MODEL,
+            capacity=32, incarnation=time.time_ns() // 1_000_000, heartbeat=100 + i, state="alive", in_flight=0,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    frame = encode(Members(nonce=1, reply=True, entries=entries))
+    empty = _swarm_state_bytes(None)
+    full = _swarm_state_bytes(frame)
+    return {"bytes_total": full - empty, "bytes_per_peer": round((full - empty) / n), "members_frame_bytes": len(frame)}
+
+
+def _watch_drops(pool: PeerPool, counts: Counter[str]) -> None:
+    """Count the pool's ``drop`` calls that close a connection with requests open on it, by caller."""
+    original = pool.drop
+
+    async def drop(url: str) -> None:
+        client = pool._clients.get(url)
+        if client is not None and client.busy and not client.closed:
+            counts[f"busy connection dropped by {sys._getframe(1).f_code.co_name}"] += 1
+        await original(url)
+
+    pool.drop = drop  # type: ignore[method-assign]
 
 
 async def join_swarm(bootstrap: str, n: int, options: AskOptions, timeout_s: float) -> tuple[Swarm, dict[str, Any]]:
     gc.collect()
     tracemalloc.start()
     swarm = Swarm(peers=[bootstrap], mdns=False, options=options, discover_timeout_s=timeout_s)
+    drops: Counter[str] = Counter()
+    _watch_drops(swarm.pool, drops)
+    swarm.busy_drops = drops  # type: ignore[attr-defined]
     started = time.monotonic()
     await swarm.start()
     for _ in range(int(timeout_s / 0.05)):  # until its table lists every node
@@ -628,6 +688,10 @@ async def join_swarm(bootstrap: str, n: int, options: AskOptions, timeout_s: flo
         name = stat.traceback[0].filename.replace(os.sep, "/")
         area = next((a for a in ("dellm_p2p", "websockets", "pydantic", "msgpack", "asyncio") if f"/{a}/" in name), "")
         by_area[area or "other"] += stat.size
+    top_lines = [
+        f"{Path(st.traceback[0].filename).name}:{st.traceback[0].lineno} {st.size:,} B in {st.count:,} blocks"
+        for st in snapshot.statistics("lineno")[:8]
+    ]
     del snapshot
     return swarm, {
         "known_peers": known,
@@ -635,14 +699,17 @@ async def join_swarm(bootstrap: str, n: int, options: AskOptions, timeout_s: flo
         "traced_bytes": current,
         "bytes_per_peer": round(current / max(1, known)),
         "by_area_bytes": dict(by_area.most_common()),
+        "top_allocation_lines": top_lines,
         "pooled_connections": len(swarm.pool),
     }
 
 
 async def bench_throughput(swarm: Swarm, concurrency: int, duration_s: float, max_questions: int) -> dict[str, Any]:
+    swarm.busy_drops.clear()  # type: ignore[attr-defined]
     completed, latencies, failures = 0, [], Counter()
     peers_used: Counter[str] = Counter()
     reroutes = 0
+    reasons: Counter[str] = Counter()
     issued = 0
     start = time.monotonic()
     deadline = start + duration_s
@@ -666,6 +733,7 @@ async def bench_throughput(swarm: Swarm, concurrency: int, duration_s: float, ma
             chunk = answer.chunks[0]
             peers_used.update(a.peer_id for a in chunk.assignments)
             reroutes += len(chunk.failures)
+            reasons.update(why.split(":", 1)[0] for _, why in chunk.failures)
 
     tasks = [asyncio.create_task(asker(k)) for k in range(concurrency)]
     _, late = await asyncio.wait(tasks, timeout=duration_s + 30)
@@ -683,6 +751,8 @@ async def bench_throughput(swarm: Swarm, concurrency: int, duration_s: float, ma
         "distinct_peers_used": len(peers_used),
         "top3_peer_share": round(sum(c for _, c in peers_used.most_common(3)) / max(1, sum(peers_used.values())), 3),
         "reroutes": reroutes,
+        "peer_failure_reasons": dict(reasons),
+        "coordinator_busy_drops": dict(swarm.busy_drops),  # type: ignore[attr-defined]
         "coordinator_cpu_cores": round(cpu / max(1e-9, time.monotonic() - start), 2),
         "coordinator_cpu_ms_per_question": round(cpu * 1000 / max(1, completed), 2),
     }
@@ -694,6 +764,7 @@ async def bench_throughput(swarm: Swarm, concurrency: int, duration_s: float, ma
 async def bench_size(n: int, args: argparse.Namespace, settings: dict[str, Any], out: dict[str, Any]) -> None:
     progress(f"N={n}: routing, {args.route_iterations:,} chunks")
     out["routing"] = bench_routing(n, args.route_iterations)
+    out["coordinator_state"] = coordinator_state_memory(n)
     procs = min(n, args.procs or max(os.cpu_count() or 1, math.ceil(n / 100)))
     out["procs"] = procs
     ctx = multiprocessing.get_context("spawn")
@@ -744,7 +815,7 @@ async def bench_size(n: int, args: argparse.Namespace, settings: dict[str, Any],
             chunk_timeout_s=20, decompose="none", synthesize=False,
         )  # fmt: skip
         progress(f"N={n}: coordinator joins (tracemalloc on)")
-        swarm, out["coordinator_memory"] = await join_swarm(boot_url, n, options, args.join_timeout_s)
+        swarm, out["coordinator_live_memory"] = await join_swarm(boot_url, n, options, args.join_timeout_s)
         await call_all(workers, "stats")
         progress(f"N={n}: fan-out throughput, {args.concurrency} questions in flight for {args.duration_s:g} s")
         profiler = None
@@ -800,8 +871,9 @@ def report(results: dict[str, Any]) -> None:
             f"SIMULATION: every node's engine streams {s['tokens']} tokens, one per {s['token_ms']:g} ms after "
             f"{s['first_token_ms']:g} ms ({answer_ms:g} ms an answer). Real NodeServer/Membership/FitnessBook/"
             f"Swarm code over websockets on {HOST}; gossip every {s['gossip_interval']:g} s, fan-out "
-            f"{s['fanout']}. Targets at N = {TARGET_N}: routing p99 < {TARGET_ROUTE_P99_US / 1000:g} ms, "
-            f"gossip to all < {TARGET_GOSSIP_S:g} s."
+            f"{s['fanout']}, pool {s['max_connections']} connections, reward max hops {s['reward_max_hops']}. "
+            f"Targets at N = {TARGET_N}: routing p99 < {TARGET_ROUTE_P99_US / 1000:g} ms, gossip to all "
+            f"< {TARGET_GOSSIP_S:g} s."
         ),
     )
     for header in (
@@ -816,7 +888,7 @@ def report(results: dict[str, Any]) -> None:
     ):
         table.add_column(header, justify="right")
     for r in results["runs"]:
-        routing, mem, gossip, thr = (r.get(k) or {} for k in ("routing", "coordinator_memory", "gossip", "throughput"))
+        routing, mem, gossip, thr = (r.get(k) or {} for k in ("routing", "coordinator_state", "gossip", "throughput"))
         conv = r.get("membership") or {}
         if conv.get("converged"):
             conv_text = fmt(conv["converged_s"])
@@ -861,39 +933,61 @@ def report(results: dict[str, Any]) -> None:
             f"targets at N = {TARGET_N}: routing p99 {fmt(p99, '.1f')} µs {verdict(p99, TARGET_ROUTE_P99_US)}; "
             f"gossip to all {fmt(g)} s (worst of {s['gossip_reps']}) {verdict(g, TARGET_GOSSIP_S)}"
         )
+    for line in detail_lines(results):
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+def detail_lines(results: dict[str, Any]) -> list[str]:
+    """What explains the table: CPU, event-loop lag, gossip rounds, connection churn, per N."""
+
+    def load(w: dict[str, Any]) -> str:
+        return (
+            f"workers {w['workers_cpu_cores']} cores, {w['gossip_rounds_per_node_s']} gossip rounds/s per node, "
+            f"{fmt(w['cpu_ms_per_node_round'], '.1f')} ms CPU per node-round, loop lag p99 "
+            f"{fmt(w['loop_lag_ms_p99_worst'], '.0f')} ms, {w['connects_per_s']:.0f} connects/s"
+        )
+
+    lines = []
     for r in results["runs"]:
+        n = r["n"]
         conv, gossip, thr = r.get("membership") or {}, r.get("gossip") or {}, r.get("throughput") or {}
-        parts = [f"N={r['n']}:"]
         if conv:
-            w = conv["workers"]
-            parts.append(
-                f"converging: workers {w['workers_cpu_cores']} cores, {w['gossip_rounds_per_node_s']} gossip rounds/s "
-                f"per node, loop lag p99 {fmt(w['loop_lag_ms_p99_worst'], '.0f')} ms, {w['connects_per_s']} "
-                "connects/s;"
+            links = conv["links"]
+            lines.append(
+                f"N={n} membership: {load(conv['workers'])}; at the end links alive {links['alive']}, suspect "
+                f"{links['suspect']}, dead {links['dead']}, missing {links['missing']} (of {n * (n - 1)})"
             )
         if gossip:
-            rep = gossip["reps"][0]
-            w = gossip["workers"]
-            parts.append(
-                f"gossip rep 1: {rep['by_push']} by push (last {fmt(rep['last_push_s'], '.3f')} s, max hops "
-                f"{rep['max_hops']}), {rep['by_anti_entropy']} by anti-entropy, p50 {fmt(rep['p50_s'], '.3f')} s; "
-                f"workers {w['workers_cpu_cores']} cores, {w['gossip_rounds_per_node_s']} rounds/s per node, "
-                f"{w['cpu_ms_per_node_round']} ms CPU per node-round, loop lag p99 "
-                f"{fmt(w['loop_lag_ms_p99_worst'], '.0f')} ms;"
+            reps = "; ".join(
+                f"{rep['by_push']} by push (last at {fmt(rep['last_push_s'], '.2f')} s, max hops {rep['max_hops']})"
+                f" + {rep['by_anti_entropy']} by anti-entropy, p50 {fmt(rep['p50_s'], '.2f')} s"
+                for rep in gossip["reps"]
+            )
+            lines.append(f"N={n} gossip: {reps}; {load(gossip['workers'])}")
+        live, state = r.get("coordinator_live_memory"), r.get("coordinator_state")
+        if live and state:
+            lines.append(
+                f"N={n} coordinator memory: {state['bytes_per_peer']:,} B/peer in table+pool+fitness+digest "
+                f"(one members frame: {state['members_frame_bytes']:,} B); live Swarm after joining: "
+                f"{live['traced_bytes']:,} B for {live['known_peers']} known peers ({live['bytes_per_peer']:,} B/peer, "
+                f"{live['pooled_connections']} pooled connections, joined in {live['join_s']} s)"
             )
         if thr:
-            w = thr["workers"]
-            parts.append(
-                f"fan-out: latency p50 {fmt(thr['latency_ms_p50'], '.0f')} ms, {thr['distinct_peers_used']} peers "
-                f"used (top 3: {thr['top3_peer_share']:.0%} of requests), coordinator "
-                f"{thr['coordinator_cpu_ms_per_question']} ms CPU/question, workers {w['workers_cpu_cores']} cores, "
-                f"{w['connects_per_s']} connects/s."
+            reasons = ", ".join(f"{k} {v}" for k, v in thr["peer_failure_reasons"].items()) or "none"
+            drops = ", ".join(f"{k} {v}" for k, v in thr["coordinator_busy_drops"].items()) or "none"
+            lines.append(
+                f"N={n} fan-out: {thr['completed']} questions, latency p50 {fmt(thr['latency_ms_p50'], '.0f')} ms "
+                f"p99 {fmt(thr['latency_ms_p99'], '.0f')} ms; {thr['distinct_peers_used']} peers used (top 3 "
+                f"took {thr['top3_peer_share']:.0%} of requests); peer failures re-routed: {reasons}; coordinator "
+                f"{thr['coordinator_cpu_ms_per_question']} ms CPU/question ({thr['coordinator_cpu_cores']} cores), "
+                f"busy connections it dropped: {drops}; {load(thr['workers'])}"
             )
-        console.print(" ".join(parts), soft_wrap=True)
-    console.print(
-        f"machine: {results['machine']['nproc']} cores; load average at start {results['load_at_start']}"
-        + (" (waited for it)" if results.get("waited_for_load") else "")
+    waited = results.get("waited_for_load")
+    lines.append(
+        f"machine: {results['machine']['nproc']} cores; 1/5/15-min load average at start {results['load_at_start']}"
+        + ("" if not waited else " (after waiting for it)" if results.get("load_ok") else " (waited; still high)")
     )
+    return lines
 
 
 # ---------------------------------------------------------------------------
@@ -913,6 +1007,13 @@ def wait_for_load(limit: float, max_s: float) -> bool:
         time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
 
 
+def _default(cls: type, parameter: str) -> Any:
+    """The library's default for a constructor parameter (so the benchmark follows it)."""
+    import inspect
+
+    return inspect.signature(cls).parameters[parameter].default
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = NodeConfig.model_fields
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -924,6 +1025,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gossip-interval", type=float, default=defaults["gossip_interval_s"].default)
     p.add_argument("--fanout", type=int, default=defaults["fanout"].default)
     p.add_argument("--capacity", type=int, default=defaults["max_concurrency"].default, help="requests per node")
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=_default(PeerPool, "max_connections"),
+        help="PeerPool.max_connections of every node (default: the library's, %(default)s)",
+    )
+    p.add_argument(
+        "--reward-max-hops",
+        type=int,
+        default=_default(FitnessBook, "max_hops"),
+        help="FitnessBook.max_hops of every node (default: the library's, %(default)s)",
+    )
     p.add_argument("--tokens", type=int, default=20, help="simulated answer length [tokens] (default 20)")
     p.add_argument("--token-ms", type=float, default=5.0, help="simulated time per token [ms] (default 5)")
     p.add_argument("--first-token-ms", type=float, default=0.0, help="simulated latency before tokens [ms]")
@@ -971,6 +1084,8 @@ class _Settings:
     suspect_after_s: float
     dead_after_s: float
     worker_nice: int
+    max_connections: int
+    reward_max_hops: int
 
 
 async def amain(args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -979,7 +1094,7 @@ async def amain(args: argparse.Namespace, results: dict[str, Any]) -> None:
         gossip_interval_s=args.gossip_interval, fanout=args.fanout, capacity=args.capacity, tokens=args.tokens,
         token_ms=args.token_ms, first_token_ms=args.first_token_ms,
         suspect_after_s=defaults["suspect_after_s"].default, dead_after_s=defaults["dead_after_s"].default,
-        worker_nice=args.worker_nice,
+        worker_nice=args.worker_nice, max_connections=args.max_connections, reward_max_hops=args.reward_max_hops,
     ).__dict__  # fmt: skip
     for n in args.sizes_list:
         out: dict[str, Any] = {"n": n}

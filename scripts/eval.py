@@ -363,14 +363,17 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def start_nodes(count: int, state_root: Path, max_concurrency: int, timeout_s: float, log) -> list:
-    """Start ``count`` nodes with the default model on 127.0.0.1, no mDNS, each bootstrapping from the others."""
+def start_nodes(nodes: list, count: int, state_root: Path, max_concurrency: int, timeout_s: float, log) -> list[str]:
+    """Start ``count`` nodes with the default model on 127.0.0.1, no mDNS, each bootstrapping from the others.
+
+    Each node is appended to ``nodes`` as soon as it is spawned, so that the
+    caller can stop them even when this is interrupted; returns their URLs.
+    """
     from dellm_p2p.local import NodeProcess
 
     ports = _free_ports(count)
     urls = [f"ws://127.0.0.1:{p}" for p in ports]
     cores = os.cpu_count() or 1
-    nodes = []
     for i, port in enumerate(ports):
         args = [
             "--name", f"eval-{chr(ord('a') + i)}",
@@ -388,7 +391,7 @@ def start_nodes(count: int, state_root: Path, max_concurrency: int, timeout_s: f
     for node in nodes:
         node.wait_ready(max(1.0, deadline - time.monotonic()))
         log(f"node ready: {node.stdout_lines[-1] if node.stdout_lines else node.url}")
-    return nodes
+    return [n.url for n in nodes]
 
 
 def stop_nodes(nodes: Sequence, log, timeout_s: float = 60.0) -> None:
@@ -1121,8 +1124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.started_nodes = not urls
         if not urls:
             console.print(f"starting {args.nodes} node(s) with the default model (up to {args.node_timeout:g} s)…")
-            nodes = start_nodes(args.nodes, Path(state.name), 32, args.node_timeout, console.print)
-            urls = [n.url for n in nodes]
+            urls = start_nodes(nodes, args.nodes, Path(state.name), 32, args.node_timeout, console.print)
         result = asyncio.run(evaluate(args, urls, console))
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")

@@ -23,5 +23,6 @@ def test_bench_scale_tiny(tmp_path):
     assert run["membership"]["converged"]
     assert run["routing"]["route_us_p99"] > 0
     assert run["gossip"]["reps"][0]["reached"] == 5
-    assert run["coordinator_memory"]["bytes_per_peer"] > 0
+    assert run["coordinator_state"]["bytes_per_peer"] > 0
+    assert run["coordinator_live_memory"]["known_peers"] == 5
     assert run["throughput"]["completed"] > 0
