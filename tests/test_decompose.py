@@ -10,12 +10,14 @@ import pytest
 from dellm_p2p.coordinator.decompose import (
     LLM_DECOMPOSE_PROMPT,
     DecompositionError,
+    chunk_prompt,
     classify,
     complexity,
     decompose,
     parse_llm_decomposition,
     render_chunk_prompt,
 )
+from dellm_p2p.coordinator.extract import ANSWER_SUFFIX
 from dellm_p2p.coordinator.types import Chunk, Operation
 
 M, L, C, G, X = Operation.MATH, Operation.LOOKUP, Operation.COMPARE, Operation.GENERATE, Operation.GENERAL
@@ -468,3 +470,11 @@ def test_parse_rejects_echoed_example():
 def test_parse_empty_question():
     with pytest.raises(ValueError, match=r"^the question is empty$"):
         parse_llm_decomposition(json.dumps(PLAN), "  ")
+
+
+def test_chunk_prompt_asks_for_an_answer_line_on_math_only():
+    math = Chunk("c1", "Calculate 10% of 1000", M)
+    assert chunk_prompt(math, {}) == f"Calculate 10% of 1000\n{ANSWER_SUFFIX}"
+    lookup = Chunk("c2", "find savings accounts paying that much", L, depends_on=("c1",))
+    assert chunk_prompt(lookup, {"c1": "100"}) == render_chunk_prompt(lookup, {"c1": "100"})
+    assert ANSWER_SUFFIX not in chunk_prompt(Chunk("c3", "write a poem", G), {})

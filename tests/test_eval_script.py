@@ -192,7 +192,7 @@ def test_arguments_and_their_defaults():
         64,
     )
     assert args.strategies == ["majority", "weighted", "borda", "ranking", "judge"]
-    assert (args.nodes, args.concurrency, args.peer, args.swarm_prompt) == (3, 4, [], "suffix")
+    assert (args.nodes, args.concurrency, args.peer, args.prompt) == (3, 4, [], "pipeline")
     assert args.json == REPO / "bench-results" / "eval-capitals.json"
     gsm = ev.parse_args(["--dataset", "gsm8k", "--ks", "3,1", "--strategies", "majority,judge", "--peer", "ws://x:1"])
     assert (gsm.max_tokens, gsm.ks, gsm.strategies, gsm.peer) == (256, [1, 3], ["majority", "judge"], ["ws://x:1"])

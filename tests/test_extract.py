@@ -174,6 +174,7 @@ def test_extract_entity(text, question, expected):
         "**Tokyo**",
         "tokyo, japan",
         "Sorry, the capital of Japan is Tokyo.",
+        "1. The capital of Japan is Tokyo.",
     ],
 )
 def test_reply_shapes_share_one_key(reply):

@@ -25,12 +25,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError, field_validator
 
+from .extract import ANSWER_SUFFIX
 from .types import Chunk, Operation
 
 __all__ = [
     "LLM_DECOMPOSE_PROMPT",
     "OPERATION_PRIORITY",
     "DecompositionError",
+    "chunk_prompt",
     "classify",
     "complexity",
     "decompose",
@@ -314,6 +316,21 @@ def render_chunk_prompt(chunk: Chunk, answers: dict[str, str]) -> str:
         lines.append(f"Earlier result ({dep}): {answer}")
     lines.append(chunk.text)
     return "\n".join(lines)
+
+
+def chunk_prompt(chunk: Chunk, answers: dict[str, str]) -> str:
+    """The user message the coordinator sends for ``chunk``: :func:`render_chunk_prompt`,
+    plus :data:`~dellm_p2p.coordinator.extract.ANSWER_SUFFIX` on a new line for MATH chunks only.
+
+    Why only MATH: on ../shared/data/capitals.jsonl (194 questions, default
+    135M model) the suffix made one sample at T=0.7 right 21.6% of the time
+    against 37.6% for the bare question, and the weighted vote of 7 samples
+    42.3% against 52.1%: the tiny model writes junk on the ``Answer:`` line
+    it is asked for. A MATH reply's final number is what the vote compares,
+    and the ``Answer:`` line is where the model states it.
+    """
+    prompt = render_chunk_prompt(chunk, answers)
+    return f"{prompt}\n{ANSWER_SUFFIX}" if chunk.operation is Operation.MATH else prompt
 
 
 _OPERATION_NAMES = "|".join(op.value for op in Operation)

@@ -111,13 +111,15 @@ _CONTRACTION = re.compile(r"\b(it|that|this|he|she|what|who|there|here)['’]s\b
 
 
 def _clean(text: str) -> str:
-    """Markdown and list bullets removed, the reply cut before an invented next turn."""
+    """Markdown, list bullets and list numbers removed, the reply cut before an invented next turn."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     match = _NEXT_TURN.search(text)
     if match and text[: match.start()].strip():
         text = text[: match.start()]
     text = _MARKDOWN.sub("", text)
     text = re.sub(r"(?m)^[ \t]*(?:#+|[-•>]+)[ \t]+", "", text)
+    # A numbered list item ("1. The capital of Iraq is Baghdad."): the number is not the answer.
+    text = re.sub(r"(?m)^[ \t]*\d{1,2}[.)][ \t]+(?=[^\W\d_])", "", text)
     return text.strip()
 
 
