@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -21,9 +22,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from . import __version__
+from .identity import node_id_matches
 from .protocol import (
+    AUTH_SCHEME,
+    CLOSE_AUTH_FAILED,
+    CLOSE_IDENTITY_MISMATCH,
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    Auth,
     Cancel,
     ChatMessage,
     Done,
@@ -47,6 +53,7 @@ from .protocol import (
     decode,
     encode,
 )
+from .security import auth_proof, check_proof, new_nonce
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,17 @@ class PeerError(RuntimeError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.request_id = request_id
+
+
+class AuthenticationError(PeerError):
+    """The cluster-key handshake failed: a key missing on one side, or different keys.
+
+    ``code`` is ``authentication_failed``; ``str`` is one line naming the
+    peer's URL and the reason, never the key or a proof.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(ErrorCode.AUTHENTICATION_FAILED, message)
 
 
 @dataclass
@@ -94,6 +112,45 @@ class Completion:
 _CLOSED = object()
 
 
+async def _handshake_frame(ws: ClientConnection, url: str):
+    """The next frame of the handshake, decoded; an ``error`` about authentication or a 4003 close raises."""
+    try:
+        frame = await ws.recv()
+    except websockets.exceptions.ConnectionClosed as exc:
+        if exc.rcvd is not None and exc.rcvd.code == CLOSE_AUTH_FAILED:
+            raise AuthenticationError(f"{url} closed the connection: {exc.rcvd.reason}") from None
+        raise
+    message = decode(frame)
+    if isinstance(message, Error) and message.code == ErrorCode.AUTHENTICATION_FAILED:
+        raise AuthenticationError(f"{url} refused the connection: {message.message}")
+    return message
+
+
+async def _authenticate(ws: ClientConnection, url: str, key: bytes | None, hello: Hello, reply: Hello) -> None:
+    """Run our side of the cluster-key handshake (protocol docstring, Handshake); no-op when neither has a key.
+
+    Raises:
+        AuthenticationError: the node has no key while we do, or the reverse, or its proof is wrong.
+        PeerError: it answered our proof with something else than ``auth``.
+    """
+    if key is None:
+        if reply.auth is not None:
+            raise AuthenticationError(f"{url} requires a cluster key; this client has none")
+        return
+    if reply.auth != AUTH_SCHEME or reply.auth_nonce is None:
+        raise AuthenticationError(f"{url} has no cluster key; this client has one")
+    assert hello.auth_nonce is not None
+    ids = (hello.auth_nonce, reply.auth_nonce, hello.node_id, reply.node_id)
+    await ws.send(encode(Auth(proof=auth_proof(key, "client", *ids))))
+    answer = await _handshake_frame(ws, url)
+    if isinstance(answer, Error):
+        raise PeerError(answer.code, answer.message)
+    if not isinstance(answer, Auth):
+        raise PeerError(ErrorCode.INVALID_MESSAGE, f"{url} answered our auth with {answer.type!r}")
+    if not check_proof(key, answer.proof, "server", *ids):
+        raise AuthenticationError(f"{url} failed to prove the cluster key (a different key, or not a cluster node)")
+
+
 class PeerClient:
     """A connection to one node. Create with :meth:`connect`; use as an async context manager.
 
@@ -110,6 +167,7 @@ class PeerClient:
         self._waiters: dict[tuple[str, int], asyncio.Future] = {}
         self._nonces = itertools.count(1)
         self._closed_reason: str | None = None
+        self._closing: str | None = None  # why this side closed the connection, once it did
         self.bytes_sent = 0  # websocket payload bytes since the handshake
         self.bytes_received = 0
         self._reader = asyncio.create_task(self._read_loop(), name=f"dellm-reader {url}")
@@ -126,22 +184,38 @@ class PeerClient:
         capacity: int = 0,
         timeout_s: float = 10.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        cluster_key: bytes | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        public_key: bytes | None = None,
     ) -> PeerClient:
-        """Open the websocket and exchange ``hello`` frames.
+        """Open the websocket and run the handshake (``hello`` both ways, then ``auth`` with a cluster key).
 
         Args:
-            url: ``ws://host:port`` of the node.
+            url: ``ws://host:port`` of the node, or ``wss://host:port`` for TLS.
             node_id: our id in the hello (a random one for short-lived clients).
             listen_url: our own ``ws://`` URL when we are a node, so the
                 peer can add us to its table; ``None`` for plain clients.
             model, capacity: what we serve, when we are a node.
             timeout_s: deadline for connecting and the handshake [s].
             max_frame_bytes: largest frame we accept [bytes].
+            cluster_key: the cluster's shared secret (see
+                :func:`dellm_p2p.security.load_cluster_key`); both sides prove
+                it. ``None`` connects only to nodes without a key.
+            ssl_context: TLS context for a ``wss://`` URL (e.g.
+                :func:`dellm_p2p.security.client_ssl_context` with a CA);
+                ``None`` verifies against the system's CAs. Ignored for ``ws://``.
+            public_key: our raw 32-byte Ed25519 public key when we have an
+                identity (``node_id`` must derive from it); ``None`` for plain
+                clients. A node whose hello carries a key its node id does
+                not derive from is refused (``identity_mismatch``).
 
         Raises:
+            AuthenticationError: the cluster key is missing on one side or
+                differs (the node closes with 4003).
             PeerError: ``connection_lost`` when the node cannot be reached or
                 does not answer in time, or the node's own error code.
         """
+        nonce = new_nonce() if cluster_key is not None else None
         hello = Hello(
             protocol=PROTOCOL_VERSION,
             node_id=node_id or f"client-{uuid.uuid4().hex[:12]}",
@@ -150,13 +224,22 @@ class PeerClient:
             url=listen_url,
             model=model,
             capacity=capacity,
+            auth=AUTH_SCHEME if cluster_key is not None else None,
+            auth_nonce=nonce,
+            public_key=public_key,
         )
+        tls = {"ssl": ssl_context} if ssl_context is not None and url.startswith("wss://") else {}
         try:
             async with asyncio.timeout(timeout_s):
-                ws = await websockets.connect(url, max_size=max_frame_bytes, compression=None, open_timeout=None)
+                ws = await websockets.connect(url, max_size=max_frame_bytes, compression=None, open_timeout=None, **tls)
                 try:
                     await ws.send(encode(hello))
-                    reply = decode(await ws.recv())
+                    reply = await _handshake_frame(ws, url)
+                    if isinstance(reply, Hello):
+                        await _authenticate(ws, url, cluster_key, hello, reply)
+                except AuthenticationError as exc:
+                    await ws.close(CLOSE_AUTH_FAILED, str(exc)[:120])
+                    raise
                 except BaseException:
                     await ws.close()
                     raise
@@ -174,6 +257,12 @@ class PeerClient:
         if not isinstance(reply, Hello):
             await ws.close()
             raise PeerError(ErrorCode.INVALID_MESSAGE, f"{url} answered the hello with {reply.type!r}")
+        if reply.public_key is not None and not node_id_matches(reply.node_id, reply.public_key):
+            await ws.close(CLOSE_IDENTITY_MISMATCH, "node id does not derive from its public key")
+            raise PeerError(
+                ErrorCode.IDENTITY_MISMATCH,
+                f"{url} claims node id {reply.node_id[:64]}, which does not derive from its public key",
+            )
         return cls(url, ws, reply)
 
     async def __aenter__(self) -> PeerClient:
@@ -192,8 +281,19 @@ class PeerClient:
         """True once the connection is gone."""
         return self._closed_reason is not None
 
-    async def close(self) -> None:
-        """Close the connection; open requests end with ``connection_lost``."""
+    @property
+    def close_reason(self) -> str | None:
+        """Who closed the connection and why (one line), once it is gone; ``None`` while open."""
+        return self._closed_reason
+
+    async def close(self, reason: str = "closed by this side") -> None:
+        """Close the connection; open requests end with ``connection_lost`` carrying ``reason``.
+
+        Args:
+            reason: why we close it (one line), reported to our own open requests.
+        """
+        if self._closing is None:
+            self._closing = reason
         await self._ws.close()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
@@ -361,15 +461,25 @@ class PeerClient:
                     log.warning("%s sent a bad frame: %s", self.url, exc)
                     continue
                 self._dispatch(message)
-            reason = "closed by peer"
+            reason = self._close_reason(None)
         except websockets.exceptions.ConnectionClosed as exc:
-            reason = f"connection to {self.url} lost: {exc}"
+            reason = self._close_reason(exc)
         self._closed_reason = reason
         for queue in self._streams.values():
             queue.put_nowait(_CLOSED)
         for future in self._waiters.values():
             if not future.done():
                 future.set_exception(PeerError(ErrorCode.CONNECTION_LOST, reason))
+
+    def _close_reason(self, exc: websockets.exceptions.ConnectionClosed | None) -> str:
+        """One line saying who closed the connection and why (``exc`` is set for an abnormal close)."""
+        if self._closing is not None:
+            return f"connection to {self.url} closed by this side: {self._closing}"
+        if exc is not None:
+            return f"connection to {self.url} lost: {exc}"
+        code, why = self._ws.close_code, self._ws.close_reason
+        detail = f" ({code}{' ' + why if why else ''})" if code is not None else ""
+        return f"connection to {self.url} closed by the peer{detail}"
 
     def _dispatch(self, message) -> None:
         if isinstance(message, Token | Done | Error) and message.id in self._streams:

@@ -55,6 +55,25 @@ class NodeConfig(BaseSettings):
         fanout: peers contacted per gossip round.
         suspect_after_s: heartbeat silence before a peer is suspect [s].
         dead_after_s: heartbeat silence before a peer is dead [s].
+        reward_window_s: freshness window of gossiped reward records: a
+            record whose timestamp is further than this from our clock is
+            rejected as stale [s].
+        cluster_key_file: file holding the cluster's shared secret (``dellm
+            keygen`` writes one); peers must prove it in the handshake.
+            ``None``: an open node, refused by keyed peers.
+        tls_cert, tls_key: PEM certificate (chain) and private key: serve
+            ``wss://`` (both or neither).
+        tls_ca: PEM CA bundle to verify ``wss://`` peers this node dials
+            (default: the system's CAs).
+        handshake_timeout_s: a connection must complete the handshake
+            (authentication included) this soon after opening [s].
+        max_in_flight_per_peer: requests one peer connection may have in
+            flight (``None``: up to ``max_concurrency``).
+        max_requests_per_s_per_peer: sustained messages per second one peer
+            connection may send [1/s]; above it they get ``rate_limited``.
+        request_burst_per_peer: burst size of that rate [messages].
+        max_prompt_chars: longest prompt (or all message contents) a
+            ``generate`` may carry [characters].
     """
 
     model_config = SettingsConfigDict(env_prefix="DELLM_", extra="forbid", validate_default=True)
@@ -85,6 +104,16 @@ class NodeConfig(BaseSettings):
     fanout: int = Field(default=3, ge=1, le=64)
     suspect_after_s: float = Field(default=3.0, gt=0)
     dead_after_s: float = Field(default=8.0, gt=0)
+    reward_window_s: float = Field(default=120.0, gt=0)
+    cluster_key_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
+    max_in_flight_per_peer: int | None = Field(default=None, ge=1)
+    max_requests_per_s_per_peer: float = Field(default=500.0, gt=0)
+    request_burst_per_peer: int = Field(default=1000, ge=1)
+    max_prompt_chars: int = Field(default=100_000, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -122,6 +151,8 @@ class NodeConfig(BaseSettings):
             raise ConfigError("engine 'openai' needs openai_base_url (--openai-url)")
         if self.dead_after_s <= self.suspect_after_s:
             raise ConfigError("dead_after_s must be larger than suspect_after_s")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)")
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:

@@ -9,9 +9,14 @@ properties and browses the same type. TXT properties (all UTF-8 strings):
 ``port``   websocket port (int, 1..65535)
 ``model``  model name ("" for a node without a model)
 ``cap``    capacity: max concurrent requests (int >= 0)
+``tls``    "1" when the node serves ``wss://`` (absent: ``ws://``)
+``fp``     key fingerprint: SHA-256 of the node's Ed25519 public
+           key, 64 lowercase hex digits; ``id`` must be the node
+           id derived from it (:mod:`dellm_p2p.identity`)
 =========  ====================================================
 
-Malformed records, incompatible protocol versions and our own announcement
+Malformed records (a missing ``fp`` or an ``id`` that does not derive from
+it included), incompatible protocol versions and our own announcement
 are ignored with one log line per service name. On a clean stop the node
 unregisters (an mDNS goodbye), so peers drop it at once.
 """
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from .identity import node_id_from_fingerprint
 from .protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,8 @@ class Announcement:
         model: model name, ``None`` for a peer without a model.
         capacity: max concurrent requests.
         service: the mDNS service name (used to match removals).
+        fingerprint: SHA-256 of its public key (64 hex digits); the hello
+            later carries the key itself.
     """
 
     node_id: str
@@ -53,6 +61,7 @@ class Announcement:
     model: str | None
     capacity: int
     service: str
+    fingerprint: str = ""
 
 
 class MdnsError(ValueError):
@@ -75,6 +84,10 @@ def parse_service(info: AsyncServiceInfo) -> Announcement:
     node_id = props.get("id", "")
     if not 0 < len(node_id) <= 128:
         raise MdnsError("TXT record has no valid 'id'")
+    fingerprint = props.get("fp", "")
+    if node_id_from_fingerprint(fingerprint) != node_id:
+        what = "has no valid key fingerprint 'fp'" if not fingerprint else "'id' does not derive from its 'fp'"
+        raise MdnsError(f"TXT record {what}")
     try:
         proto, port, cap = int(props.get("proto", "")), int(props.get("port", "")), int(props.get("cap", "0"))
     except ValueError:
@@ -86,7 +99,9 @@ def parse_service(info: AsyncServiceInfo) -> Announcement:
     addresses = info.parsed_addresses(IPVersion.V4Only)
     if not addresses:
         raise MdnsError("service has no IPv4 address")
-    return Announcement(node_id, f"ws://{addresses[0]}:{port}", props.get("model") or None, cap, info.name)
+    scheme = "wss" if props.get("tls") == "1" else "ws"  # TXT tls=1: the node serves TLS
+    url = f"{scheme}://{addresses[0]}:{port}"
+    return Announcement(node_id, url, props.get("model") or None, cap, info.name, fingerprint)
 
 
 class MdnsDiscovery:
@@ -104,6 +119,9 @@ class MdnsDiscovery:
         on_removed: called with a peer's node id when its service goes away.
         announce: register our own service (``False`` to browse only, as
             the ``dellm`` CLI does).
+        tls: we serve ``wss://`` (announced as TXT ``tls=1``).
+        fingerprint: our key fingerprint (``Identity.fingerprint``), announced
+            as TXT ``fp``; required when announcing.
     """
 
     def __init__(
@@ -118,7 +136,11 @@ class MdnsDiscovery:
         on_found: Callable[[Announcement], None],
         on_removed: Callable[[str], None],
         announce: bool = True,
+        tls: bool = False,
+        fingerprint: str | None = None,
     ):
+        if announce and fingerprint is None:
+            raise ValueError("an announced node needs its key fingerprint (TXT 'fp')")
         self.node_id = node_id
         self.announce = announce
         self._interfaces = list(interfaces) if interfaces else None
@@ -141,6 +163,8 @@ class MdnsDiscovery:
                 "port": str(port),
                 "model": model or "",
                 "cap": str(capacity),
+                **({"tls": "1"} if tls else {}),
+                "fp": fingerprint or "",
             },
             server=f"dellm-{node_id}.local.",
         )

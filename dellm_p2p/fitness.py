@@ -16,6 +16,25 @@ exchanges also carry every record applied in the last seconds
 (anti-entropy), which closes those gaps: every table converges in O(log N)
 gossip rounds (Demers et al., 1987, "Epidemic algorithms for replicated
 database maintenance").
+
+Trust (see ``rewards`` in :mod:`dellm_p2p.protocol`): records are signed by
+their issuer (:mod:`dellm_p2p.identity`). A received record is applied only
+if it is fresh (``ts`` within ``window_s`` of our clock), its issuer is a
+member we know with a public key (in the peer table in any state, or
+ourselves), its signature checks with that key, and its (issuer, seq) was
+not accepted before. Anything else is dropped, never forwarded, and counted
+in :attr:`FitnessBook.rejected` (logged once per reason and issuer). The
+issuer check accepts dead and left members too: a coordinator that asked
+one question and left must still have its rewards reach everyone, and the
+signature, not liveness, is what proves the record. A record whose issuer
+we do not know yet is dropped (counted ``non_member``): a Swarm's member
+entry reaches a node in its hello and membership gossip before its first
+rewards, and anti-entropy re-sends a record for a while, so one dropped
+before the issuer was known arrives again. Replay memory: per issuer, the
+seqs accepted within the freshness window (at most ``max_seqs_per_issuer``;
+beyond it the oldest is forgotten and every seq up to it counts as seen);
+older records fail the freshness check anyway. It is persisted with the
+fitness, so a restarted node does not apply again what anti-entropy re-sends.
 """
 
 from __future__ import annotations
@@ -28,10 +47,12 @@ import os
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .coordinator.reward import reward_records
+from .identity import Identity, verify_reward
 from .protocol import RewardRecord
 
 if TYPE_CHECKING:
@@ -42,11 +63,42 @@ log = logging.getLogger(__name__)
 
 NEUTRAL_FITNESS = 0.5
 EWMA_KEEP = 0.9  # weight of the old fitness in the DELLM rule
+REJECT_REASONS = ("signature", "replay", "stale", "non_member")
+DEFAULT_WINDOW_S = 120.0
 
 
 def apply_reward(fitness: float, reward: float) -> float:
     """``0.9 × fitness + 0.1 × (fitness + reward)``, clamped to [0, 1] (see module docstring)."""
     return min(1.0, max(0.0, EWMA_KEEP * fitness + (1 - EWMA_KEEP) * (fitness + reward)))
+
+
+class _SeqWindow:
+    """Replay memory for one issuer: seqs accepted recently, and a floor below which every seq counts as seen."""
+
+    __slots__ = ("floor", "seqs")
+
+    def __init__(self, floor: int = -1):
+        self.floor = floor
+        self.seqs: dict[int, float] = {}  # seq -> record ts, in order of acceptance
+
+    def seen(self, seq: int) -> bool:
+        return seq <= self.floor or seq in self.seqs
+
+    def add(self, seq: int, ts: float, limit: int) -> None:
+        self.seqs[seq] = ts
+        while len(self.seqs) > limit:  # forget the oldest accepted; everything up to it now counts as seen
+            old = next(iter(self.seqs))
+            del self.seqs[old]
+            self.floor = max(self.floor, old)
+
+    def prune(self, horizon: float) -> None:
+        """Forget seqs of records older than ``horizon`` [s since the epoch]: those fail the freshness check."""
+        while self.seqs:
+            seq, ts = next(iter(self.seqs.items()))
+            if ts >= horizon:
+                break
+            del self.seqs[seq]
+            self.floor = max(self.floor, seq)
 
 
 class FitnessBook:
@@ -60,6 +112,16 @@ class FitnessBook:
         fanout: peers each new record is forwarded to.
         max_hops: records with this many hops are not forwarded further.
         remember: how many record ids are kept for deduplication.
+        identity: our key pair, to sign the records we issue (:meth:`issue`);
+            ``None`` for a node that only receives.
+        window_s: freshness window [s]: records whose ``ts`` is further
+            than this from our clock are rejected as stale.
+        max_seqs_per_issuer: replay memory per issuer (see module docstring).
+        clock: wall clock [s since the epoch] (injectable for tests).
+
+    Attributes:
+        applied: records applied. duplicates: records dropped as already applied.
+        rejected: records dropped per reason (:data:`REJECT_REASONS`).
     """
 
     def __init__(
@@ -72,7 +134,13 @@ class FitnessBook:
         fanout: int = 3,
         max_hops: int = 6,
         remember: int = 100_000,
+        identity: Identity | None = None,
+        window_s: float = DEFAULT_WINDOW_S,
+        max_seqs_per_issuer: int = 4096,
+        clock: Callable[[], float] = time.time,
     ):
+        if identity is not None and identity.node_id != node_id:
+            raise ValueError(f"identity {identity.node_id} does not match node id {node_id}")
         self.node_id = node_id
         self.table = table
         self.path = path
@@ -81,8 +149,16 @@ class FitnessBook:
         self.max_hops = max_hops
         self.remember = remember
         self.self_fitness = NEUTRAL_FITNESS
+        self.identity = identity
+        self.window_s = window_s
+        self.max_seqs_per_issuer = max_seqs_per_issuer
+        self.clock = clock
         self.applied = 0
         self.duplicates = 0
+        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self._windows: dict[str, _SeqWindow] = {}
+        self._pruned_at = 0.0
+        self._warned: set[tuple[str, str]] = set()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._recent: deque[tuple[float, RewardRecord]] = deque(maxlen=256)
         self._saved: dict[str, float] = {}  # fitness of nodes not (yet) in the table
@@ -103,12 +179,77 @@ class FitnessBook:
             return peer.fitness
         return self._saved.get(node_id, NEUTRAL_FITNESS)
 
+    def issue(self, chunk_id: str, rewards: dict[str, float]) -> list[RewardRecord]:
+        """Signed records for one chunk's rewards (node id -> reward in [-1, 1], the DELLM reward rule).
+
+        Not applied yet: the caller applies them (:meth:`apply`) and gossips them.
+
+        Raises:
+            RuntimeError: this book has no identity to sign with.
+        """
+        if self.identity is None:
+            raise RuntimeError("this fitness book has no identity to sign reward records with")
+        return reward_records(self.identity, chunk_id, rewards)
+
+    def check(self, record: RewardRecord) -> str | None:
+        """Why a received record must be dropped (a :data:`REJECT_REASONS` value), or ``None`` if it may be applied.
+
+        Checks, in order: freshness of ``ts``, issuer known with a public key,
+        signature, (issuer, seq) not accepted before (see module docstring).
+        Does not look at the record id (:meth:`receive` dedupes first).
+        """
+        now = self.clock()
+        if not now - self.window_s <= record.ts <= now + self.window_s:  # NaN fails too
+            return "stale"
+        key = self._issuer_key(record.issuer)
+        if key is None:
+            return "non_member"
+        if not verify_reward(key, record):
+            return "signature"
+        window = self._windows.get(record.issuer)
+        if window is not None and window.seen(record.seq):
+            return "replay"
+        return None
+
+    def _issuer_key(self, issuer: str) -> bytes | None:
+        if issuer == self.node_id:
+            return self.identity.public_key if self.identity is not None else None
+        peer = self.table.get(issuer)
+        return peer.public_key if peer is not None else None
+
+    def _reject(self, record: RewardRecord, reason: str) -> None:
+        self.rejected[reason] += 1
+        key = (reason, record.issuer)
+        if key not in self._warned and len(self._warned) < 1024:
+            self._warned.add(key)
+            log.warning(
+                "dropping reward record %s from issuer %s: %s (further ones are only counted in stats)",
+                record.id[:64],
+                record.issuer[:64],
+                _REASON_TEXT[reason],
+            )
+
+    def _remember_seq(self, record: RewardRecord) -> None:
+        window = self._windows.get(record.issuer)
+        if window is None:
+            window = self._windows[record.issuer] = _SeqWindow()
+        window.add(record.seq, record.ts, self.max_seqs_per_issuer)
+        now = self.clock()
+        if now - self._pruned_at > 1.0:  # forget what the freshness check now rejects anyway
+            self._pruned_at = now
+            horizon = now - self.window_s
+            for issuer, w in list(self._windows.items()):
+                w.prune(horizon)
+                if not w.seqs:
+                    del self._windows[issuer]
+
     def apply(self, record: RewardRecord) -> bool:
-        """Apply a record once; returns False for a duplicate."""
+        """Apply a record once, unchecked (our own, or one :meth:`check` passed); returns False for a duplicate."""
         if record.id in self._seen:
             self.duplicates += 1
             return False
         self._seen[record.id] = None
+        self._remember_seq(record)
         if len(self._seen) > self.remember:
             self._seen.popitem(last=False)
         self._recent.append((time.monotonic(), record))
@@ -124,8 +265,21 @@ class FitnessBook:
         return True
 
     def receive(self, records: Iterable[RewardRecord]) -> list[RewardRecord]:
-        """Apply gossiped records; forward the new ones in the background. Returns the new ones."""
-        fresh = [r for r in records if self.apply(r)]
+        """Apply gossiped records that pass :meth:`check`; forward the new ones in the background.
+
+        Duplicates (record id already applied) and rejected records are
+        dropped and counted, never forwarded. Returns the records applied.
+        """
+        fresh = []
+        for record in records:
+            if record.id in self._seen:
+                self.duplicates += 1
+                continue
+            reason = self.check(record)
+            if reason is not None:
+                self._reject(record, reason)
+            elif self.apply(record):
+                fresh.append(record)
         onward = [r.model_copy(update={"hops": r.hops + 1}) for r in fresh if r.hops + 1 < self.max_hops]
         if onward:
             self.spawn_forward(onward, self.fanout)
@@ -139,10 +293,10 @@ class FitnessBook:
             task.add_done_callback(self._tasks.discard)
 
     async def forward(self, records: list[RewardRecord], fanout: int, timeout_s: float = 3.0) -> int:
-        """Send ``records`` to up to ``fanout`` random alive peers; returns how many took them."""
+        """Send ``records`` to up to ``fanout`` random alive peers (with a URL); returns how many took them."""
         if self.pool is None:
             return 0
-        targets = [p for p in self.table.alive()]
+        targets = self.table.alive()
         random.shuffle(targets)
         sent = 0
 
@@ -163,6 +317,20 @@ class FitnessBook:
         horizon = time.monotonic() - window_s
         return [record for at, record in self._recent if at >= horizon]
 
+    async def flush(self, timeout_s: float = 2.0) -> None:
+        """Wait up to ``timeout_s`` [s] for background forwards to finish (before closing the connections)."""
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    def counters(self) -> dict[str, int]:
+        """Reward-record counters as ``stats`` fields (rewards_applied, rewards_duplicate, rewards_rejected_*)."""
+        return {
+            "rewards_applied": self.applied,
+            "rewards_duplicate": self.duplicates,
+            **{f"rewards_rejected_{reason}": count for reason, count in self.rejected.items()},
+        }
+
     def snapshot(self) -> dict[str, float]:
         """Fitness of every node this book knows, this one included."""
         values = dict(self._saved)
@@ -171,17 +339,25 @@ class FitnessBook:
         return values
 
     def load(self) -> None:
-        """Read persisted fitness (a missing or corrupt file leaves everyone neutral)."""
+        """Read persisted fitness and replay memory (a missing or corrupt file leaves everyone neutral).
+
+        File: ``{"fitness": {node_id: value}, "replay": {issuer: {"floor": int, "seqs": [[seq, ts], ...]}}}``.
+        """
         if self.path is None or not self.path.exists():
             return
         try:
             data = json.loads(self.path.read_text())
             values = {str(k): min(1.0, max(0.0, float(v))) for k, v in data.get("fitness", {}).items()}
+            windows = {}
+            for issuer, raw in data.get("replay", {}).items():
+                window = windows[str(issuer)] = _SeqWindow(int(raw.get("floor", -1)))
+                window.seqs = {int(seq): float(ts) for seq, ts in raw.get("seqs", [])}
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable fitness file %s: %s", self.path, exc)
             return
         self.self_fitness = values.pop(self.node_id, NEUTRAL_FITNESS)
         self._saved.update(values)
+        self._windows.update(windows)
 
     def save(self) -> None:
         """Write fitness atomically if it changed (blocking: call from a thread)."""
@@ -190,10 +366,23 @@ class FitnessBook:
         self._dirty = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fitness": self.snapshot()}, indent=1, sort_keys=True))
+        horizon = self.clock() - self.window_s
+        replay = {
+            issuer: {"floor": w.floor, "seqs": [[seq, ts] for seq, ts in list(w.seqs.items()) if ts >= horizon]}
+            for issuer, w in list(self._windows.items())
+        }
+        tmp.write_text(json.dumps({"fitness": self.snapshot(), "replay": replay}, indent=1, sort_keys=True))
         os.replace(tmp, self.path)
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.to_thread(self.save)
+
+
+_REASON_TEXT = {
+    "signature": "bad signature",
+    "replay": "replayed (issuer sequence number already seen)",
+    "stale": "timestamp outside the freshness window",
+    "non_member": "issuer is not a known member",
+}

@@ -4,10 +4,12 @@ Every ``gossip_interval_s`` a node raises its heartbeat, applies the
 failure-detection timeouts of its :class:`~dellm_p2p.peer_table.PeerTable`,
 and exchanges member lists (push-pull ``members`` frames) with ``fanout``
 peers: first peers it has never reached (new from mDNS, bootstrap or
-gossip), then random alive ones. Each exchange also pings the peer, feeding
+gossip), then random alive ones it already holds a connection to, with one
+slot for a random unconnected peer so the partners keep mixing. Each exchange also pings the peer, feeding
 its RTT EWMA. A node that knows one peer therefore learns the rest within a
 few rounds (O(log N) rounds for N nodes), and silence propagates as suspect,
-then dead.
+then dead. A coordinator-only member (a Swarm: no URL) gossips its own entry
+like any node, so peers know its public key; it is never contacted.
 
 Connections are pooled (:class:`PeerPool`): one websocket per peer, reused by
 gossip and by coordinators.
@@ -20,6 +22,7 @@ import contextlib
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -31,6 +34,7 @@ from .protocol import DEFAULT_MAX_FRAME_BYTES, ErrorCode, Hello, MemberEntry, Me
 
 if TYPE_CHECKING:
     from .fitness import FitnessBook
+    from .identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,15 @@ class PeerPool:
         max_connections: open connections kept; beyond it the least recently
             used idle ones are closed (gossip reaches a few random peers per
             round, so a large network need not hold a full mesh).
+        cluster_key: the cluster's shared secret, proven in every handshake
+            (``None``: reach only nodes without a key).
+        ssl_context: TLS context for ``wss://`` peers (``None``: system CAs).
+        identity: our key pair; its public key goes in every ``hello``
+            (``None``: none is sent, we are a plain client).
+
+    Attributes:
+        identity_rejected: peers refused because their hello's node id does
+            not derive from its public key.
     """
 
     def __init__(
@@ -58,8 +71,15 @@ class PeerPool:
         connect_timeout_s: float = 3.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_connections: int = 64,
+        cluster_key: bytes | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        identity: Identity | None = None,
     ):
         self.node_id, self.name, self.url = node_id, name, url
+        self.identity = identity
+        self.identity_rejected = 0
+        self.cluster_key = cluster_key
+        self.ssl_context = ssl_context
         self.max_connections = max_connections
         self._last_used: dict[str, float] = {}
         self.model: str | None = None
@@ -90,6 +110,11 @@ class PeerPool:
     def clients(self) -> list[PeerClient]:
         return [c for c in self._clients.values() if not c.closed]
 
+    def connection(self, url: str) -> PeerClient | None:
+        """The pooled connection to ``url`` if one is open (never connects)."""
+        client = self._clients.get(url)
+        return client if client is not None and not client.closed else None
+
     async def get(self, url: str) -> PeerClient:
         """The open connection to ``url``, connecting if needed.
 
@@ -108,20 +133,28 @@ class PeerPool:
         return await asyncio.shield(pending)
 
     async def _connect(self, url: str) -> PeerClient:
-        client = await PeerClient.connect(
-            url,
-            node_id=self.node_id,
-            name=self.name,
-            listen_url=self.url,
-            model=self.model,
-            capacity=self.capacity,
-            timeout_s=self.connect_timeout_s,
-            max_frame_bytes=self.max_frame_bytes,
-        )
+        try:
+            client = await PeerClient.connect(
+                url,
+                node_id=self.node_id,
+                name=self.name,
+                listen_url=self.url,
+                model=self.model,
+                capacity=self.capacity,
+                timeout_s=self.connect_timeout_s,
+                max_frame_bytes=self.max_frame_bytes,
+                cluster_key=self.cluster_key,
+                ssl_context=self.ssl_context,
+                public_key=self.identity.public_key if self.identity is not None else None,
+            )
+        except PeerError as exc:
+            if exc.code == ErrorCode.IDENTITY_MISMATCH:
+                self.identity_rejected += 1
+            raise
         old = self._clients.pop(url, None)
         if old is not None:
             self._retire(old)
-            await old.close()
+            await old.close("replaced by a new connection")
         self._clients[url] = client
         await self._evict()
         return client
@@ -134,29 +167,35 @@ class PeerPool:
         idle = sorted((u for u, c in self._clients.items() if not c.busy), key=lambda u: self._last_used.get(u, 0.0))
         for url in idle[:excess]:
             self._last_used.pop(url, None)
-            await self.drop(url)
+            await self.drop(url, f"idle connection evicted (pool keeps {self.max_connections})")
 
-    async def drop(self, url: str) -> None:
-        """Close and forget the connection to ``url``."""
+    async def drop(self, url: str, reason: str = "connection dropped by this node") -> None:
+        """Close and forget the connection to ``url``; its open requests end with ``connection_lost: reason``."""
         client = self._clients.pop(url, None)
         if client is not None:
             self._retire(client)
-            await client.close()
+            await client.close(reason)
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             self._retire(client)
-        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        await asyncio.gather(
+            *(c.close("this node is closing its connections") for c in clients), return_exceptions=True
+        )
 
 
 class Membership:
     """Keeps a node's peer table current. Hooks: :meth:`on_members`, :meth:`on_hello`, mDNS callbacks.
 
     Args:
-        node_id, name, url: our identity (``url`` is our reachable ``ws://``
-            URL; ``None`` for a short-lived coordinator that only observes:
-            it is not gossiped and says no goodbye).
+        node_id, name, url: who we are (``url`` is our reachable ``ws://``
+            URL; ``None`` for a short-lived coordinator that serves nothing:
+            it is gossiped as a url-less member, so peers can check the
+            reward records it signs, and is never contacted).
+        identity: our key pair (``node_id`` must derive from it); our member
+            entry carries its public key. ``None``: we are not gossiped at
+            all (a plain observer).
         model, capacity: what we serve, gossiped to peers.
         table: the peer table to maintain.
         pool: connection pool shared with the coordinator.
@@ -182,8 +221,12 @@ class Membership:
         gossip_interval_s: float = 0.5,
         fanout: int = 3,
         rpc_timeout_s: float = 3.0,
+        identity: Identity | None = None,
     ):
+        if identity is not None and identity.node_id != node_id:
+            raise ValueError(f"identity {identity.node_id} does not match node id {node_id}")
         self.node_id, self.name, self.url = node_id, name, url
+        self.identity = identity
         self.model, self.capacity = model, capacity
         self.table = table
         self.pool = pool
@@ -196,6 +239,7 @@ class Membership:
         self.heartbeat = 0
         self.left = False
         self._unreachable: dict[str, float] = {}  # url -> time of the last failed attempt
+        self.refusals: dict[str, str] = {}  # url -> why that peer refused our handshake (cluster key, node id)
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._digest: tuple[int, list[MemberEntry]] | None = None
@@ -203,11 +247,13 @@ class Membership:
         self.fitness: FitnessBook | None = None  # set by the owner: reward records ride along (anti-entropy)
 
     def self_entry(self) -> MemberEntry | None:
-        if self.url is None:
+        """Our own member entry (``None`` without an identity: an entry must carry a public key)."""
+        if self.identity is None:
             return None
         return MemberEntry(
             node_id=self.node_id,
             url=self.url,
+            public_key=self.identity.public_key,
             name=self.name,
             model=self.model,
             capacity=self.capacity,
@@ -261,9 +307,13 @@ class Membership:
         return self.fitness.recent() if self.fitness is not None else []
 
     def on_hello(self, hello: Hello) -> None:
-        """A peer connected to us: a node with a URL becomes a candidate peer."""
-        if hello.url and hello.node_id != self.node_id:
-            self._add(hello.node_id, hello.url, "inbound", hello.model, hello.capacity, hello.name)
+        """A peer connected to us: a node with a URL or a public key becomes a candidate peer.
+
+        A coordinator (no URL, a public key) is thus known as a member before
+        it sends its first reward records on this connection.
+        """
+        if (hello.url or hello.public_key) and hello.node_id != self.node_id:
+            self._add(hello.node_id, hello.url, "inbound", hello.model, hello.capacity, hello.name, hello.public_key)
 
     def on_found(self, found: Announcement) -> None:
         """mDNS found a peer."""
@@ -273,10 +323,21 @@ class Membership:
         """mDNS goodbye: the peer stopped cleanly."""
         self.table.mark_left(node_id)
 
-    def _add(self, node_id: str, url: str, source: str, model: str | None, capacity: int, name: str) -> None:
-        if node_id not in self.table or self.table.get(node_id).state is not PeerState.ALIVE:
-            self.table.add_candidate(node_id, url, source, model=model, capacity=capacity, name=name)
-            self._wake.set()  # contact it now rather than at the next tick
+    def _add(
+        self,
+        node_id: str,
+        url: str | None,
+        source: str,
+        model: str | None,
+        capacity: int,
+        name: str,
+        public_key: bytes | None = None,
+    ) -> None:
+        known = self.table.get(node_id)
+        if known is None or known.state is not PeerState.ALIVE or (public_key and known.public_key is None):
+            self.table.add_candidate(node_id, url, source, public_key, model=model, capacity=capacity, name=name)
+            if url:
+                self._wake.set()  # contact it now rather than at the next tick
 
     # The gossip loop.
 
@@ -298,7 +359,7 @@ class Membership:
             if state is PeerState.DEAD:
                 peer = self.table.get(node_id)
                 if peer is not None:
-                    await self.pool.drop(peer.url)
+                    await self.pool.drop(peer.url, f"peer {node_id} is dead (silent past the failure timeout)")
         async with asyncio.TaskGroup() as tasks:
             for url in self._targets():
                 tasks.create_task(self._exchange(url))
@@ -326,9 +387,24 @@ class Membership:
         known_urls = {p.url for p in self.table.records()}
         boot = [u for u in self.bootstrap if u not in known_urls]
         candidates = [u for u in dict.fromkeys(boot + fresh) if now - self._unreachable.get(u, -1e9) > retry_after]
+        chosen = candidates[: self.fanout]
+        wanted = self.fanout - len(chosen)
+        if wanted <= 0:
+            return chosen
         rest = [p.url for p in peers if p.url not in candidates]
-        random.shuffle(rest)
-        return candidates[: self.fanout] + rest[: max(0, self.fanout - len(candidates))]
+        connected = [u for u in rest if self.pool.connection(u) is not None]
+        others = [u for u in rest if self.pool.connection(u) is None]
+        random.shuffle(connected)
+        random.shuffle(others)
+        # Prefer peers we already hold a connection to: a new websocket costs a TCP and hello
+        # handshake on both sides, and with hundreds of peers random picks mostly missed the pool
+        # (bench_scale, N=500: 220 connects/s). One slot per round still explores an unconnected
+        # peer (while the pool has room; then one round in `fanout`), so partners keep mixing.
+        room = len(self.pool) < self.pool.max_connections
+        explore = min(len(others), 1 if room or random.random() < 1 / self.fanout else 0)
+        picks = others[:explore] + connected[: wanted - explore]
+        picks += others[explore : explore + wanted - len(picks)]
+        return chosen + picks
 
     async def _exchange(self, url: str) -> None:
         try:
@@ -337,20 +413,50 @@ class Membership:
                 rtt = await client.ping(self.rpc_timeout_s)
                 reply = await client.members(self.digest(), self.rpc_timeout_s, rewards=self._recent_rewards())
         except (PeerError, TimeoutError) as exc:
-            await self.pool.drop(url)
-            if url not in self._unreachable:
-                if getattr(exc, "code", None) == ErrorCode.DUPLICATE_NODE_ID:
+            if self._keep_busy(url, exc):
+                return
+            why = str(exc) or f"no reply within {self.rpc_timeout_s:g} s"
+            await self.pool.drop(url, f"gossip exchange failed: {why}")
+            refused = getattr(exc, "code", None) in (
+                ErrorCode.DUPLICATE_NODE_ID,
+                ErrorCode.AUTHENTICATION_FAILED,
+                ErrorCode.IDENTITY_MISMATCH,
+            )
+            news = url not in self._unreachable or (refused and url not in self.refusals)  # log once per cause
+            if refused:
+                self.refusals[url] = str(exc)
+            if news:
+                if refused:
                     log.error("peer at %s refused us: %s", url, exc)
                 else:
-                    log.warning("cannot reach peer at %s: %s", url, exc or "timed out")
+                    log.warning("cannot reach peer at %s: %s", url, why)
             self._unreachable[url] = time.monotonic()
             return
         self._unreachable.pop(url, None)
+        self.refusals.pop(url, None)
         remote = client.remote
         if remote.node_id == self.node_id:
             return
-        self._add(remote.node_id, url, "bootstrap", remote.model, remote.capacity, remote.name)
+        self._add(remote.node_id, url, "bootstrap", remote.model, remote.capacity, remote.name, remote.public_key)
         self.table.observe_all(reply.entries)
         self.table.record_rtt(remote.node_id, rtt)
         if self.fitness is not None:
             self.fitness.receive(reply.rewards)
+
+    def _keep_busy(self, url: str, exc: BaseException) -> bool:
+        """True when a failed exchange must not drop the connection: it timed out on a busy one.
+
+        The pooled connection is shared with generate streams; under load a
+        ping or members reply can queue behind their tokens. Dropping it then
+        would kill those streams. The exchange simply gives no liveness
+        evidence (no RTT sample, ``last_seen`` not refreshed), so a peer that
+        is really gone still turns suspect, then dead (and is dropped then);
+        a half-open connection is closed by the websocket keepalive. Idle or
+        closed connections, and errors other than timeouts, are dropped.
+        """
+        client = self.pool.connection(url)
+        timed_out = isinstance(exc, TimeoutError) or getattr(exc, "code", None) == ErrorCode.TIMEOUT
+        if client is None or not timed_out or not client.busy:
+            return False
+        log.info("gossip with %s timed out on a busy connection; keeping it (no liveness evidence)", url)
+        return True

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +16,10 @@ from .config import NodeConfig
 from .discovery import MdnsDiscovery
 from .engine import Engine
 from .fitness import FitnessBook
+from .identity import Identity, load_identity
 from .membership import Membership, PeerPool
 from .peer_table import PeerTable
+from .security import client_ssl_context, load_cluster_key, server_ssl_context
 from .server import NodeServer
 
 log = logging.getLogger(__name__)
@@ -27,23 +28,11 @@ ProgressCallback = Callable[[str], None]
 
 
 def load_node_id(state_dir: Path) -> str:
-    """Return the node id stored in ``state_dir/node_id``, creating it once.
+    """The node id derived from the key in ``state_dir`` (created once; see :func:`dellm_p2p.identity.load_identity`).
 
-    Ids are 16 lowercase hex characters and stable across restarts.
+    Ids are 17 characters (``n`` + 16 base32) and stable across restarts.
     """
-    path = state_dir / "node_id"
-    try:
-        node_id = path.read_text().strip()
-        if node_id:
-            return node_id
-    except FileNotFoundError:
-        pass
-    state_dir.mkdir(parents=True, exist_ok=True)
-    node_id = uuid.uuid4().hex[:16]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(node_id + "\n")
-    os.replace(tmp, path)
-    return node_id
+    return load_identity(state_dir).node_id
 
 
 def build_engine(config: NodeConfig, progress: ProgressCallback) -> Engine | None:
@@ -78,7 +67,8 @@ def build_engine(config: NodeConfig, progress: ProgressCallback) -> Engine | Non
 
 def _advertised_url(listen_url: str, port: int) -> str:
     """The URL peers should dial: the listen URL, or the first LAN address for a wildcard host."""
-    host = listen_url.split("//", 1)[1].rsplit(":", 1)[0]
+    scheme, rest = listen_url.split("://", 1)
+    host = rest.rsplit(":", 1)[0]
     if host not in ("0.0.0.0", "::", "[::]"):
         return listen_url
     import ifaddr
@@ -86,8 +76,8 @@ def _advertised_url(listen_url: str, port: int) -> str:
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
             if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
-                return f"ws://{ip.ip}:{port}"
-    return f"ws://127.0.0.1:{port}"
+                return f"{scheme}://{ip.ip}:{port}"
+    return f"{scheme}://127.0.0.1:{port}"
 
 
 def _default_dtype() -> str:
@@ -109,13 +99,15 @@ class Node:
 
     Attributes:
         url: the ``ws://`` URL once started.
-        node_id: the persistent node id.
+        node_id: the persistent node id, derived from :attr:`identity`.
+        identity: the node's Ed25519 key pair, kept in its state directory.
     """
 
     def __init__(self, config: NodeConfig, progress: ProgressCallback | None = None):
         self.config = config
         self.progress = progress or (lambda message: log.info("%s", message))
         self.node_id = ""
+        self.identity: Identity | None = None
         self.url = ""
         self.engine: Engine | None = None
         self.server: NodeServer | None = None
@@ -125,6 +117,8 @@ class Node:
         self.mdns: MdnsDiscovery | None = None
         self.fitness: FitnessBook | None = None
         self._saver: asyncio.Task | None = None
+        self._cluster_key: bytes | None = None
+        self._client_ssl = None
 
     async def start(self) -> str:
         """Load and warm up the model, then listen. Returns the ``ws://`` URL.
@@ -132,10 +126,18 @@ class Node:
         Raises:
             dellm_p2p.models.ModelError: the model cannot be found or converted.
             dellm_p2p.engine.EngineError: the engine failed to start.
-            OSError: the port cannot be bound.
+            dellm_p2p.security.SecurityConfigError: the cluster key or a TLS
+                file cannot be used (checked first, before the model loads).
+            dellm_p2p.identity.IdentityError: the node key file cannot be used.
+            OSError: the port cannot be bound or the state directory written.
         """
         config = self.config
-        self.node_id = await asyncio.to_thread(load_node_id, config.resolved_state_dir)
+        if config.cluster_key_file is not None:
+            self._cluster_key = load_cluster_key(config.cluster_key_file)
+        server_ssl = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+        self._client_ssl = client_ssl_context(config.tls_ca) if config.tls_ca is not None else None
+        self.identity = await asyncio.to_thread(load_identity, config.resolved_state_dir)
+        self.node_id = self.identity.node_id
         # Conversion of the default model is CPU-bound: keep it off the loop.
         self.engine = await asyncio.to_thread(build_engine, config, self.progress)
         if self.engine is not None:
@@ -148,6 +150,14 @@ class Node:
             max_concurrency=config.max_concurrency,
             max_frame_bytes=config.max_frame_bytes,
             request_timeout_s=config.request_timeout_s,
+            cluster_key=self._cluster_key,
+            ssl_context=server_ssl,
+            handshake_timeout_s=config.handshake_timeout_s,
+            max_in_flight_per_peer=config.max_in_flight_per_peer,
+            max_requests_per_s_per_peer=config.max_requests_per_s_per_peer,
+            request_burst_per_peer=config.request_burst_per_peer,
+            max_prompt_chars=config.max_prompt_chars,
+            identity=self.identity,
         )
         listen_url = await self.server.start(config.host, config.port)
         self.url = config.advertise_url or _advertised_url(listen_url, self.server.port)
@@ -162,7 +172,15 @@ class Node:
         self.table = PeerTable(
             self.node_id, self.url, suspect_after_s=config.suspect_after_s, dead_after_s=config.dead_after_s
         )
-        pool = PeerPool(node_id=self.node_id, name=config.name, url=self.url, max_frame_bytes=config.max_frame_bytes)
+        pool = PeerPool(
+            node_id=self.node_id,
+            name=config.name,
+            url=self.url,
+            max_frame_bytes=config.max_frame_bytes,
+            cluster_key=self._cluster_key,
+            ssl_context=self._client_ssl,
+            identity=self.identity,
+        )
         hello = server.hello
         pool.model, pool.capacity = hello.model, hello.capacity
         self.membership = Membership(
@@ -177,10 +195,17 @@ class Node:
             in_flight=lambda: server.in_flight,
             gossip_interval_s=config.gossip_interval_s,
             fanout=config.fanout,
+            identity=self.identity,
         )
         server.membership = self.membership
         self.fitness = FitnessBook(
-            self.node_id, self.table, path=config.resolved_state_dir / "fitness.json", pool=pool, fanout=config.fanout
+            self.node_id,
+            self.table,
+            path=config.resolved_state_dir / "fitness.json",
+            pool=pool,
+            fanout=config.fanout,
+            identity=self.identity,
+            window_s=config.reward_window_s,
         )
         server.fitness = self.fitness
         self.membership.fitness = self.fitness
@@ -196,6 +221,8 @@ class Node:
                 interfaces=config.resolved_mdns_interfaces,
                 on_found=self.membership.on_found,
                 on_removed=self.membership.on_removed,
+                tls=server.ssl_context is not None,
+                fingerprint=self.identity.fingerprint,
             )
             await self.mdns.start()
 

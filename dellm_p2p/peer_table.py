@@ -9,6 +9,15 @@ routing), and is forgotten after ``forget_after_s``. A node that stops
 cleanly gossips state *left* (and says goodbye over mDNS): peers drop it at
 once. A restarted node has a higher incarnation (its start time), so it
 rejoins with the same id.
+
+Identity: a node id is derived from the node's public key
+(:mod:`dellm_p2p.identity`). An entry or candidate whose id does not derive
+from the public key it carries is dropped, logged once per id and counted
+in :attr:`PeerTable.identity_rejected`. Peers learned without a key (mDNS,
+or a hello without one) are kept but not gossiped until their key is known.
+A member without a URL is a coordinator-only member (a
+:class:`~dellm_p2p.swarm.Swarm`): it is known, so its reward records can
+be checked, but never contacted nor routed to (:meth:`PeerTable.alive` leaves it out).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+from .identity import node_id_matches
 from .protocol import MemberEntry, PeerRow
 
 log = logging.getLogger(__name__)
@@ -44,7 +54,10 @@ class PeerRecord:
     """One known peer.
 
     Attributes:
-        node_id, url, name, model, capacity: as the peer announces them.
+        node_id, url, name, model, capacity: as the peer announces them
+            (``url`` is ``None`` for a coordinator-only member).
+        public_key: its raw 32-byte Ed25519 public key (``node_id`` derives
+            from it), ``None`` until learned.
         incarnation: the peer's start time [ms since the epoch].
         heartbeat: the highest heartbeat counter seen for it.
         in_flight: requests the peer reported serving.
@@ -56,10 +69,11 @@ class PeerRecord:
     """
 
     node_id: str
-    url: str
+    url: str | None
     name: str = ""
     model: str | None = None
     capacity: int = 0
+    public_key: bytes | None = None
     incarnation: int = 0
     heartbeat: int = 0
     in_flight: int = 0
@@ -78,6 +92,7 @@ class PeerRecord:
         return MemberEntry.model_construct(
             node_id=self.node_id,
             url=self.url,
+            public_key=self.public_key,
             name=self.name,
             model=self.model,
             capacity=self.capacity,
@@ -140,6 +155,8 @@ class PeerTable:
         self.rtt_alpha = rtt_alpha
         self.clock = clock
         self.duplicates: set[str] = set()
+        self.identity_rejected = 0  # entries and candidates whose node id does not derive from their key
+        self._identity_warned: set[str] = set()
         # Fitness a newly known peer starts with (the fitness book restores saved values).
         self.initial_fitness: Callable[[str], float] = lambda node_id: 0.5
         self._peers: dict[str, PeerRecord] = {}
@@ -157,8 +174,21 @@ class PeerTable:
         return list(self._peers.values())
 
     def alive(self) -> list[PeerRecord]:
-        """Peers that may receive work: alive or suspect (not dead, not left)."""
-        return [p for p in self._peers.values() if p.state in (PeerState.ALIVE, PeerState.SUSPECT)]
+        """Peers that may receive work: alive or suspect (not dead, not left), with a URL (not coordinators)."""
+        return [p for p in self._peers.values() if p.url and p.state in (PeerState.ALIVE, PeerState.SUSPECT)]
+
+    def check_identity(self, node_id: str, public_key: bytes | None, where: str) -> bool:
+        """True when ``node_id`` derives from ``public_key``; else counts, logs once per id, returns False.
+
+        ``where`` names the source for the log line (e.g. ``gossip``, ``hello from ws://…``).
+        """
+        if node_id_matches(node_id, public_key):
+            return True
+        self.identity_rejected += 1
+        if node_id not in self._identity_warned and len(self._identity_warned) < 1024:
+            self._identity_warned.add(node_id)
+            log.warning("dropping node %s (%s): its id does not derive from its public key", node_id[:64], where)
+        return False
 
     def by_url(self, url: str) -> PeerRecord | None:
         return next((p for p in self._peers.values() if p.url == url), None)
@@ -170,12 +200,19 @@ class PeerTable:
         so stale gossip never revives a dead peer.
         """
         if entry.node_id == self.self_id:
-            if entry.url != self.self_url and entry.node_id not in self.duplicates:
+            if (entry.url or "") != (self.self_url or "") and entry.node_id not in self.duplicates:
                 self.duplicates.add(entry.node_id)
                 log.error("duplicate node id %s: another node at %s uses our id", entry.node_id, entry.url)
             return Observed.NOTHING
-        now = self.clock()
         known = self._peers.get(entry.node_id)
+        if known is None or known.public_key != entry.public_key:
+            if not self.check_identity(entry.node_id, entry.public_key, source):
+                return Observed.NOTHING
+            if known is not None:
+                if known.public_key is not None:  # a second key deriving the same id: a hash collision
+                    return Observed.NOTHING
+                known.public_key = entry.public_key
+        now = self.clock()
         if known is None:
             if entry.state == "left" or len(self._peers) >= self.max_peers:
                 return Observed.NOTHING
@@ -200,17 +237,33 @@ class PeerTable:
         known.state = PeerState.LEFT if entry.state == "left" else PeerState.ALIVE
         return Observed.JOINED if revived else Observed.UPDATED
 
-    def add_candidate(self, node_id: str, url: str, source: str, **fields) -> None:
-        """Add a peer heard of outside gossip (mDNS, inbound hello) if unknown or revived."""
+    def add_candidate(
+        self, node_id: str, url: str | None, source: str, public_key: bytes | None = None, **fields
+    ) -> None:
+        """Add a peer heard of outside gossip (mDNS, inbound hello) if unknown or revived.
+
+        ``public_key`` (from a hello), when given, must derive ``node_id``
+        (else the candidate is dropped and counted); it fills in a known
+        peer's missing key.
+        """
         known = self._peers.get(node_id)
-        if node_id == self.self_id or (known is not None and known.state is PeerState.ALIVE):
+        if node_id == self.self_id:
+            return
+        if public_key is not None:
+            if not self.check_identity(node_id, public_key, source):
+                return
+            if known is not None and known.public_key is None:
+                known.public_key = public_key
+        if known is not None and known.state is PeerState.ALIVE:
             return
         if known is None and len(self._peers) >= self.max_peers:
             return
         record = PeerRecord(node_id=node_id, url=url, source=source, last_seen=self.clock(), **fields)
         record.fitness = self.initial_fitness(node_id)
+        record.public_key = public_key
         if known is not None:  # dead or left before: keep its version so only newer gossip wins
             record.incarnation, record.heartbeat, record.fitness = known.incarnation, known.heartbeat, known.fitness
+            record.public_key = known.public_key or public_key
         self._peers[node_id] = record
 
     def touch(self, node_id: str) -> None:
@@ -264,9 +317,11 @@ class PeerTable:
 
         Dead peers are not passed on, so stale news dies out; suspect ones
         are, since under load a slow path may be the only one carrying their
-        heartbeats (an equal or older version never revives anyone).
+        heartbeats (an equal or older version never revives anyone). Peers
+        whose public key we do not know yet are not either (an entry must
+        carry one).
         """
-        return [p.entry() for p in self._peers.values() if p.state is not PeerState.DEAD]
+        return [p.entry() for p in self._peers.values() if p.state is not PeerState.DEAD and p.public_key is not None]
 
     def rows(self) -> list[PeerRow]:
         now = self.clock()
@@ -277,6 +332,7 @@ class PeerTable:
         return PeerRecord(
             node_id=entry.node_id,
             url=entry.url,
+            public_key=entry.public_key,
             name=entry.name,
             model=entry.model,
             capacity=entry.capacity,

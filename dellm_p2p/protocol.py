@@ -1,4 +1,4 @@
-"""The dellm wire protocol, version 1: messages and their encoding.
+"""The dellm wire protocol, version 2: messages and their encoding.
 
 This module is the whole specification; another implementation needs nothing
 else. It does no I/O.
@@ -7,7 +7,8 @@ Transport
 ---------
 One websocket connection per peer pair. Every message is one **binary** frame
 holding one msgpack map (``str`` keys) with a ``type`` field naming the
-message. Text frames are rejected. Frames above the receiver's size limit
+message; fields marked *bin* (public keys, signatures) are msgpack bin, never
+str. Text frames are rejected. Frames above the receiver's size limit
 (default 1 MiB, :data:`DEFAULT_MAX_FRAME_BYTES`) close the connection with
 websocket close code 1009 ("message too big"). Many requests multiplex on one
 connection: every request-scoped message carries the request ``id`` chosen by
@@ -21,7 +22,35 @@ own ``hello``. Until then the accepting side answers any other message with an
 ``error`` of code ``handshake_required``. A ``protocol`` it does not speak gets
 ``unsupported_version`` and the connection is closed with code 4001; a hello
 carrying the receiver's own node id gets ``duplicate_node_id`` and close code
-4002 (two nodes share an id, e.g. a copied state directory).
+4002 (two nodes share an id, e.g. a copied state directory). The accepting side
+closes a connection that has not completed the handshake within its deadline
+(default 10 s) with code 4004.
+
+Cluster key (optional). Nodes of one cluster may share a secret key K (at
+least 16 random bytes). A side that has K sets ``auth = "hmac-sha256"`` and a
+fresh ``auth_nonce`` (32 random bytes as 64 lowercase hex digits) in its
+``hello``; a side without a key leaves both nil. Both sides must agree: a keyed
+node refuses a keyless peer and a keyless node refuses a keyed one. With a key
+the handshake has four messages::
+
+    connecting side (C)                         accepting side (S)
+    hello {auth, auth_nonce: Nc, node_id: C} ->
+                                             <- hello {auth, auth_nonce: Ns, node_id: S}
+    auth {proof: MAC("client")}             ->  S checks the proof
+                                             <- auth {proof: MAC("server")}; C checks it
+
+    MAC(role) = HMAC-SHA256(K, "dellm-p2p/1 cluster-auth" || 0x00 || role
+                || 0x00 || Nc || Ns || u16be(len C) || C || u16be(len S) || S)
+
+as lowercase hex (64 digits); nonces enter as their 32 raw bytes, node ids as
+UTF-8, role is the ASCII word ``client`` or ``server``. Proofs are compared in
+constant time. The handshake is complete for S when C's proof checks, and for
+C when S's proof checks; before that a keyed accepting side takes no other
+message: any other frame, an undecodable one included, a wrong proof, a
+missing key or an unexpected one get an ``error`` of code
+``authentication_failed`` (a one-line reason that never contains the key or
+a proof) and close code 4003. A connecting side that finds the other side
+without the key, or its proof wrong, closes with 4003 itself.
 
 Messages (fields; units in brackets)
 ------------------------------------
@@ -29,7 +58,13 @@ Messages (fields; units in brackets)
               a peer that serves no model), capacity (int, max concurrent
               requests), max_model_len (int | nil) [tokens], software (str),
               url (str | nil: the sender's own listening ``ws://`` URL, so
-              the receiver can add it to its peer table; nil for clients).
+              the receiver can add it to its peer table; nil for clients),
+              auth ("hmac-sha256" | nil: the sender has a cluster key),
+              auth_nonce (str | nil: 64 lowercase hex digits, set with auth),
+              public_key (bin, 32 bytes | nil: the sender's raw Ed25519
+              public key, see Identity; nil for plain clients).
+``auth``      proof (str, 64 lowercase hex digits: the cluster-key proof of the
+              handshake; see Handshake). Sent once in each direction.
 ``generate``  id, exactly one of messages (list of {role: system|user|assistant,
               content}) or prompt (str), params: max_tokens [tokens, 1..context]
               default 256, temperature (>= 0, 0 = greedy, <= 2) default 0,
@@ -54,10 +89,15 @@ Messages (fields; units in brackets)
 ``ping``      nonce (int). Answered at once by ``pong`` with the same nonce.
 ``pong``      nonce (int).
 ``members``   nonce (int), reply (bool), entries (list of at most 4096 member
-              entries: node_id, url, name, model, capacity, incarnation (int,
+              entries: node_id, url (str | nil: nil for a coordinator-only
+              member that serves nothing and accepts no connections; such a
+              member is never contacted nor routed to), public_key (bin, 32
+              bytes, see Identity), name, model, capacity, incarnation (int,
               the node's start time in ms since the epoch: a restart has a
               higher one), heartbeat (int, increased by the node every gossip
-              round), state (alive | left), in_flight (int)). Membership
+              round), state (alive | left), in_flight (int)). An entry whose
+              node_id is not derived from its public_key is dropped (the rest
+              of the frame is used). Membership
               gossip, push-pull: a ``members`` with reply=false is answered
               by the receiver's own ``members`` with reply=true and the same
               nonce. An entry replaces what the receiver knows only when its
@@ -67,46 +107,122 @@ Messages (fields; units in brackets)
               reaches every node.
 ``get_peers`` nonce (int). Answered by ``peers``.
 ``peers``     nonce, node_id, fitness (the node's own), peers (rows of the node's peer table: node_id,
-              url, name, model, capacity, in_flight, rtt_ms [ms, EWMA of ping
+              url (nil for a coordinator-only member), name, model, capacity, in_flight, rtt_ms [ms, EWMA of ping
               round trips], fitness (0..1), last_seen_s [s ago], state
               (alive | suspect | dead | left), source (how it was learned)).
 ``rewards``   records (list of at most 1024: id (unique, for deduplication),
-              issuer (coordinator node id), node_id (the rewarded peer),
-              reward (-1..1), chunk, ts [s since the epoch], hops). Fitness
-              gossip, no reply: a node applies each record it has not seen
-              (fitness <- 0.9 * fitness + 0.1 * (fitness + reward), clamped
-              to [0, 1]) and forwards it with hops + 1 to a few peers while
-              hops < 6.
+              issuer (coordinator node id), seq (int, 0..2^64-1: the
+              issuer's sequence number, strictly increasing per issuer;
+              microseconds since the epoch), node_id (the rewarded peer),
+              reward (-1..1), chunk, ts [s since the epoch], hops,
+              signature (bin, 64 bytes: the issuer's Ed25519 signature, see
+              Identity)). Fitness gossip, no reply: a node applies each
+              record it has not seen (fitness <- 0.9 * fitness + 0.1 *
+              (fitness + reward), clamped to [0, 1]) and forwards it with
+              hops + 1 to a few peers while hops < 6, if it passes these
+              checks, in this order; otherwise it drops the record, never
+              forwards it, and counts it in ``stats``: ts within the
+              receiver's freshness window of its own clock (default
+              +-120 s; else *stale*); the issuer is a member the receiver
+              knows with a public key (any state: alive, suspect, dead or
+              left until forgotten; else *non_member*); the signature checks
+              with that key (else *signature*); (issuer, seq) was not
+              accepted before (else *replay*; receivers remember the seqs
+              of the freshness window, at most 4096 per issuer, and
+              everything below the oldest one they forgot). A record whose
+              id was already applied is a gossip duplicate: dropped, not a
+              rejection. The same checks apply to records carried by
+              ``members``.
 ``get_stats`` nonce (int). Answered by ``stats``.
 ``stats``     nonce (int), node_id, model, in_flight, capacity, requests_total,
               requests_failed, requests_cancelled, tokens_generated [tokens],
               bytes_sent, bytes_received [bytes of websocket payload, all
               connections of the node, both directions of dialing],
               engine_running (requests the engine is still computing),
-              uptime_s [s].
+              uptime_s [s], rewards_applied, rewards_duplicate,
+              rewards_rejected_signature, rewards_rejected_replay,
+              rewards_rejected_stale, rewards_rejected_non_member (reward
+              records since start, see ``rewards``), identity_rejected
+              (hellos and member entries whose node id does not derive from
+              their public key).
+
+Identity
+--------
+Every node has an Ed25519 key pair. Its node id is ``"n"`` followed by the
+lowercase base32 (RFC 4648, no padding) of the first 10 bytes of
+SHA-256(public key): 17 characters. A ``hello`` with a public key whose node
+id does not derive from it is refused with ``identity_mismatch`` and close
+code 4005; a connecting side that gets such a ``hello`` closes the
+connection. A reward record's signature covers this byte string (all fields
+but hops and signature; u16be/u64be/f64be are big-endian unsigned 16- and
+64-bit integers and IEEE 754 doubles; strings are UTF-8 prefixed with their
+length in bytes as u16be)::
+
+    "dellm-reward/1" || 0x0a || u16be-str(id) || u16be-str(issuer) || u64be(seq)
+    || u16be-str(node_id) || f64be(reward) || u16be-str(chunk) || f64be(ts)
 
 Closing the connection aborts every request it carried.
 
 Errors
 ------
 Bad input never closes the connection except an oversized frame (1009) or a
-failed handshake (4001): the node answers with ``error`` and keeps serving.
+failed handshake (4001-4005): the node answers with ``error`` and keeps serving.
+
+Limits
+------
+A node bounds what one peer connection may cost it, each configurable:
+frame size (1009, above), requests in flight on the connection
+(``too_many_in_flight``; default: the node's capacity, whose own limit
+answers ``overloaded``), messages per second on the connection (a token
+bucket, default 500 per s with bursts of 1000; every message but ``cancel``
+counts; over it → ``rate_limited``, the message is dropped) and the prompt
+length of a ``generate`` (characters of ``prompt``, or of all message
+contents together; default 100,000; over it → ``prompt_too_long``). Such
+errors carry the request ``id`` when the message had one and never close the
+connection.
+
+Close codes
+-----------
+1009 frame too big; 4001 unsupported protocol version; 4002 duplicate node id;
+4003 authentication failed (cluster key missing, unexpected or wrong, or a
+message other than the handshake before it completed); 4004 handshake not
+completed within the accepting side's deadline; 4005 the hello's node id does
+not derive from its public key.
 """
 
 from __future__ import annotations
 
+import struct
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializationInfo,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
-PROTOCOL_VERSION = 1
+# 2: hello carries the node's Ed25519 public key and member entries require it;
+# reward records are signed and sequenced (version 1 peers cannot verify them).
+PROTOCOL_VERSION = 2
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 MAX_CHOICES = 16
 MAX_STOP_STRINGS = 8
 CLOSE_UNSUPPORTED_VERSION = 4001
 CLOSE_DUPLICATE_ID = 4002
+CLOSE_AUTH_FAILED = 4003
+CLOSE_HANDSHAKE_TIMEOUT = 4004
+CLOSE_IDENTITY_MISMATCH = 4005
+PUBLIC_KEY_BYTES = 32  # raw Ed25519 public key
+SIGNATURE_BYTES = 64  # Ed25519 signature
+REWARD_SIGNING_CONTEXT = b"dellm-reward/1\n"
+AUTH_SCHEME = "hmac-sha256"
 MAX_MEMBER_ENTRIES = 4096
 MAX_REWARD_RECORDS = 1024
 
@@ -129,10 +245,27 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"  # the node's per-request deadline passed
     ENGINE_ERROR = "engine_error"
     CONNECTION_LOST = "connection_lost"  # client side only: the peer went away
+    AUTHENTICATION_FAILED = "authentication_failed"  # cluster key missing, unexpected or wrong (close 4003)
+    RATE_LIMITED = "rate_limited"  # too many messages per second on this connection
+    TOO_MANY_IN_FLIGHT = "too_many_in_flight"  # this connection has its maximum of requests in flight
+    IDENTITY_MISMATCH = "identity_mismatch"  # hello's node id is not derived from its public key (close 4005)
 
 
 _STRICT = ConfigDict(extra="ignore", frozen=True)
 RequestId = Annotated[str, Field(min_length=1, max_length=64)]
+Hex256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # 32 bytes as lowercase hex
+
+
+def _hex_in_json(value: bytes, info: SerializationInfo) -> bytes | str:
+    """Binary fields stay bytes (msgpack bin) on the wire; JSON output (the CLI) shows them as hex."""
+    return value.hex() if info.mode == "json" else value
+
+
+# msgpack bin only (a str is not silently turned into bytes).
+PublicKey = Annotated[
+    bytes, Field(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES, strict=True), PlainSerializer(_hex_in_json)
+]
+Signature = Annotated[bytes, Field(max_length=SIGNATURE_BYTES, strict=True), PlainSerializer(_hex_in_json)]
 
 
 class _Message(BaseModel):
@@ -149,6 +282,14 @@ class Hello(_Message):
     max_model_len: Annotated[int, Field(ge=1)] | None = None
     software: Annotated[str, Field(max_length=128)] = ""
     url: Annotated[str, Field(max_length=256)] | None = None
+    auth: Annotated[str, Field(max_length=32)] | None = None
+    auth_nonce: Hex256 | None = None
+    public_key: PublicKey | None = None
+
+
+class Auth(_Message):
+    type: Literal["auth"] = "auth"
+    proof: Hex256
 
 
 class ChatMessage(_Message):
@@ -251,6 +392,13 @@ class Stats(_Message):
     bytes_received: int = 0
     engine_running: int = 0
     uptime_s: float = 0.0
+    rewards_applied: int = 0
+    rewards_duplicate: int = 0
+    rewards_rejected_signature: int = 0
+    rewards_rejected_replay: int = 0
+    rewards_rejected_stale: int = 0
+    rewards_rejected_non_member: int = 0
+    identity_rejected: int = 0
 
 
 NodeId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -260,7 +408,8 @@ class MemberEntry(_Message):
     """One node as gossiped in ``members`` frames (see module docstring)."""
 
     node_id: NodeId
-    url: Annotated[str, Field(min_length=1, max_length=256)]
+    url: Annotated[str, Field(min_length=1, max_length=256)] | None = None  # None: coordinator-only member
+    public_key: PublicKey
     name: Annotated[str, Field(max_length=128)] = ""
     model: Annotated[str, Field(max_length=256)] | None = None
     capacity: Annotated[int, Field(ge=0)] = 0
@@ -271,15 +420,43 @@ class MemberEntry(_Message):
 
 
 class RewardRecord(_Message):
-    """One fitness reward issued by a coordinator for one peer's answer to one chunk."""
+    """One fitness reward issued by a coordinator for one peer's answer to one chunk.
+
+    Signed by the issuer over :func:`reward_signing_bytes` (every field but
+    ``hops``, which gossip increments, and ``signature``); an unsigned record
+    (empty ``signature``) is rejected by every receiver.
+    """
 
     id: Annotated[str, Field(min_length=1, max_length=64)]
     issuer: NodeId
+    seq: Annotated[int, Field(ge=0, lt=1 << 64)] = 0
     node_id: NodeId
     reward: Annotated[float, Field(ge=-1.0, le=1.0)]
     chunk: Annotated[str, Field(max_length=64)] = ""
     ts: float = 0.0
     hops: Annotated[int, Field(ge=0, le=64)] = 0
+    signature: Signature = b""
+
+
+def reward_signing_bytes(record: RewardRecord) -> bytes:
+    """The canonical byte string a reward record's signature covers (see Identity in the module docstring)."""
+
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack(">H", len(raw)) + raw
+
+    return b"".join(
+        (
+            REWARD_SIGNING_CONTEXT,
+            text(record.id),
+            text(record.issuer),
+            struct.pack(">Q", record.seq),
+            text(record.node_id),
+            struct.pack(">d", record.reward),
+            text(record.chunk),
+            struct.pack(">d", record.ts),
+        )
+    )
 
 
 class Members(_Message):
@@ -294,7 +471,7 @@ class PeerRow(_Message):
     """One row of a node's peer table as reported by ``peers``."""
 
     node_id: str
-    url: str
+    url: str | None = None
     name: str = ""
     model: str | None = None
     capacity: int = 0
@@ -324,9 +501,26 @@ class Rewards(_Message):
     records: Annotated[list[RewardRecord], Field(max_length=MAX_REWARD_RECORDS)]
 
 
-_TYPES = (Hello, Generate, Token, Done, Error, Cancel, Ping, Pong, GetStats, Stats, Members, GetPeers, Peers, Rewards)
+_TYPES = (
+    Hello,
+    Auth,
+    Generate,
+    Token,
+    Done,
+    Error,
+    Cancel,
+    Ping,
+    Pong,
+    GetStats,
+    Stats,
+    Members,
+    GetPeers,
+    Peers,
+    Rewards,
+)
 Message = Annotated[
     Hello
+    | Auth
     | Generate
     | Token
     | Done
@@ -362,8 +556,8 @@ class ProtocolError(ValueError):
 
 
 def encode(message: _Message) -> bytes:
-    """Encode a message as one msgpack map (the payload of one binary frame)."""
-    return msgpack.packb(message.model_dump(mode="json", exclude_none=False), use_bin_type=True)
+    """Encode a message as one msgpack map (the payload of one binary frame); bytes fields become bin."""
+    return msgpack.packb(message.model_dump(exclude_none=False), use_bin_type=True)
 
 
 def decode(frame: bytes | str) -> Message:

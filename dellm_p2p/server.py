@@ -4,7 +4,14 @@ Accepts websocket connections from peers, runs the handshake, and serves
 ``generate`` requests from the node's engine, many at once per connection.
 Peer input never crashes the node: every bad frame gets an ``error`` frame
 with a stable code (see :mod:`dellm_p2p.protocol`) and the connection stays
-usable, except an oversized frame, which websockets closes with 1009.
+usable, except an oversized frame, which websockets closes with 1009, and a
+failed handshake (wrong protocol version, duplicate node id, a node id that
+does not derive from the hello's public key, cluster key missing or wrong,
+or no handshake within ``handshake_timeout_s``).
+
+Limits per peer connection (see ``Limits`` in :mod:`dellm_p2p.protocol`):
+requests in flight, messages per second (token bucket) and prompt length;
+over a limit the peer gets an ``error`` frame and the connection stays open.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,16 +30,22 @@ from websockets.asyncio.server import Server, ServerConnection
 
 from . import __version__
 from .engine import Delta, Engine, EngineError, GenerationRequest, PromptTooLongError
+from .identity import Identity, node_id_matches
 
 if TYPE_CHECKING:
     from .fitness import FitnessBook
     from .membership import Membership
 
 from .protocol import (
+    AUTH_SCHEME,
+    CLOSE_AUTH_FAILED,
     CLOSE_DUPLICATE_ID,
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_IDENTITY_MISMATCH,
     CLOSE_UNSUPPORTED_VERSION,
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    Auth,
     Cancel,
     Done,
     Error,
@@ -53,8 +67,14 @@ from .protocol import (
     decode,
     encode,
 )
+from .security import auth_proof, check_proof, new_nonce
 
 log = logging.getLogger(__name__)
+
+DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+DEFAULT_REQUESTS_PER_S_PER_PEER = 500.0
+DEFAULT_REQUEST_BURST_PER_PEER = 1000
+DEFAULT_MAX_PROMPT_CHARS = 100_000
 
 
 @dataclass
@@ -67,6 +87,9 @@ class ServerCounters:
     tokens_generated: int = 0
     bytes_sent: int = 0  # websocket payload bytes, all inbound connections
     bytes_received: int = 0
+    auth_failures: int = 0  # connections refused for a missing, unexpected or wrong cluster key
+    handshake_timeouts: int = 0  # connections closed for not completing the handshake in time
+    rate_limited: int = 0  # messages dropped by the per-peer rate limit
 
 
 class NodeServer:
@@ -81,6 +104,25 @@ class NodeServer:
             another peer instead of queueing here.
         max_frame_bytes: largest accepted frame [bytes]; larger closes with 1009.
         request_timeout_s: deadline of one request on this node [s].
+        cluster_key: the cluster's shared secret (bytes); peers must prove
+            it in the handshake (close 4003 otherwise). ``None``: an open
+            node that refuses only peers offering a key.
+        ssl_context: serve ``wss://`` with this TLS server context.
+        handshake_timeout_s: a connection that has not completed the
+            handshake (authentication included) this long after opening is
+            closed with 4004 [s].
+        max_in_flight_per_peer: requests one connection may have in flight;
+            more get ``too_many_in_flight``. ``None``: ``max_concurrency``.
+        max_requests_per_s_per_peer: sustained messages per second one
+            connection may send (every message but ``cancel``); above it
+            messages get ``rate_limited`` and are dropped [1/s].
+        request_burst_per_peer: token-bucket size of that rate: messages a
+            connection may send at once [messages].
+        max_prompt_chars: longest ``generate`` input: characters of the
+            prompt, or of all message contents together; longer gets
+            ``prompt_too_long``.
+        identity: this node's key pair (``node_id`` must derive from it);
+            its public key goes in the ``hello``. ``None``: none is sent.
     """
 
     def __init__(
@@ -92,8 +134,27 @@ class NodeServer:
         max_concurrency: int = 32,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         request_timeout_s: float = 600.0,
+        cluster_key: bytes | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+        max_in_flight_per_peer: int | None = None,
+        max_requests_per_s_per_peer: float = DEFAULT_REQUESTS_PER_S_PER_PEER,
+        request_burst_per_peer: int = DEFAULT_REQUEST_BURST_PER_PEER,
+        max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+        identity: Identity | None = None,
     ):
+        if identity is not None and identity.node_id != node_id:
+            raise ValueError(f"identity {identity.node_id} does not match node id {node_id}")
+        self.identity = identity
+        self.identity_rejected = 0  # hellos whose node id does not derive from their public key
         self.engine = engine
+        self.cluster_key = cluster_key
+        self.ssl_context = ssl_context
+        self.handshake_timeout_s = handshake_timeout_s
+        self.max_in_flight_per_peer = max_in_flight_per_peer
+        self.max_requests_per_s_per_peer = max_requests_per_s_per_peer
+        self.request_burst_per_peer = request_burst_per_peer
+        self.max_prompt_chars = max_prompt_chars
         self.node_id = node_id
         self.name = name
         self.max_concurrency = max_concurrency
@@ -125,14 +186,16 @@ class NodeServer:
             max_model_len=info.max_model_len if info else None,
             software=f"dellm-p2p/{__version__}",
             url=self.url,
+            public_key=self.identity.public_key if self.identity is not None else None,
         )
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on ``host:port`` (0 picks a free port); returns the ``ws://`` URL."""
+        """Listen on ``host:port`` (0 picks a free port); returns the ``ws://`` (``wss://`` with TLS) URL."""
         self._server = await websockets.serve(
             self._handle,
             host,
             port,
+            ssl=self.ssl_context,
             max_size=self.max_frame_bytes,
             compression=None,  # token frames are tiny; deflate costs more than it saves
             ping_interval=20,
@@ -140,7 +203,7 @@ class NodeServer:
         )
         sock_host, sock_port = next(iter(self._server.sockets)).getsockname()[:2]
         self.port = sock_port
-        self.url = f"ws://{sock_host}:{sock_port}"
+        self.url = f"{'wss' if self.ssl_context is not None else 'ws'}://{sock_host}:{sock_port}"
         return self.url
 
     def stats(self, nonce: int = 0) -> Stats:
@@ -161,7 +224,16 @@ class NodeServer:
             + (self.membership.pool.bytes_received if self.membership else 0),
             engine_running=engine_running,
             uptime_s=round(time.monotonic() - self._started, 3),
+            **self._trust_counters(),
         )
+
+    def _trust_counters(self) -> dict[str, int]:
+        """Reward records applied, duplicate and rejected (per reason), and identities rejected, for ``stats``."""
+        counters = self.fitness.counters() if self.fitness is not None else {}
+        rejected = self.identity_rejected
+        if self.membership is not None:
+            rejected += self.membership.table.identity_rejected + self.membership.pool.identity_rejected
+        return {**counters, "identity_rejected": rejected}
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish for ``grace_s`` [s], cancel the rest, close.
@@ -213,7 +285,13 @@ class _Session:
         self.server = server
         self.ws = ws
         self.number = number
-        self.peer: Hello | None = None
+        self.peer: Hello | None = None  # the peer's hello, once received
+        self.ready = False  # handshake complete (cluster key proven, when the node has one)
+        self.closing = False  # refused: frames still in flight are ignored
+        self.nonce: str | None = None  # our auth nonce on this connection (keyed nodes)
+        self.deadline: asyncio.Timeout | None = None  # the handshake deadline until ready
+        self.bucket = TokenBucket(server.max_requests_per_s_per_peer, server.request_burst_per_peer)
+        self.rate_warned = False
         self.tasks: dict[str, asyncio.Task] = {}
         self.cancelled: set[str] = set()
 
@@ -226,8 +304,14 @@ class _Session:
         try:
             async with asyncio.TaskGroup() as requests:
                 try:
-                    async for frame in self.ws:
-                        await self._on_frame(frame, requests)
+                    async with asyncio.timeout(self.server.handshake_timeout_s) as self.deadline:
+                        async for frame in self.ws:
+                            await self._on_frame(frame, requests)
+                except TimeoutError:
+                    if self.deadline is None or not self.deadline.expired():
+                        raise
+                    if not self.closing:  # not already refused (and closing) when the deadline passed
+                        await self._handshake_expired()
                 except websockets.exceptions.ConnectionClosed as exc:
                     if (exc.rcvd and exc.rcvd.code == 1009) or (exc.sent and exc.sent.code == 1009):
                         log.warning(
@@ -253,13 +337,24 @@ class _Session:
 
     async def _on_frame(self, frame: bytes | str, requests: asyncio.TaskGroup) -> None:
         self.server.counters.bytes_received += len(frame)
+        if self.closing:
+            return
+        message, error = None, None
         try:
             message = decode(frame)
         except ProtocolError as exc:
-            log.info("bad frame from %s: %s: %s", self.remote, exc.code, exc)
-            await self.send(Error(id=exc.request_id, code=exc.code, message=str(exc)))
+            error = exc
+        if not isinstance(message, Cancel) and not self.bucket.take():  # a cancel only ever frees work
+            await self._over_rate(message, error)
             return
-        if self.peer is None:
+        if error is not None:
+            if self.server.cluster_key is not None and not self.ready:
+                await self._refuse(f"send hello and auth first; got an invalid frame ({error.code})")
+                return
+            log.info("bad frame from %s: %s: %s", self.remote, error.code, error)
+            await self.send(Error(id=error.request_id, code=error.code, message=str(error)))
+            return
+        if not self.ready:
             await self._on_handshake(message)
             return
         match message:
@@ -289,14 +384,75 @@ class _Session:
                     self.server.fitness.receive(message.records)
             case Error():
                 log.info("peer %s reported %s: %s", self.remote, message.code, message.message)
-            case Pong() | Hello() | Members():
+            case Pong() | Hello() | Auth() | Members():
                 pass
             case _:
                 await self.send(
                     Error(code=ErrorCode.INVALID_MESSAGE, message=f"a node does not accept {message.type!r} frames")
                 )
 
+    async def _over_rate(self, message, error: ProtocolError | None) -> None:
+        """Drop a message over the per-peer rate; tell the peer (with the request id when there is one)."""
+        server = self.server
+        server.counters.rate_limited += 1
+        if not self.rate_warned:
+            self.rate_warned = True
+            log.warning(
+                "peer %s sends more than %g messages/s; dropping those over the limit",
+                self.remote,
+                server.max_requests_per_s_per_peer,
+            )
+        rid = message.id if isinstance(message, Generate) else error.request_id if error is not None else None
+        reason = (
+            f"more than {server.max_requests_per_s_per_peer:g} messages per second "
+            f"(bursts of {server.request_burst_per_peer}) on this connection; message dropped, slow down"
+        )
+        await self.send(Error(id=rid, code=ErrorCode.RATE_LIMITED, message=reason))
+
+    async def _refuse(self, reason: str) -> None:
+        """Fail authentication: one log line, an ``error`` frame and close code 4003 (never the key or a proof)."""
+        self.closing = True
+        self.server.counters.auth_failures += 1
+        log.warning("peer %s failed authentication: %s", self.remote, reason)
+        await self.send(Error(code=ErrorCode.AUTHENTICATION_FAILED, message=reason))
+        await self.ws.close(CLOSE_AUTH_FAILED, f"authentication failed: {reason}"[:120])
+
+    async def _handshake_expired(self) -> None:
+        self.closing = True
+        self.server.counters.handshake_timeouts += 1
+        timeout = self.server.handshake_timeout_s
+        log.warning("peer %s did not complete the handshake within %g s; closing with 4004", self.remote, timeout)
+        await self.ws.close(CLOSE_HANDSHAKE_TIMEOUT, f"handshake not completed within {timeout:g} s")
+
+    def _complete_handshake(self) -> None:
+        self.ready = True
+        if self.deadline is not None:
+            self.deadline.reschedule(None)
+        if self.server.membership is not None and self.peer is not None:
+            self.server.membership.on_hello(self.peer)
+
+    async def _on_auth(self, message) -> None:
+        """A keyed node after the peer's hello: only a correct ``auth`` proof completes the handshake."""
+        server, peer, key = self.server, self.peer, self.server.cluster_key
+        assert peer is not None and key is not None and self.nonce is not None and peer.auth_nonce is not None
+        if not isinstance(message, Auth):
+            await self._refuse(f"expected 'auth' after hello, got {message.type!r}")
+            return
+        ids = (peer.auth_nonce, self.nonce, peer.node_id, server.node_id)
+        if not check_proof(key, message.proof, "client", *ids):
+            await self._refuse("wrong cluster key")
+            return
+        await self.send(Auth(proof=auth_proof(key, "server", *ids)))
+        self._complete_handshake()
+
     async def _on_handshake(self, message) -> None:
+        keyed = self.server.cluster_key is not None
+        if self.peer is not None:  # keyed node, hello received: waiting for the proof
+            await self._on_auth(message)
+            return
+        if not isinstance(message, Hello) and keyed:
+            await self._refuse(f"send hello and auth first; got {message.type!r}")
+            return
         if not isinstance(message, Hello):
             await self.send(
                 Error(
@@ -312,16 +468,33 @@ class _Session:
             await self.send(Error(code=ErrorCode.UNSUPPORTED_VERSION, message=reason))
             await self.ws.close(CLOSE_UNSUPPORTED_VERSION, reason[:120])
             return
+        if keyed and (message.auth != AUTH_SCHEME or message.auth_nonce is None):
+            offered = "none" if message.auth is None else "an unsupported scheme"
+            await self._refuse(f"this node requires a cluster key; the peer offered {offered}")
+            return
+        if not keyed and message.auth is not None:
+            await self._refuse("this node has no cluster key; the peer offered one")
+            return
         if message.node_id == self.server.node_id:
             reason = f"duplicate node id {message.node_id}: the peer uses this node's id (copied state directory?)"
             log.error("peer %s: %s", self.remote, reason)
             await self.send(Error(code=ErrorCode.DUPLICATE_NODE_ID, message=reason))
             await self.ws.close(CLOSE_DUPLICATE_ID, "duplicate node id")
             return
+        if message.public_key is not None and not node_id_matches(message.node_id, message.public_key):
+            self.server.identity_rejected += 1
+            reason = f"node id {message.node_id[:64]} does not derive from the hello's public key"
+            log.warning("peer %s: %s", self.remote, reason)
+            await self.send(Error(code=ErrorCode.IDENTITY_MISMATCH, message=reason))
+            await self.ws.close(CLOSE_IDENTITY_MISMATCH, "node id does not derive from its public key")
+            return
         self.peer = message
+        if keyed:
+            self.nonce = new_nonce()
+            await self.send(self.server.hello.model_copy(update={"auth": AUTH_SCHEME, "auth_nonce": self.nonce}))
+            return
         await self.send(self.server.hello)
-        if self.server.membership is not None:
-            self.server.membership.on_hello(message)
+        self._complete_handshake()
 
     async def _on_generate(self, message: Generate, requests: asyncio.TaskGroup) -> None:
         server = self.server
@@ -334,6 +507,16 @@ class _Session:
             refusal = (ErrorCode.DUPLICATE_ID, f"request id {message.id!r} is already in flight")
         elif server.in_flight >= server.max_concurrency:
             refusal = (ErrorCode.OVERLOADED, f"node is at capacity ({server.max_concurrency} requests)")
+        elif server.max_in_flight_per_peer is not None and len(self.tasks) >= server.max_in_flight_per_peer:
+            refusal = (
+                ErrorCode.TOO_MANY_IN_FLIGHT,
+                f"this connection has {len(self.tasks)} requests in flight, the most this node allows per peer",
+            )
+        elif (chars := _prompt_chars(message)) > server.max_prompt_chars:
+            refusal = (
+                ErrorCode.PROMPT_TOO_LONG,
+                f"the prompt is {chars:,} characters; this node accepts at most {server.max_prompt_chars:,}",
+            )
         elif message.params.max_tokens > server.engine.info.max_model_len:
             refusal = (
                 ErrorCode.INVALID_PARAMS,
@@ -367,9 +550,9 @@ class _Session:
                         )
             await self.send(progress.done(rid, "stop"))
         except asyncio.CancelledError:
+            server.counters.requests_cancelled += 1  # by a cancel frame, a dropped connection or shutdown
             if rid not in self.cancelled:
                 raise  # connection gone or node stopping: nobody to tell
-            server.counters.requests_cancelled += 1
             await self.send(progress.done(rid, "cancelled"))
         except TimeoutError:
             await self._fail(
@@ -391,6 +574,37 @@ class _Session:
     async def _fail(self, rid: str, code: ErrorCode, message: str) -> None:
         self.server.counters.requests_failed += 1
         await self.send(Error(id=rid, code=code, message=message))
+
+
+def _prompt_chars(message: Generate) -> int:
+    """Length of a request's input [characters]: the prompt, or all message contents together."""
+    if message.prompt is not None:
+        return len(message.prompt)
+    return sum(len(m.content) for m in message.messages or [])
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up; starts full.
+
+    Args:
+        rate: refill rate [tokens/s].
+        burst: capacity [tokens].
+    """
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self._stamp = time.monotonic()
+
+    def take(self) -> bool:
+        """Take one token; False (taking nothing) when the bucket is empty."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 @dataclass

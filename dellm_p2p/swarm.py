@@ -12,8 +12,12 @@
 A :class:`Swarm` joins the network as a short-lived coordinator: it finds
 nodes by mDNS and/or bootstrap URLs, learns the rest by membership gossip,
 copies their fitness, and runs the coordinator pipeline
-(:mod:`dellm_p2p.coordinator.pipeline`). It announces nothing and serves
-nothing. Errors are :class:`~dellm_p2p.coordinator.errors.SwarmError`
+(:mod:`dellm_p2p.coordinator.pipeline`). It serves nothing and announces
+nothing on mDNS, but gossips its own member entry without a URL (a
+coordinator-only member): peers learn its public key that way, which they
+need to accept the reward records it signs. Its identity is ephemeral (a
+new key pair, hence a new node id, per Swarm) unless one is given.
+Errors are :class:`~dellm_p2p.coordinator.errors.SwarmError`
 subclasses with one-line messages.
 """
 
@@ -23,8 +27,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from .client import PeerError
@@ -33,6 +37,7 @@ from .coordinator.events import Event, Final, SwarmAnswer
 from .coordinator.pipeline import AskOptions, QuestionRun, check_question
 from .discovery import MdnsDiscovery
 from .fitness import FitnessBook
+from .identity import Identity
 from .membership import Membership, PeerPool
 from .peer_table import PeerTable
 
@@ -52,6 +57,14 @@ class Swarm:
         discover_timeout_s: how long :meth:`start` waits for the first node
             that serves a model [s]; it then waits up to a second more for
             the membership to settle.
+        cluster_key: the cluster's shared secret (bytes, see
+            :func:`dellm_p2p.security.load_cluster_key`), proven to every
+            node; ``None`` reaches only nodes without a key.
+        ssl_context: TLS context for ``wss://`` nodes (see
+            :func:`dellm_p2p.security.client_ssl_context`; ``None``: system CAs).
+        identity: the key pair that signs this coordinator's reward records
+            and gives its node id (e.g. ``load_identity(path)`` to keep one
+            across runs); ``None``: a fresh ephemeral one.
     """
 
     def __init__(
@@ -62,11 +75,22 @@ class Swarm:
         mdns_interfaces: Sequence[str] | None = None,
         options: AskOptions | None = None,
         discover_timeout_s: float = 5.0,
+        cluster_key: bytes | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        identity: Identity | None = None,
     ):
         self.options = (options or AskOptions()).checked()
-        self.node_id = f"coordinator-{uuid.uuid4().hex[:12]}"
+        self.identity = identity or Identity.generate()
+        self.node_id = self.identity.node_id
         self.table = PeerTable(self.node_id, "")
-        self.pool = PeerPool(node_id=self.node_id, name="coordinator", url=None)
+        self.pool = PeerPool(
+            node_id=self.node_id,
+            name="coordinator",
+            url=None,
+            cluster_key=cluster_key,
+            ssl_context=ssl_context,
+            identity=self.identity,
+        )
         self.membership = Membership(
             node_id=self.node_id,
             name="coordinator",
@@ -77,8 +101,9 @@ class Swarm:
             pool=self.pool,
             bootstrap=list(peers),
             gossip_interval_s=0.5,
+            identity=self.identity,
         )
-        self.fitness = FitnessBook(self.node_id, self.table, pool=self.pool)
+        self.fitness = FitnessBook(self.node_id, self.table, pool=self.pool, identity=self.identity)
         self.membership.fitness = self.fitness
         self._mdns = (
             MdnsDiscovery(
@@ -128,9 +153,10 @@ class Swarm:
         await self._copy_fitness()
 
     async def close(self) -> None:
-        """Leave: stop discovery and close connections. Idempotent."""
+        """Leave: stop discovery, let reward gossip go out (up to 2 s), close connections. Idempotent."""
         if self._mdns is not None:
             await self._mdns.close()
+        await self.fitness.flush()
         await self.membership.close()
         await self.fitness.close()
 
@@ -168,9 +194,11 @@ class Swarm:
         if self._bootstrap:
             where.append(f"bootstrap {', '.join(self._bootstrap)}")
         known = len(self.table)
+        refused = next(iter(self.membership.refusals.values()), None)
         return (
             f"no alive node serving a model found via {' and '.join(where) or 'nothing (no mDNS, no --peer)'} "
             f"within {self._discover_timeout_s:g} s ({known} node(s) known)"
+            + (f"; {len(self.membership.refusals)} refused us, e.g. {refused}" if refused else "")
         )
 
     async def ask(self, question: str, **options) -> SwarmAnswer:

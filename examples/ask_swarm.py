@@ -3,6 +3,8 @@
 Start a few nodes first (e.g. `bash scripts/main.sh` or `.venv/bin/dellm-node` on several machines), then:
 
     .venv/bin/python examples/ask_swarm.py ["question"] [--peer ws://host:port]
+
+For a cluster with a key, set DELLM_CLUSTER_KEY_FILE to its key file.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import argparse
 
 from dellm_p2p.coordinator.events import ChunkPlanned, ChunkVoted, Final, SynthesisToken
 from dellm_p2p.runtime import run
+from dellm_p2p.security import cluster_key_from_env
 from dellm_p2p.swarm import Swarm, SwarmError
 
 
 async def main(question: str, peers: list[str]) -> None:
-    async with Swarm(peers=peers, mdns_interfaces=["127.0.0.1"]) as swarm:
+    async with Swarm(peers=peers, mdns_interfaces=["127.0.0.1"], cluster_key=cluster_key_from_env()) as swarm:
         answer = await swarm.ask(question, strategy="majority", redundancy=3)
         print(f"answer: {answer.text}")
         for trace in answer.chunks:

@@ -3,6 +3,8 @@
 Start a node first (`.venv/bin/dellm-node`), then:
 
     .venv/bin/python examples/stream_from_node.py [ws://127.0.0.1:7070] ["question"]
+
+For a node with a cluster key, set DELLM_CLUSTER_KEY_FILE to its key file.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import sys
 from dellm_p2p.client import PeerClient, PeerError
 from dellm_p2p.protocol import SamplingParams, Token
 from dellm_p2p.runtime import run
+from dellm_p2p.security import cluster_key_from_env
 
 
 async def main(url: str, question: str) -> None:
-    async with await PeerClient.connect(url) as node:
+    async with await PeerClient.connect(url, cluster_key=cluster_key_from_env()) as node:
         print(f"{node.remote.name} serves {node.remote.model}")
         params = SamplingParams(max_tokens=128, temperature=0.0)
         async for item in node.generate(messages=[{"role": "user", "content": question}], params=params):

@@ -68,6 +68,7 @@ import psutil
 from dellm_p2p.client import PeerClient, PeerError
 from dellm_p2p.config import NodeConfig
 from dellm_p2p.local import NodeProcess, NodeStartError
+from dellm_p2p.security import cluster_key_from_env
 
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 10.0  # SIGTERM grace per node, all nodes in parallel; then SIGKILL
@@ -194,7 +195,12 @@ class Prober:
     async def _client(self, i: int) -> PeerClient:
         client = self.clients.get(i)
         if client is None or client.closed:
-            client = await PeerClient.connect(self.nodes[i].url, name="bench-membership", timeout_s=self.rpc_timeout_s)
+            client = await PeerClient.connect(
+                self.nodes[i].url,
+                name="bench-membership",
+                timeout_s=self.rpc_timeout_s,
+                cluster_key=cluster_key_from_env(),  # the nodes inherit DELLM_CLUSTER_KEY_FILE too
+            )
             self.clients[i] = client
         return client
 

@@ -348,6 +348,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     from dellm_p2p.client import PeerClient
     from dellm_p2p.engine.vllm_engine import VllmEngine
     from dellm_p2p.models import resolve_model
+    from dellm_p2p.security import cluster_key_from_env
     from dellm_p2p.server import NodeServer
 
     qs = questions(args.requests)
@@ -384,7 +385,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 url = await server.start("127.0.0.1", 0)
             where = f"PeerClient -> NodeServer in this process at {url}, serving the same engine"
         progress(f"(b) = {where}")
-        client = await PeerClient.connect(url, name="bench", timeout_s=30)
+        # A child node inherits DELLM_CLUSTER_KEY_FILE from this environment; the in-process server has no key.
+        key = cluster_key_from_env() if args.subprocess_node else None
+        client = await PeerClient.connect(url, name="bench", timeout_s=30, cluster_key=key)
 
         settle_s = SETTLE_S if args.subprocess_node else 0.0
         overhead = await bench_overhead(engine, client, qs, args.max_tokens, settle_s)

@@ -41,11 +41,11 @@ def progress(message: str) -> None:
 
 def chunk_prompt(question: str) -> str:
     """The user message the coordinator sends for ``question`` as a single chunk."""
-    from dellm_p2p.coordinator.decompose import classify, render_chunk_prompt
-    from dellm_p2p.coordinator.extract import ANSWER_SUFFIX
+    from dellm_p2p.coordinator.decompose import chunk_prompt as pipeline_prompt
+    from dellm_p2p.coordinator.decompose import classify
     from dellm_p2p.coordinator.types import Chunk
 
-    return f"{render_chunk_prompt(Chunk('c1', question, classify(question)), {})}\n{ANSWER_SUFFIX}"
+    return pipeline_prompt(Chunk("c1", question, classify(question)), {})
 
 
 async def path_a(engine, question: str, max_tokens: int, rid: str) -> tuple[float, float | None, int]:

@@ -23,7 +23,9 @@ Figures per N (``--sizes``, default 10,100,500):
   start (nothing else of ours runs then). The pipeline's whole dispatch
   decision (``table.alive()`` + ``eligible_peers`` + ``route``) is timed too
   (JSON).
-* **gossip to all N** [s]: one ``RewardRecord`` is handed to one node
+* **gossip to all N** [s]: one ``RewardRecord``, issued and signed by one
+  node (its own identity: every node knows it as a member, so the record
+  passes the trust checks as a coordinator's would), is handed to that node
   (``fitness.receive([record])``: rumor mongering onward, plus anti-entropy
   on membership exchanges); each node's ``FitnessBook.apply`` stamps
   ``time.time()`` when it first applies it (all processes share the
@@ -86,6 +88,7 @@ from dellm_p2p.coordinator.route import eligible_peers, route
 from dellm_p2p.coordinator.types import Chunk, Operation
 from dellm_p2p.engine import Delta, Engine, EngineStats, GenerationRequest, ModelInfo, PromptTooLongError
 from dellm_p2p.fitness import FitnessBook
+from dellm_p2p.identity import Identity
 from dellm_p2p.membership import Membership, PeerPool
 from dellm_p2p.peer_table import PeerState, PeerTable
 from dellm_p2p.protocol import MemberEntry, Members, RewardRecord, decode, encode
@@ -247,26 +250,32 @@ def install_log_counter(tag: str) -> _LogCounter:
 class SimNode:
     def __init__(self, index: int, settings: dict[str, Any]):
         self.index = index
-        self.node_id = f"sim-{index:04d}"
+        self.identity = Identity.generate()
+        self.node_id, self.name = self.identity.node_id, f"sim-{index:04d}"
         engine = SimulatedEngine(settings["tokens"], settings["token_ms"] / 1000, settings["first_token_ms"] / 1000)
-        self.server = NodeServer(engine, node_id=self.node_id, name=self.node_id, max_concurrency=settings["capacity"])
+        self.server = NodeServer(
+            engine, node_id=self.node_id, name=self.name, max_concurrency=settings["capacity"], identity=self.identity
+        )
         self.settings = settings
 
     async def start(self, bootstrap: list[str]) -> str:
         s, server = self.settings, self.server
         url = await server.start(HOST, 0)
         self.table = PeerTable(self.node_id, url, suspect_after_s=s["suspect_after_s"], dead_after_s=s["dead_after_s"])
-        pool = _CountingPool(node_id=self.node_id, name=self.node_id, url=url, max_connections=s["max_connections"])
+        pool = _CountingPool(
+            node_id=self.node_id, name=self.name, url=url, max_connections=s["max_connections"], identity=self.identity
+        )
         hello = server.hello
         pool.model, pool.capacity = hello.model, hello.capacity
         self.membership = Membership(
-            node_id=self.node_id, name=self.node_id, url=url, model=hello.model, capacity=hello.capacity,
+            node_id=self.node_id, name=self.name, url=url, model=hello.model, capacity=hello.capacity,
             table=self.table, pool=pool, bootstrap=bootstrap, in_flight=lambda: server.in_flight,
-            gossip_interval_s=s["gossip_interval_s"], fanout=s["fanout"],
+            gossip_interval_s=s["gossip_interval_s"], fanout=s["fanout"], identity=self.identity,
         )  # fmt: skip
         self.fitness = _TimedFitnessBook(
-            self.node_id, self.table, pool=pool, fanout=s["fanout"], max_hops=s["reward_max_hops"], index=self.index
-        )
+            self.node_id, self.table, pool=pool, fanout=s["fanout"], max_hops=s["reward_max_hops"], index=self.index,
+            identity=self.identity,
+        )  # fmt: skip
         server.membership, server.fitness = self.membership, self.fitness
         self.membership.fitness = self.fitness
         await self.membership.start()
@@ -376,8 +385,12 @@ class _Worker:
         return {}
 
     async def cmd_inject(self, index: int, record: dict) -> dict:
+        """Node ``index`` issues the record (signed with its identity, rewarding a peer it knows) and gossips it."""
         node = self.nodes[index]
-        reward = RewardRecord(**record)
+        rewarded = next((p.node_id for p in node.table.records()), node.node_id)
+        reward = node.identity.sign_reward(
+            RewardRecord(issuer=node.node_id, seq=node.identity.next_seq(), node_id=rewarded, ts=time.time(), **record)
+        )
         states = Counter(p.state.value for p in node.table.records())
         t_inject = time.time()
         node.fitness.receive([reward])
@@ -506,23 +519,34 @@ def stats_summary(stats: list[dict]) -> dict[str, Any]:
 
 # Routing (main process, no I/O)
 
+_IDENTITIES: list[Identity] = []
+
+
+def sim_identities(n: int) -> list[Identity]:
+    """Key pairs of N simulated nodes for main-process tables (member entries carry public keys)."""
+    while len(_IDENTITIES) < n:
+        _IDENTITIES.append(Identity.generate())
+    return _IDENTITIES[:n]
+
 
 def bench_routing(n: int, iterations: int) -> dict[str, Any]:
     table = PeerTable("bench-coordinator", "")
-    for i in range(n):
+    ids = sim_identities(n)
+    for i, identity in enumerate(ids):
         table.observe(
             MemberEntry(
-                node_id=f"sim-{i:04d}", url=f"ws://{HOST}:{20000 + i}", name=f"sim-{i:04d}", model=SIM_MODEL,
-                capacity=32, incarnation=1, heartbeat=1, state="alive", in_flight=RNG.randint(0, 4),
+                node_id=identity.node_id, url=f"ws://{HOST}:{20000 + i}", public_key=identity.public_key,
+                name=f"sim-{i:04d}", model=SIM_MODEL, capacity=32, incarnation=1, heartbeat=1, state="alive",
+                in_flight=RNG.randint(0, 4),
             )
         )  # fmt: skip
-        record = table.get(f"sim-{i:04d}")
+        record = table.get(identity.node_id)
         record.rtt_ms = RNG.uniform(0.2, 50.0)
         record.fitness = RNG.random()
     peers = table.alive()
     chunks = [Chunk(f"c{i}", f"What is {i} times 7?", Operation.MATH) for i in range(iterations)]
-    load = Counter({f"sim-{RNG.randrange(n):04d}": 1 for _ in range(min(n, 8))})
-    assigned = Counter({f"sim-{RNG.randrange(n):04d}": 1 for _ in range(min(n, 4))})
+    load = Counter({ids[RNG.randrange(n)].node_id: 1 for _ in range(min(n, 8))})
+    assigned = Counter({ids[RNG.randrange(n)].node_id: 1 for _ in range(min(n, 4))})
     for chunk in chunks[:200]:  # warm-up
         route(chunk, peers, redundancy=3, load=load, assigned=assigned)
     route_ns, dispatch_ns = [], []
@@ -578,12 +602,9 @@ async def wait_converged(workers: list[WorkerHandle], n: int, t0: float, timeout
 
 
 async def gossip_once(workers: list[WorkerHandle], owner: dict[int, WorkerHandle], n: int, at: int, timeout_s: float):
-    record = RewardRecord(
-        id=uuid.uuid4().hex, issuer="bench-coordinator", node_id=f"sim-{(at + 1) % n:04d}", reward=0.05,
-        chunk="c1", ts=time.time(),
-    )  # fmt: skip
-    await call_all(workers, "watch", record_id=record.id)
-    injected = await owner[at].call("inject", index=at, record=record.model_dump())
+    record = {"id": uuid.uuid4().hex, "reward": 0.05, "chunk": "c1"}  # the injecting node signs it
+    await call_all(workers, "watch", record_id=record["id"])
+    injected = await owner[at].call("inject", index=at, record=record)
     t_inject = injected["t_inject"]
     deadline = time.monotonic() + timeout_s
     while True:
@@ -641,10 +662,11 @@ def coordinator_state_memory(n: int) -> dict[str, Any]:
     """
     entries = [
         MemberEntry(
-            node_id=f"sim-{i:04d}", url=f"ws://{HOST}:{20000 + i}", name=f"sim-{i:04d}", model=SIM_MODEL,
-            capacity=32, incarnation=time.time_ns() // 1_000_000, heartbeat=100 + i, state="alive", in_flight=0,
+            node_id=identity.node_id, url=f"ws://{HOST}:{20000 + i}", public_key=identity.public_key,
+            name=f"sim-{i:04d}", model=SIM_MODEL, capacity=32, incarnation=time.time_ns() // 1_000_000,
+            heartbeat=100 + i, state="alive", in_flight=0,
         )
-        for i in range(n)
+        for i, identity in enumerate(sim_identities(n))
     ]  # fmt: skip
     frame = encode(Members(nonce=1, reply=True, entries=entries))
     empty = _swarm_state_bytes(None)

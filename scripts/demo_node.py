@@ -15,12 +15,13 @@ from dellm_p2p.client import PeerClient, PeerError
 from dellm_p2p.local import NodeProcess, NodeStartError
 from dellm_p2p.protocol import SamplingParams, Token
 from dellm_p2p.runtime import run
+from dellm_p2p.security import cluster_key_from_env
 
 console = Console(highlight=False, soft_wrap=True)
 
 
 async def ask(url: str, question: str) -> None:
-    async with await PeerClient.connect(url) as client:
+    async with await PeerClient.connect(url, cluster_key=cluster_key_from_env()) as client:
         console.print(f"[bold]{client.remote.name}[/] serves {client.remote.model} (node {client.remote.node_id})")
         console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] ", end="")
         params = SamplingParams(max_tokens=128, temperature=0.0, logprobs=True)

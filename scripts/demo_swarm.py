@@ -23,6 +23,7 @@ from rich.table import Table
 
 from dellm_p2p.client import PeerClient
 from dellm_p2p.local import NodeProcess, NodeStartError
+from dellm_p2p.security import cluster_key_from_env
 
 QUESTION = "Calculate 10% interest on $1000 then find the best savings accounts"
 STATE = Path(".dellm-demo-state")
@@ -33,7 +34,7 @@ async def fitness_views(urls: list[str]) -> dict[str, dict[str, float]]:
     """Each node's view: node id -> fitness (its own included)."""
     views = {}
     for url in urls:
-        async with await PeerClient.connect(url) as client:
+        async with await PeerClient.connect(url, cluster_key=cluster_key_from_env()) as client:
             table = await client.peers()
             views[table.node_id] = {row.node_id: row.fitness for row in table.peers} | {table.node_id: table.fitness}
     return views
@@ -87,7 +88,10 @@ def main() -> int:
             table.add_row(node.node_id[:8], *cells)
         console.print(table)
         console.print(
-            "fitness changed on all three nodes" if changed_everywhere else "[yellow]some fitness did not change[/]"
+            "fitness changed on all three nodes"
+            if changed_everywhere
+            else "some fitness did not change: a peer whose answers were all cancelled as stragglers (the vote was "
+            "decided without them) has nothing to judge, so it gets no reward"
         )
         console.rule("dellm peers")
         dellm("peers", "--peer", urls[0])

@@ -20,9 +20,9 @@ The final number of a reply is :func:`dellm_p2p.coordinator.extract.extract_numb
 
 Compared on the same questions in one run:
 
-* **one node**: greedy, and one sample at the swarm's temperature, each with
-  the prompt the swarm sends (chunk text + ``ANSWER_SUFFIX``) and with the raw
-  question (``raw prompt`` rows);
+* **one node**: greedy, and one sample at the swarm's temperature, with the
+  prompt the coordinator sends (``chunk_prompt``; ``--prompt`` changes it for
+  both the one-node and the swarm rows);
 * **the swarm** at redundancy k ∈ ``--ks`` with each voting strategy: per
   question, max(k) samples are collected ONCE with the coordinator's own
   pieces (``route`` over the peers, one streamed ``generate`` per peer with
@@ -100,12 +100,20 @@ from rich.progress import (  # noqa: E402
 )
 
 from dellm_p2p.client import PeerError  # noqa: E402
-from dellm_p2p.coordinator.decompose import classify, complexity, decompose, render_chunk_prompt  # noqa: E402
+from dellm_p2p.coordinator.decompose import (  # noqa: E402
+    chunk_prompt,
+    classify,
+    complexity,
+    decompose,
+    render_chunk_prompt,
+)
 from dellm_p2p.coordinator.extract import ANSWER_SUFFIX, extract_answer, extract_number, fold  # noqa: E402
+from dellm_p2p.coordinator.pipeline import AskOptions  # noqa: E402
 from dellm_p2p.coordinator.route import route  # noqa: E402
-from dellm_p2p.coordinator.types import Candidate, Chunk, Operation, VoteResult  # noqa: E402
+from dellm_p2p.coordinator.types import Candidate, Chunk, VoteResult  # noqa: E402
 from dellm_p2p.coordinator.vote import STRATEGIES, judge_vote, vote  # noqa: E402
 from dellm_p2p.protocol import SamplingParams, Token  # noqa: E402
+from dellm_p2p.security import cluster_key_from_env  # noqa: E402
 
 DATA_DIR = REPO.parent / "shared" / "data"
 DATASETS = {
@@ -237,7 +245,20 @@ def mcnemar_p(b: int, c: int) -> float:
 
 # --------------------------------------------------------------------------- methods and summary (pure)
 
-BASELINES = ("greedy", "sample", "greedy_raw", "sample_raw")
+PROMPTS = ("pipeline", "suffix", "raw")
+
+
+def question_prompt(chunk: Chunk, kind: str) -> str:
+    """The user message for one-node and swarm samples: ``pipeline`` = what the coordinator
+    sends (:func:`~dellm_p2p.coordinator.decompose.chunk_prompt`), ``suffix`` = the chunk text
+    + ``ANSWER_SUFFIX`` whatever its operation, ``raw`` = the chunk text alone."""
+    if kind == "pipeline":
+        return chunk_prompt(chunk, {})
+    text = render_chunk_prompt(chunk, {})
+    return f"{text}\n{ANSWER_SUFFIX}" if kind == "suffix" else text
+
+
+BASELINES = ("greedy", "sample")
 
 
 def method_ids(ks: Sequence[int], strategies: Sequence[str], ask: tuple[int, str] | None) -> list[str]:
@@ -256,8 +277,6 @@ def method_label(method: str, temperature: float) -> tuple[str, str]:
     labels = {
         "greedy": ("node greedy", "1"),
         "sample": (f"node one sample T={temperature:g}", "1"),
-        "greedy_raw": ("node greedy, raw prompt", "1"),
-        "sample_raw": (f"node one sample T={temperature:g}, raw prompt", "1"),
     }
     if method in labels:
         return labels[method]
@@ -418,7 +437,7 @@ async def read_fitness(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str,
     async def one(url: str) -> tuple[str, dict[str, Any]]:
         try:
             async with asyncio.timeout(timeout_s):
-                async with await PeerClient.connect(url) as client:
+                async with await PeerClient.connect(url, cluster_key=cluster_key_from_env()) as client:
                     view = await client.peers(timeout_s=timeout_s)
             rows = {row.node_id: row.fitness for row in view.peers if row.model}
             return url, {"node_id": view.node_id, "fitness": view.fitness, "views": rows}
@@ -467,7 +486,7 @@ class Connections:
             if client is None or client.closed:
                 if client is not None:
                     self.reconnects += 1
-                client = await PeerClient.connect(url, name="eval")
+                client = await PeerClient.connect(url, name="eval", cluster_key=cluster_key_from_env())
                 self._clients[url] = client
             return client
 
@@ -529,9 +548,7 @@ class Evaluator:
         args = self.args
         operation = classify(item.question)
         chunk = Chunk("c1", item.question, operation, complexity(item.question, operation))
-        prompt = render_chunk_prompt(chunk, {})
-        if operation is not Operation.GENERATE:  # as pipeline._answer_chunk does
-            prompt = f"{prompt}\n{ANSWER_SUFFIX}"
+        prompt = question_prompt(chunk, args.prompt)
         record: dict[str, Any] = {
             "index": item.index,
             "question": item.question,
@@ -546,8 +563,7 @@ class Evaluator:
         record["baseline_node"] = node_url
         try:
             async with asyncio.timeout(args.question_timeout):
-                swarm_prompt = prompt if args.swarm_prompt == "suffix" else item.question
-                await self._swarm_methods(item, chunk, swarm_prompt, record)
+                await self._swarm_methods(item, chunk, prompt, record)
                 if args.ask_k:
                     await self._ask(item, record)
                 await self._baselines(item, prompt, node_url, record)
@@ -571,8 +587,6 @@ class Evaluator:
         plan = {
             "greedy": (prompt, 0.0),
             "sample": (prompt, args.temperature),
-            "greedy_raw": (item.question, 0.0),
-            "sample_raw": (item.question, args.temperature),
         }
 
         async def run(method: str, text: str, temperature: float) -> None:
@@ -859,12 +873,15 @@ def machine_info() -> dict[str, Any]:
 
 
 async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[str, Any]:
-    from dellm_p2p.swarm import AskOptions, Swarm
+    from dellm_p2p.swarm import Swarm
 
     items = load_items(args.dataset, args.data_dir, args.limit)
     options = AskOptions(temperature=args.temperature, max_tokens=args.max_tokens, synthesize=False)
     started = time.time()
-    async with Swarm(peers=urls, mdns=False, options=options, discover_timeout_s=args.node_timeout) as swarm:
+    key = cluster_key_from_env()  # nodes this script starts inherit DELLM_CLUSTER_KEY_FILE
+    async with Swarm(
+        peers=urls, mdns=False, options=options, discover_timeout_s=args.node_timeout, cluster_key=key
+    ) as swarm:
         deadline = time.monotonic() + 30
         while len({p.url for p in swarm.table.alive() if p.model and p.rtt_ms is not None} & set(urls)) < len(urls):
             if time.monotonic() > deadline:
@@ -963,8 +980,7 @@ async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[s
         "date": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - started, 1),
         "machine": machine_info(),
-        "prompt": f"<question>\\n{ANSWER_SUFFIX}",
-        "swarm_prompt": args.swarm_prompt,
+        "prompt": args.prompt,
         "rows": rows,
         "best_swarm": best["method"] if best else None,
         "paired": comparisons,
@@ -989,7 +1005,7 @@ def report(result: dict[str, Any]) -> str:
         + (" (interrupted)" if result["interrupted"] else ""),
         "",
         f"model {', '.join(result['model']) or '?'} · T={result['temperature']:g} · "
-        f"max_tokens {result['max_tokens']} · swarm samples: {result['swarm_prompt']} prompt · "
+        f"max_tokens {result['max_tokens']} · prompt: {result['prompt']} · "
         f"{len(result['peers'])} node(s) · {result['date']} · {result['machine']['machine']}, "
         f"{result['machine']['cpus']} cores · {result['wall_s']:.0f} s",
         "",
@@ -1059,14 +1075,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer", action="append", default=[], help="use this running node (repeatable)")
     parser.add_argument("--concurrency", type=int, default=4, help="questions in flight (default 4)")
     parser.add_argument(
-        "--swarm-prompt",
-        choices=("suffix", "raw"),
-        default="suffix",
-        help="prompt of the offline swarm samples: the pipeline's (question + ANSWER_SUFFIX, default) or the raw "
-        "question (an experiment; the swarm.ask row always runs the pipeline's)",
+        "--prompt",
+        choices=PROMPTS,
+        default="pipeline",
+        help="prompt of the one-node and swarm samples: the coordinator's (chunk_prompt, default), the question "
+        "+ ANSWER_SUFFIX, or the bare question (experiments; the swarm.ask row always runs the coordinator's)",
     )
     parser.add_argument("--ask-k", type=int, default=3, help="redundancy of the swarm.ask row; 0 = no such row")
-    parser.add_argument("--ask-strategy", choices=STRATEGIES, default="majority")
+    parser.add_argument(
+        "--ask-strategy", choices=STRATEGIES, default=AskOptions().strategy, help="default: the coordinator's"
+    )
     parser.add_argument("--request-timeout", type=float, default=180.0, help="one request's deadline [s]")
     parser.add_argument("--question-timeout", type=float, default=900.0, help="one question's deadline [s]")
     parser.add_argument("--node-timeout", type=float, default=600.0, help="node start / discovery deadline [s]")

@@ -19,6 +19,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from dellm_p2p.client import PeerClient
 from dellm_p2p.discovery import SERVICE_TYPE
+from dellm_p2p.identity import Identity
 from dellm_p2p.local import NodeProcess
 from dellm_p2p.membership import Membership, PeerPool
 from dellm_p2p.peer_table import PeerTable
@@ -153,25 +154,29 @@ async def test_bad_mdns_records_and_unreachable_peers_are_ignored(nodes):
     closed.close()  # nothing listens here any more
 
     zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    dead, mute = Identity.generate(), Identity.generate()  # valid announcements of unreachable nodes
     bad = {
         "bad-noid": {"proto": str(PROTOCOL_VERSION), "port": "9"},
         "bad-port": {"id": "x1", "proto": str(PROTOCOL_VERSION), "port": "http"},
         "bad-proto": {"id": "x2", "proto": "99", "port": "9"},
         "bad-utf8": {b"id": b"\xff\xfe", "proto": str(PROTOCOL_VERSION), "port": "9"},
-        "dead-addr": {"id": "x3", "proto": str(PROTOCOL_VERSION), "port": str(closed_port), "cap": "1"},
-        "mute-peer": {"id": "x4", "proto": str(PROTOCOL_VERSION), "port": str(silent_port), "cap": "1"},
-    }
+        "bad-fp": {"id": "x5", "proto": str(PROTOCOL_VERSION), "port": "9", "fp": dead.fingerprint},
+        "dead-addr": {"id": dead.node_id, "fp": dead.fingerprint, "proto": str(PROTOCOL_VERSION),
+                      "port": str(closed_port), "cap": "1"},
+        "mute-peer": {"id": mute.node_id, "fp": mute.fingerprint, "proto": str(PROTOCOL_VERSION),
+                      "port": str(silent_port), "cap": "1"},
+    }  # fmt: skip
     try:
         for name, props in bad.items():
             await _register(zc, name, props)
         node = nodes("probe")
         await asyncio.sleep(4.5)
         rows = await peer_rows(node.url)
-        assert "x1" not in rows and "x2" not in rows
-        assert rows.get("x3", {}).get("state") in (None, "suspect", "dead")
-        assert rows.get("x4", {}).get("state") in (None, "suspect", "dead")
+        assert "x1" not in rows and "x2" not in rows and "x5" not in rows
+        assert rows.get(dead.node_id, {}).get("state") in (None, "suspect", "dead")
+        assert rows.get(mute.node_id, {}).get("state") in (None, "suspect", "dead")
         log = node.stderr_tail(200)
-        for fragment in ("bad-noid", "bad-port", "bad-proto", "bad-utf8"):
+        for fragment in ("bad-noid", "bad-port", "bad-proto", "bad-utf8", "bad-fp"):
             assert log.count(fragment) == 1, f"expected one log line about {fragment}:\n{log}"
         assert f"127.0.0.1:{closed_port}" in log and f"127.0.0.1:{silent_port}" in log
         assert node.proc.poll() is None
@@ -183,24 +188,27 @@ async def test_bad_mdns_records_and_unreachable_peers_are_ignored(nodes):
 
 async def test_members_gossip_merges_and_answers(caplog):
     """In-process: a membership service answers pushes and learns from them."""
-    server = NodeServer(None, node_id="hub")
+    hub, far = Identity.generate(), Identity.generate()
+    server = NodeServer(None, node_id=hub.node_id, identity=hub)
     url = await server.start("127.0.0.1", 0)
-    table = PeerTable("hub", url)
+    table = PeerTable(hub.node_id, url)
     server.membership = Membership(
-        node_id="hub", name="hub", url=url, model=None, capacity=0, table=table,
-        pool=PeerPool(node_id="hub", name="hub", url=url),
+        node_id=hub.node_id, name="hub", url=url, model=None, capacity=0, table=table,
+        pool=PeerPool(node_id=hub.node_id, name="hub", url=url, identity=hub), identity=hub,
     )  # fmt: skip
     try:
         async with await PeerClient.connect(url, node_id="spoke", listen_url="ws://127.0.0.1:7") as client:
             assert table.get("spoke") is not None and table.get("spoke").source == "inbound"
             from dellm_p2p.protocol import MemberEntry
 
-            reply = await client.members([MemberEntry(node_id="far", url="ws://127.0.0.1:8", heartbeat=3)])
-            assert reply.reply and {e.node_id for e in reply.entries} >= {"hub", "far"}
-            assert table.get("far").heartbeat == 3
+            entry = MemberEntry(node_id=far.node_id, url="ws://127.0.0.1:8", public_key=far.public_key, heartbeat=3)
+            reply = await client.members([entry])
+            assert reply.reply and {e.node_id for e in reply.entries} >= {hub.node_id, far.node_id}
+            assert table.get(far.node_id).heartbeat == 3
+            assert "spoke" not in {e.node_id for e in reply.entries}, "a peer without a known key is not gossiped"
         with caplog.at_level(logging.ERROR):
             with pytest.raises(Exception, match="duplicate_node_id"):
-                await PeerClient.connect(url, node_id="hub")
+                await PeerClient.connect(url, node_id=hub.node_id)
     finally:
         await server.shutdown(0)
 
@@ -214,6 +222,15 @@ def test_dellm_peers_cli_json_and_errors(nodes):
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert rows[0]["node_id"] == node.node_id and rows[0]["state"] == "self"
+    stats = subprocess.run(
+        [sys.executable, "-m", "dellm_p2p.cli.main", "stats", "--peer", node.url, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert stats.returncode == 0, stats.stderr
+    counters = json.loads(stats.stdout)
+    for reason in ("signature", "replay", "stale", "non_member"):
+        assert counters[f"rewards_rejected_{reason}"] == 0
+    assert counters["identity_rejected"] == 0 and counters["rewards_applied"] == 0
     found = subprocess.run(
         [sys.executable, "-m", "dellm_p2p.cli.main", "peers", "--mdns-interface", "127.0.0.1", "--json"],
         capture_output=True, text=True, timeout=60,

@@ -6,8 +6,22 @@ import logging
 
 import pytest
 
+from dellm_p2p.identity import Identity
 from dellm_p2p.peer_table import Observed, PeerState, PeerTable
 from dellm_p2p.protocol import MemberEntry
+
+_IDENTITIES: dict[str, Identity] = {}
+
+
+def ident(name: str) -> Identity:
+    """A key pair per test name ("b", "c", "me"), so node ids derive from keys as in the product."""
+    if name not in _IDENTITIES:
+        _IDENTITIES[name] = Identity.generate()
+    return _IDENTITIES[name]
+
+
+ME, B, C = ident("me").node_id, ident("b").node_id, ident("c").node_id
+KEYS = {i.node_id: i.public_key for i in _IDENTITIES.values()}
 
 
 class Clock:
@@ -25,19 +39,24 @@ def clock() -> Clock:
 
 @pytest.fixture
 def table(clock) -> PeerTable:
-    return PeerTable("me", "ws://127.0.0.1:1", suspect_after_s=3, dead_after_s=8, forget_after_s=60, clock=clock)
+    return PeerTable(ME, "ws://127.0.0.1:1", suspect_after_s=3, dead_after_s=8, forget_after_s=60, clock=clock)
 
 
-def entry(node_id="b", heartbeat=1, incarnation=1000, url=None, **fields) -> MemberEntry:
+def entry(node_id=None, heartbeat=1, incarnation=1000, url=None, public_key=None, **fields) -> MemberEntry:
+    """A gossip entry for ``node_id`` (default B), carrying its public key."""
+    node_id = node_id or B
+    if public_key is None:
+        public_key = KEYS.get(node_id) or ident(node_id).public_key
+        node_id = node_id if node_id in KEYS else ident(node_id).node_id
     return MemberEntry(
-        node_id=node_id, url=url or f"ws://127.0.0.1:{ord(node_id[0])}", incarnation=incarnation, heartbeat=heartbeat,
-        **fields,
+        node_id=node_id, url=url or f"ws://127.0.0.1:{1000 + sum(map(ord, node_id))}", public_key=public_key,
+        incarnation=incarnation, heartbeat=heartbeat, **fields,
     )  # fmt: skip
 
 
 def test_new_entry_is_added_alive(table):
     assert table.observe(entry(model="m", capacity=4))
-    peer = table.get("b")
+    peer = table.get(B)
     assert peer.state is PeerState.ALIVE and peer.model == "m" and peer.capacity == 4
 
 
@@ -46,22 +65,22 @@ def test_only_newer_versions_win(table, clock):
     clock.now += 2
     assert not table.observe(entry(heartbeat=5))
     assert not table.observe(entry(heartbeat=4))
-    assert table.get("b").last_seen == 100.0
+    assert table.get(B).last_seen == 100.0
     assert table.observe(entry(heartbeat=6))
-    assert table.get("b").last_seen == 102.0
+    assert table.get(B).last_seen == 102.0
 
 
 def test_silence_makes_suspect_then_dead_then_forgotten(table, clock):
     table.observe(entry())
     clock.now += 3.5
-    assert table.sweep() == [("b", PeerState.SUSPECT)]
-    assert [p.node_id for p in table.alive()] == ["b"], "a suspect peer may still get work"
+    assert table.sweep() == [(B, PeerState.SUSPECT)]
+    assert [p.node_id for p in table.alive()] == [B], "a suspect peer may still get work"
     clock.now += 5
-    assert table.sweep() == [("b", PeerState.DEAD)]
+    assert table.sweep() == [(B, PeerState.DEAD)]
     assert table.alive() == []
     clock.now += 61
     table.sweep()
-    assert "b" not in table
+    assert B not in table
 
 
 def test_stale_gossip_does_not_revive_a_dead_peer(table, clock):
@@ -69,7 +88,7 @@ def test_stale_gossip_does_not_revive_a_dead_peer(table, clock):
     clock.now += 9
     table.sweep()
     assert not table.observe(entry(heartbeat=7))
-    assert table.get("b").state is PeerState.DEAD
+    assert table.get(B).state is PeerState.DEAD
 
 
 def test_restart_rejoins_with_same_id(table, clock):
@@ -77,13 +96,13 @@ def test_restart_rejoins_with_same_id(table, clock):
     clock.now += 9
     table.sweep()
     assert table.observe(entry(heartbeat=1, incarnation=2000))
-    assert table.get("b").state is PeerState.ALIVE
+    assert table.get(B).state is PeerState.ALIVE
 
 
 def test_left_entry_drops_peer_at_once_and_is_gossiped(table):
     table.observe(entry(heartbeat=3))
     assert table.observe(entry(heartbeat=4, state="left"))
-    assert table.get("b").state is PeerState.LEFT
+    assert table.get(B).state is PeerState.LEFT
     assert table.alive() == []
     assert [e.state for e in table.digest()] == ["left"]
 
@@ -94,14 +113,14 @@ def test_unknown_left_entry_is_ignored(table):
 
 
 def test_digest_passes_on_suspects_but_not_the_dead(table, clock):
-    table.observe(entry("b"))
+    table.observe(entry(B))
     clock.now += 4
-    table.observe(entry("c"))
+    table.observe(entry(C))
     table.sweep()
-    assert {e.node_id for e in table.digest()} == {"b", "c"}
+    assert {e.node_id for e in table.digest()} == {B, C}
     clock.now += 5
     table.sweep()
-    assert [e.node_id for e in table.digest()] == ["c"]
+    assert [e.node_id for e in table.digest()] == [C]
 
 
 def test_observe_tells_joins_from_heartbeats(table, clock):
@@ -111,54 +130,87 @@ def test_observe_tells_joins_from_heartbeats(table, clock):
     clock.now += 9
     table.sweep()
     assert table.observe(entry(heartbeat=3)) is Observed.JOINED, "back from the dead"
-    assert table.observe_all([entry("c"), entry(heartbeat=4)]) is Observed.JOINED
+    assert table.observe_all([entry(C), entry(heartbeat=4)]) is Observed.JOINED
 
 
 def test_own_id_from_elsewhere_is_a_duplicate(table, caplog):
     with caplog.at_level(logging.ERROR):
-        assert not table.observe(entry("me", url="ws://127.0.0.1:9"))
-        table.observe(entry("me", url="ws://127.0.0.1:9", heartbeat=2))
-    assert table.duplicates == {"me"}
+        assert not table.observe(entry(ME, url="ws://127.0.0.1:9"))
+        table.observe(entry(ME, url="ws://127.0.0.1:9", heartbeat=2))
+    assert table.duplicates == {ME}
     assert len([r for r in caplog.records if "duplicate node id" in r.message]) == 1
-    assert not table.observe(entry("me", url="ws://127.0.0.1:1"))  # our own entry echoed back
+    assert not table.observe(entry(ME, url="ws://127.0.0.1:1"))  # our own entry echoed back
     assert len(table) == 0
 
 
 def test_rtt_is_an_ewma_and_touch_revives_suspect(table, clock):
     table.observe(entry())
-    table.record_rtt("b", 10.0)
-    table.record_rtt("b", 20.0)
-    assert table.get("b").rtt_ms == pytest.approx(0.7 * 10 + 0.3 * 20)
+    table.record_rtt(B, 10.0)
+    table.record_rtt(B, 20.0)
+    assert table.get(B).rtt_ms == pytest.approx(0.7 * 10 + 0.3 * 20)
     clock.now += 4
     table.sweep()
-    table.record_rtt("b", 10.0)
-    assert table.get("b").state is PeerState.ALIVE
+    table.record_rtt(B, 10.0)
+    assert table.get(B).state is PeerState.ALIVE
 
 
 def test_fitness_and_rtt_survive_heartbeat_updates(table):
     table.observe(entry(heartbeat=1))
-    table.get("b").fitness = 0.8
-    table.record_rtt("b", 5.0)
+    table.get(B).fitness = 0.8
+    table.record_rtt(B, 5.0)
     table.observe(entry(heartbeat=2))
-    assert table.get("b").fitness == 0.8 and table.get("b").rtt_ms == 5.0
+    assert table.get(B).fitness == 0.8 and table.get(B).rtt_ms == 5.0
 
 
 def test_table_size_is_bounded(clock):
-    small = PeerTable("me", max_peers=3, clock=clock)
+    small = PeerTable(ME, max_peers=3, clock=clock)
     assert sum(bool(small.observe(entry(f"n{i}"))) for i in range(10)) == 3
     small.add_candidate("extra", "ws://127.0.0.1:5", "mdns")
     assert len(small) == 3
 
 
 def test_candidate_from_mdns_is_replaced_by_gossip(table):
-    table.add_candidate("b", "ws://127.0.0.1:98", "mdns", model="m")
-    assert table.get("b").source == "mdns"
-    assert table.observe(entry("b", heartbeat=1))
-    assert table.get("b").source == "mdns" and table.get("b").incarnation == 1000
+    table.add_candidate(B, "ws://127.0.0.1:98", "mdns", model="m")
+    assert table.get(B).source == "mdns"
+    assert table.observe(entry(B, heartbeat=1))
+    assert table.get(B).source == "mdns" and table.get(B).incarnation == 1000
 
 
 def test_rows_report_state_and_age(table, clock):
     table.observe(entry())
     clock.now += 1.5
     (row,) = table.rows()
-    assert row.node_id == "b" and row.state == "alive" and row.last_seen_s == pytest.approx(1.5)
+    assert row.node_id == B and row.state == "alive" and row.last_seen_s == pytest.approx(1.5)
+
+
+def test_entry_whose_id_does_not_derive_from_its_key_is_dropped_counted_and_logged_once(table, caplog):
+    forged = entry(B, public_key=ident("c").public_key)  # B's id with C's key
+    with caplog.at_level(logging.WARNING):
+        assert table.observe(forged) is Observed.NOTHING
+        assert table.observe(entry(B, heartbeat=2, public_key=ident("c").public_key)) is Observed.NOTHING
+    assert B not in table and table.identity_rejected == 2
+    assert len([r for r in caplog.records if "does not derive from its public key" in r.message]) == 1
+    assert table.observe(entry(B)) is Observed.JOINED, "the genuine entry still gets in"
+    assert table.get(B).public_key == ident("b").public_key
+    assert not table.observe(entry(B, heartbeat=5, public_key=ident("c").public_key)), "a known key is never replaced"
+    assert table.get(B).public_key == ident("b").public_key and table.get(B).heartbeat == 1
+
+
+def test_candidate_with_mismatched_key_is_dropped_and_a_keyless_one_is_not_gossiped(table):
+    table.add_candidate(B, "ws://127.0.0.1:98", "inbound", public_key=ident("c").public_key)
+    assert B not in table and table.identity_rejected == 1
+    table.add_candidate(B, "ws://127.0.0.1:98", "mdns")  # mDNS gives no key
+    assert table.get(B).public_key is None and table.digest() == [], "an entry must carry a key"
+    table.add_candidate(B, "ws://127.0.0.1:98", "inbound", public_key=ident("b").public_key)  # its hello
+    assert table.get(B).public_key == ident("b").public_key
+    assert [e.node_id for e in table.digest()] == [B]
+
+
+def test_coordinator_member_without_url_is_known_gossiped_but_not_reachable(table):
+    assert table.observe(entry(C, url="", model=None).model_copy(update={"url": None})) is Observed.JOINED
+    assert table.get(C).url is None and table.get(C).state is PeerState.ALIVE
+    assert table.alive() == [], "gossip and routing never contact a url-less member"
+    (sent,) = table.digest()
+    assert sent.url is None and sent.public_key == ident("c").public_key
+    table.observe(entry(B))
+    assert [p.node_id for p in table.alive()] == [B]

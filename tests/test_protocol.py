@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import msgpack
@@ -13,6 +14,7 @@ from dellm_p2p.protocol import (
     MAX_STOP_STRINGS,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
+    Auth,
     Cancel,
     ChatMessage,
     Done,
@@ -38,6 +40,7 @@ from dellm_p2p.protocol import (
     Usage,
     decode,
     encode,
+    reward_signing_bytes,
 )
 
 
@@ -73,6 +76,9 @@ def decode_error(frame: bytes | str) -> ProtocolError:
 
 # --------------------------------------------------------------------------- round trips
 
+KEY = bytes(range(32))  # any 32 bytes: the protocol layer does not check that ids derive from keys
+SIG = bytes(range(64))
+
 ROUND_TRIP = [
     pytest.param(
         Hello(
@@ -87,6 +93,11 @@ ROUND_TRIP = [
         id="hello",
     ),
     pytest.param(Hello(protocol=PROTOCOL_VERSION, node_id="coordinator"), id="hello-no-model"),
+    pytest.param(Hello(protocol=PROTOCOL_VERSION, node_id="n", public_key=KEY), id="hello-public-key"),
+    pytest.param(
+        Hello(protocol=PROTOCOL_VERSION, node_id="n", auth="hmac-sha256", auth_nonce="0f" * 32), id="hello-auth"
+    ),
+    pytest.param(Auth(proof="a1" * 32), id="auth"),
     pytest.param(
         Generate(
             id="req-1",
@@ -145,15 +156,38 @@ ROUND_TRIP = [
             nonce=3,
             reply=True,
             entries=[
-                MemberEntry(node_id="n1", url="ws://127.0.0.1:1", model="m", capacity=4, incarnation=9, heartbeat=2),
-                MemberEntry(node_id="n2", url="ws://127.0.0.1:2", state="left"),
+                MemberEntry(
+                    node_id="n1",
+                    url="ws://127.0.0.1:1",
+                    public_key=KEY,
+                    model="m",
+                    capacity=4,
+                    incarnation=9,
+                    heartbeat=2,
+                ),
+                MemberEntry(node_id="n2", url="ws://127.0.0.1:2", public_key=KEY, state="left"),
+                MemberEntry(node_id="c3", url=None, public_key=KEY),  # a coordinator-only member
             ],
         ),
         id="members",
     ),
     pytest.param(GetPeers(nonce=4), id="get_peers"),
     pytest.param(
-        Rewards(records=[RewardRecord(id="r1", issuer="c", node_id="n1", reward=0.06, chunk="c1", ts=1.5, hops=2)]),
+        Rewards(
+            records=[
+                RewardRecord(
+                    id="r1",
+                    issuer="c",
+                    seq=(1 << 64) - 1,
+                    node_id="n1",
+                    reward=0.06,
+                    chunk="c1",
+                    ts=1.5,
+                    hops=2,
+                    signature=SIG,
+                )
+            ]
+        ),
         id="rewards",
     ),
     pytest.param(
@@ -216,7 +250,7 @@ def test_other_defaults():
     done = decode(pack({"type": "done", "id": "r", "finish_reasons": ["stop"]}))
     assert done.usage == Usage(prompt_tokens=0, completion_tokens=0)
     assert done.timings == Timings(queued_ms=None, first_token_ms=None, total_ms=0.0)
-    hello = decode(pack({"type": "hello", "protocol": 1, "node_id": "n"}))
+    hello = decode(pack({"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n"}))
     assert (hello.model, hello.capacity, hello.max_model_len) == (None, 0, None)
     error = decode(pack({"type": "error", "code": "timeout", "message": "late"}))
     assert error.id is None
@@ -233,7 +267,7 @@ def test_other_defaults():
             gen(prompt=None, messages=[{"role": "user", "content": "hi", "name": "bob"}]), id="generate-chat-message"
         ),
         pytest.param(
-            {"type": "hello", "protocol": 1, "node_id": "n", "features": ["embeddings"], "region": "eu"}, id="hello"
+            {"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "features": ["embeddings"], "region": "eu"}, id="hello"
         ),
         pytest.param({"type": "ping", "nonce": 1, "sent_at": 1.5}, id="ping"),
         pytest.param(
@@ -344,9 +378,9 @@ def test_unknown_or_missing_type(frame, request_id):
         pytest.param(gen(prompt=None), "req-1", id="neither-messages-nor-prompt"),
         # other messages
         pytest.param({"type": "hello", "node_id": "n"}, None, id="hello-missing-protocol"),
-        pytest.param({"type": "hello", "protocol": 1}, None, id="hello-missing-node_id"),
+        pytest.param({"type": "hello", "protocol": PROTOCOL_VERSION}, None, id="hello-missing-node_id"),
         pytest.param({"type": "hello", "protocol": "one", "node_id": "n"}, None, id="hello-protocol-string"),
-        pytest.param({"type": "hello", "protocol": 1, "node_id": "n", "capacity": -1}, None, id="hello-neg-capacity"),
+        pytest.param({"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "capacity": -1}, None, id="hello-neg-capacity"),
         pytest.param({"type": "token", "id": "req-1"}, "req-1", id="token-missing-text"),
         pytest.param({"type": "token", "id": "req-1", "text": "x", "index": -1}, "req-1", id="token-neg-index"),
         pytest.param({"type": "token", "id": "req-1", "text": "x", "logprobs": "high"}, "req-1", id="token-logprobs"),
@@ -359,6 +393,33 @@ def test_unknown_or_missing_type(frame, request_id):
         pytest.param({"type": "ping", "nonce": "abc"}, None, id="ping-nonce-string"),
         pytest.param({"type": "pong", "nonce": 1.5}, None, id="pong-nonce-fraction"),
         pytest.param({"type": "stats", "nonce": 1}, None, id="stats-missing-node_id"),
+        pytest.param({"type": "auth"}, None, id="auth-missing-proof"),
+        pytest.param({"type": "auth", "proof": "AB" * 32}, None, id="auth-proof-uppercase"),
+        pytest.param({"type": "auth", "proof": "ab" * 31}, None, id="auth-proof-short"),
+        pytest.param({"type": "auth", "proof": b"\x00" * 32}, None, id="auth-proof-bytes"),
+        pytest.param({"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "auth_nonce": "xyz"}, None, id="hello-bad-nonce"),
+        pytest.param(
+            {"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "public_key": b"k" * 31}, None, id="hello-key-31"
+        ),
+        pytest.param(
+            {"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "public_key": "k" * 32}, None, id="hello-key-str"
+        ),
+        pytest.param(
+            {"type": "members", "entries": [{"node_id": "n", "url": "ws://h:1"}]}, None, id="member-without-key"
+        ),
+        pytest.param(
+            {"type": "rewards", "records": [{"id": "r", "issuer": "c", "node_id": "n", "reward": 0, "seq": -1}]},
+            None,
+            id="reward-negative-seq",
+        ),
+        pytest.param(
+            {
+                "type": "rewards",
+                "records": [{"id": "r", "issuer": "c", "node_id": "n", "reward": 0, "signature": b"s" * 65}],
+            },
+            None,
+            id="reward-signature-65",
+        ),
     ],
 )
 def test_invalid_message(frame, request_id):
@@ -439,3 +500,25 @@ def test_error_codes_are_stable_strings():
     assert ErrorCode.INVALID_MESSAGE == "invalid_message"
     assert ErrorCode.INVALID_PARAMS == "invalid_params"
     assert msgpack.unpackb(pack(ErrorCode.INVALID_PARAMS), raw=False) == "invalid_params"
+
+
+def test_binary_fields_are_msgpack_bin_on_the_wire_and_hex_in_json():
+    record = RewardRecord(id="r", issuer="c", node_id="n", reward=0.05, signature=SIG)
+    raw = msgpack.unpackb(encode(Rewards(records=[record])), raw=False)
+    assert raw["records"][0]["signature"] == SIG and isinstance(raw["records"][0]["signature"], bytes)
+    assert record.model_dump(mode="json")["signature"] == SIG.hex()
+    hello = Hello(protocol=PROTOCOL_VERSION, node_id="n", public_key=KEY)
+    assert msgpack.unpackb(encode(hello), raw=False)["public_key"] == KEY
+
+
+def test_reward_signing_bytes_cover_every_field_but_hops_and_signature():
+    base = RewardRecord(id="r1", issuer="c", seq=7, node_id="n", reward=0.05, chunk="c1", ts=1.5)
+    signed = reward_signing_bytes(base)
+    assert signed == (
+        b"dellm-reward/1\n" + b"\x00\x02r1" + b"\x00\x01c" + (7).to_bytes(8, "big") + b"\x00\x01n"
+        + struct.pack(">d", 0.05) + b"\x00\x02c1" + struct.pack(">d", 1.5)
+    )  # fmt: skip
+    assert reward_signing_bytes(base.model_copy(update={"hops": 5, "signature": SIG})) == signed
+    for field, value in [("id", "r2"), ("issuer", "d"), ("seq", 8), ("node_id", "m"), ("reward", 0.06),
+                         ("chunk", "c2"), ("ts", 1.6)]:  # fmt: skip
+        assert reward_signing_bytes(base.model_copy(update={field: value})) != signed, field

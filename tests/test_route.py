@@ -88,3 +88,12 @@ def test_exclude_and_no_peers():
 def test_ties_break_deterministically_by_node_id():
     peers = [peer("b"), peer("a"), peer("c")]
     assert [a.peer_id for a in route(CHUNK, peers, redundancy=3)] == ["a", "b", "c"]
+
+
+def test_member_without_url_is_never_routed_to():
+    coordinator = peer("z", rtt=0.1, fitness=1.0)
+    coordinator.url = None  # a coordinator-only member (a Swarm), even one claiming a model
+    assert eligible_peers([coordinator, peer("a")]) == [peer("a")]
+    assert [a.peer_id for a in route(CHUNK, [coordinator, peer("a")], redundancy=2)] == ["a"]
+    with pytest.raises(NoPeersError):
+        route(CHUNK, [coordinator])

@@ -42,3 +42,58 @@ def test_bench_overhead_tiny(tmp_path):
     assert "layer overhead" in done.stdout and "(c) coordinator" in done.stdout
     figures = json.loads(out.read_text())
     assert set(figures["ratios"]) >= {"b/a", "c/a"}
+
+
+def _load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"dellm_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_soak_helpers():
+    from dellm_p2p.coordinator.errors import AllPeersFailedError
+
+    soak = _load_script("soak")
+    a = AllPeersFailedError(
+        "chunk c1 got no answer (3f9a1c2b7d0e4f11: connection_lost: cannot connect to ws://127.0.0.1:4711)"
+    )
+    b = AllPeersFailedError(
+        "chunk c1 got no answer (0aa1c2b7d0e4f199: connection_lost: cannot connect to ws://127.0.0.1:5)"
+    )
+    assert (
+        soak.reason_key(a)
+        == soak.reason_key(b)
+        == ("AllPeersFailedError: chunk cN got no answer (<id>: connection_lost: cannot connect to <url>)")
+    )
+    assert soak.percentile([], 50) is None
+    assert soak.percentile([3.0, 1.0, 2.0], 50) == 2.0 and soak.percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+    assert soak.fold("Brasília") == "brasilia"
+    pairs = soak.load_questions(soak.DATA_DIR)
+    assert len(pairs) == 194 and pairs[0] == ("What is the capital of Afghanistan?", "Kabul")
+
+
+@pytest.mark.slow
+def test_soak_tiny(vllm_node, tmp_path):
+    """The session node plus one victim the script starts, SIGKILLs at 3 s and restarts (same id and port)."""
+    out = tmp_path / "soak.json"
+    done = script(
+        "soak.py", "--peer", vllm_node.url, "--nodes", "1", "--duration", "10", "--clients", "4", "--swarms", "2",
+        "--kill-at", "3", "--max-tokens", "8", "--deadline", "45", "--settle", "1", "--json", str(out),
+        timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "soak: 4 clients on 2 coordinators" in done.stdout and "nothing lost" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["nothing_lost"] and result["hung"] == 0 and result["sent"] >= 4
+    assert result["sent"] == result["answered"] + result["failed"]
+    timeline = result["timeline"]
+    assert timeline["same_node_id"] and timeline["rejoined_s"] >= timeline["ready_s"] > timeline["killed_s"]
+    victim = next(n for n in result["nodes"] if n["started_here"])
+    assert victim["restarted"] and victim["rss_start_bytes"] and victim["rss_end_bytes"]
+    assert timeline["probe"]["asked"] == 2 and not timeline["probe"]["errors"]

@@ -23,6 +23,7 @@ from dellm_p2p.coordinator.events import (
     SynthesisToken,
 )
 from dellm_p2p.fitness import FitnessBook
+from dellm_p2p.identity import Identity
 from dellm_p2p.membership import Membership, PeerPool
 from dellm_p2p.peer_table import PeerTable
 from dellm_p2p.server import NodeServer
@@ -43,17 +44,19 @@ class SimNode:
 
     def __init__(self, name: str, engine: SimulatedEngine):
         self.name, self.engine = name, engine
-        self.server = NodeServer(engine, node_id=name, name=name, max_concurrency=8)
+        self.identity = Identity.generate()
+        self.node_id = self.identity.node_id
+        self.server = NodeServer(engine, node_id=self.node_id, name=name, max_concurrency=8, identity=self.identity)
 
     async def start(self, bootstrap: list[str]) -> str:
         url = await self.server.start("127.0.0.1", 0)
-        table = PeerTable(self.name, url)
-        pool = PeerPool(node_id=self.name, name=self.name, url=url)
-        self.fitness = FitnessBook(self.name, table, pool=pool)
+        table = PeerTable(self.node_id, url)
+        pool = PeerPool(node_id=self.node_id, name=self.name, url=url, identity=self.identity)
+        self.fitness = FitnessBook(self.node_id, table, pool=pool, identity=self.identity)
         pool.model, pool.capacity = "simulated", 8
         self.membership = Membership(
-            node_id=self.name, name=self.name, url=url, model="simulated", capacity=8, table=table, pool=pool,
-            bootstrap=bootstrap, gossip_interval_s=0.1,
+            node_id=self.node_id, name=self.name, url=url, model="simulated", capacity=8, table=table, pool=pool,
+            bootstrap=bootstrap, gossip_interval_s=0.1, identity=self.identity,
         )  # fmt: skip
         self.membership.fitness = self.fitness
         self.server.membership, self.server.fitness = self.membership, self.fitness
@@ -95,22 +98,29 @@ async def test_two_chunk_question_end_to_end(cluster):
     answer = events[-1].answer
     c1, c2 = answer.chunks
     assert c1.chunk.operation.value == "MATH" and c2.chunk.depends_on == ("c1",)
-    assert {a.peer_id for a in c1.assignments} == {"sim-a", "sim-b", "sim-c"}
+    assert {a.peer_id for a in c1.assignments} == {n.node_id for n in nodes}
     assert len({a.peer_id for a in c2.assignments}) >= 2
     assert c1.vote.answer == "100" and c1.vote.agreement == 1.0
     assert c2.vote.winner is not None
     # The dependent chunk saw the first chunk's answer.
     assert any("100" in p and "savings" in p for n in nodes for p in n.engine.prompts)
-    assert answer.synthesizer in {"sim-a", "sim-b", "sim-c"}
+    assert answer.synthesizer in {n.node_id for n in nodes}
     assert "high-yield" in answer.text
     assert len(answer.rewards) == len(c1.rewards) + len(c2.rewards) >= 5
-    # Fitness gossip reaches every node, and each changed.
+    # Fitness gossip reaches every node, and each changed: the records are signed by the Swarm,
+    # a coordinator-only member (no URL) that every node learned, and none is rejected.
+    assert all(r.issuer == swarm.node_id and len(r.signature) == 64 for r in answer.rewards)
     async with asyncio.timeout(5):
         while not all(n.fitness.applied >= len(answer.rewards) for n in nodes):
             await asyncio.sleep(0.05)
     for node in nodes:
         for other in nodes:
-            assert node.fitness.fitness(other.name) > 0.5, (node.name, other.name)
+            assert node.fitness.fitness(other.node_id) > 0.5, (node.name, other.name)
+        assert not any(node.fitness.rejected.values()), node.fitness.rejected
+        coordinator = node.membership.table.get(swarm.node_id)
+        assert (
+            coordinator is not None and coordinator.url is None and coordinator.public_key == swarm.identity.public_key
+        )
 
 
 async def test_single_clear_chunk_returns_winner_without_synthesis(cluster):
@@ -155,13 +165,13 @@ async def test_failing_peer_is_rerouted_and_answer_arrives(cluster):
     async with Swarm(peers=[bootstrap], mdns=False) as swarm:
         events = [e async for e in swarm.stream("What is the capital of France?", redundancy=3)]
     failures = [e for e in events if isinstance(e, PeerFailed)]
-    assert failures and all(f.peer_id == "sim-a" for f in failures)
+    assert failures and all(f.peer_id == nodes[0].node_id for f in failures)
     routed = [e for e in events if isinstance(e, ChunkRouted)]
     assert len(routed) == 2, "the failed peer's sample is re-routed"
-    assert all(a.peer_id != "sim-a" for a in routed[1].assignments)
+    assert all(a.peer_id != nodes[0].node_id for a in routed[1].assignments)
     answer = events[-1].answer
     assert answer.chunks[0].vote.answer == "paris" and "Paris" in answer.text
-    assert "sim-a" not in answer.chunks[0].rewards
+    assert nodes[0].node_id not in answer.chunks[0].rewards
 
 
 async def test_node_dying_mid_stream_is_survived(cluster):
@@ -172,13 +182,13 @@ async def test_node_dying_mid_stream_is_survived(cluster):
     async with Swarm(peers=[bootstrap], mdns=False) as swarm:
         killed = False
         async for event in swarm.stream("What is the capital of France?", redundancy=3):
-            if isinstance(event, PeerToken) and event.peer_id == victim.name and not killed:
+            if isinstance(event, PeerToken) and event.peer_id == victim.node_id and not killed:
                 killed = True
                 await victim.server.shutdown(0)  # connections drop mid-stream
             if isinstance(event, Final):
                 answer = event.answer
     assert killed
-    assert any(peer == victim.name for peer, _ in answer.chunks[0].failures)
+    assert any(peer == victim.node_id for peer, _ in answer.chunks[0].failures)
     assert answer.text
 
 

@@ -67,6 +67,56 @@ async def test_answer_arrives_when_a_node_is_killed_mid_stream(vllm_node, tmp_pa
         victim.kill()
 
 
+COORDINATOR = """
+import asyncio, sys
+from dellm_p2p.client import PeerClient
+from dellm_p2p.protocol import SamplingParams, Token
+
+async def main(url):
+    client = await PeerClient.connect(url)
+    # A raw prompt, four samples at temperature 1: a long generation that does not stop at an early EOS.
+    params = SamplingParams(max_tokens=1500, temperature=1.0, n=4)
+    async for item in client.generate(prompt="Once upon a time, in a land far away,", params=params, timeout_s=600):
+        if isinstance(item, Token):
+            print("streaming", flush=True)
+            await asyncio.sleep(3600)  # keep the request open until we are killed
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_killed_coordinator_leaves_no_orphaned_generation(vllm_node):
+    import sys
+
+    async def stats():
+        async with await PeerClient.connect(vllm_node.url) as client:
+            return await client.stats()
+
+    before = await stats()
+    coordinator = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", COORDINATOR, vllm_node.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        line = await asyncio.wait_for(coordinator.stdout.readline(), 120)
+        assert line.strip() == b"streaming", (await coordinator.stderr.read()).decode()[-2000:]
+        running = await stats()
+        assert running.in_flight == before.in_flight + 1 and running.engine_running >= 1
+        coordinator.kill()  # SIGKILL: no cancel frame, no close handshake; the kernel closes its socket
+        await coordinator.wait()
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        while (now := await stats()).in_flight or now.engine_running:
+            assert loop.time() - killed_at < 5, f"generation orphaned: {now}"
+            await asyncio.sleep(0.1)
+        assert now.requests_cancelled == before.requests_cancelled + 1
+        assert now.requests_failed == before.requests_failed
+    finally:
+        if coordinator.returncode is None:
+            coordinator.kill()
+            await coordinator.wait()
+
+
 def test_examples_run_as_they_are(vllm_node):
     import subprocess
     import sys

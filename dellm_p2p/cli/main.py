@@ -1,8 +1,9 @@
 """``dellm``: the user's command line.
 
 ``dellm generate --peer ws://… "question"`` streams an answer from one node;
-``dellm stats --peer ws://…`` shows a node's counters. Errors are one line on
-stderr with a non-zero exit code, never a traceback.
+``dellm stats --peer ws://…`` shows a node's counters; ``dellm keygen`` writes
+a cluster key. Errors are one line on stderr with a non-zero exit code, never
+a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -21,6 +24,14 @@ from ..coordinator.vote import STRATEGIES
 from ..discovery import browse
 from ..protocol import MAX_CHOICES, PeerRow, SamplingParams, Token
 from ..runtime import run, setup_logging
+from ..security import (
+    KEY_FILE_ENV,
+    SecurityConfigError,
+    client_ssl_context,
+    default_key_path,
+    load_cluster_key,
+    write_key_file,
+)
 from .progress import show_progress
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -39,8 +50,53 @@ def _peer_option(f):
     return click.option("--peer", required=True, metavar="URL", help="A node's ws:// URL.")(f)
 
 
+def _security_options(f):
+    """``--cluster-key-file`` and ``--tls-ca``, turned into one ``security`` argument: PeerClient/Swarm kwargs."""
+    f = click.option(
+        "--tls-ca",
+        type=click.Path(exists=True, dir_okay=False),
+        envvar="DELLM_TLS_CA",
+        help="PEM CA bundle to verify wss:// nodes (default: system CAs). Env: DELLM_TLS_CA.",
+    )(f)
+    return click.option(
+        "--cluster-key-file",
+        type=click.Path(exists=True, dir_okay=False),
+        envvar=KEY_FILE_ENV,
+        help=f"The cluster's shared key (see `dellm keygen`), for nodes that require one. Env: {KEY_FILE_ENV}.",
+    )(f)
+
+
+def _security(cluster_key_file: str | None, tls_ca: str | None) -> dict[str, Any]:
+    """``cluster_key`` and ``ssl_context`` keyword arguments from the options; a bad file is a usage error."""
+    try:
+        return {
+            "cluster_key": load_cluster_key(cluster_key_file) if cluster_key_file else None,
+            "ssl_context": client_ssl_context(tls_ca) if tls_ca else None,
+        }
+    except SecurityConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing key file (nodes still using the old key lock out).")
+def keygen(path: str | None, force: bool) -> None:
+    """Write a new random cluster key to PATH (default ~/.config/dellm/cluster.key), file mode 0600.
+
+    Copy the file to every node (dellm-node --cluster-key-file PATH) and to
+    the clients that may use the cluster (dellm ... --cluster-key-file PATH).
+    """
+    try:
+        written = write_key_file(Path(path) if path else default_key_path(), force=force)
+    except SecurityConfigError as exc:
+        err.print(f"dellm: error: {exc}", markup=False)
+        sys.exit(1)
+    click.echo(f"wrote a new cluster key to {written} (mode 0600); use it with --cluster-key-file {written}")
+
+
 @main.command()
 @_peer_option
+@_security_options
 @click.argument("question")
 @click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True)
@@ -49,25 +105,37 @@ def _peer_option(f):
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=120.0, show_default=True, help="Seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the completion as JSON.")
 def generate(
-    peer: str, question: str, max_tokens: int, temperature: float, top_p: float, n: int, timeout: float, as_json: bool
+    peer: str,
+    question: str,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    n: int,
+    timeout: float,
+    as_json: bool,
+    cluster_key_file: str | None,
+    tls_ca: str | None,
 ) -> None:
     """Stream one node's answer to QUESTION (no coordination, no voting)."""
     if not question.strip():
         raise click.BadParameter("the question is empty", param_hint="QUESTION")
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=n, logprobs=as_json)
-    sys.exit(run(_generate(peer, question, params, timeout, as_json)))
+    security = _security(cluster_key_file, tls_ca)
+    sys.exit(run(_generate(peer, question, params, timeout, as_json, security)))
 
 
-async def _generate(peer: str, question: str, params: SamplingParams, timeout_s: float, as_json: bool) -> int:
+async def _generate(
+    peer: str, question: str, params: SamplingParams, timeout_s: float, as_json: bool, security: dict[str, Any]
+) -> int:
     try:
-        async with await PeerClient.connect(peer, timeout_s=min(timeout_s, 10.0)) as client:
+        async with await PeerClient.connect(peer, timeout_s=min(timeout_s, 10.0), **security) as client:
             messages = [{"role": "user", "content": question}]
             if as_json:
                 result = await client.complete(messages=messages, params=params, timeout_s=timeout_s)
                 out.print_json(
                     json.dumps(
                         {
-                            "node": client.remote.model_dump(),
+                            "node": client.remote.model_dump(mode="json"),  # public key as hex
                             "texts": result.texts,
                             "logprobs": result.logprobs,
                             "done": result.done.model_dump(),
@@ -98,25 +166,26 @@ async def _generate(peer: str, question: str, params: SamplingParams, timeout_s:
                 )
             return 0
     except PeerError as exc:
-        err.print(f"dellm: error: {exc}")
+        err.print(f"dellm: error: {exc}", markup=False)
         return 1
 
 
 @main.command()
 @_peer_option
+@_security_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def stats(peer: str, as_json: bool) -> None:
+def stats(peer: str, as_json: bool, cluster_key_file: str | None, tls_ca: str | None) -> None:
     """Show a node's counters."""
-    sys.exit(run(_stats(peer, as_json)))
+    sys.exit(run(_stats(peer, as_json, _security(cluster_key_file, tls_ca))))
 
 
-async def _stats(peer: str, as_json: bool) -> int:
+async def _stats(peer: str, as_json: bool, security: dict[str, Any]) -> int:
     try:
-        async with await PeerClient.connect(peer) as client:
+        async with await PeerClient.connect(peer, **security) as client:
             rtt = await client.ping()
             result = await client.stats()
     except PeerError as exc:
-        err.print(f"dellm: error: {exc}")
+        err.print(f"dellm: error: {exc}", markup=False)
         return 1
     data = result.model_dump(exclude={"type", "nonce"}) | {"rtt_ms": round(rtt, 3)}
     if as_json:
@@ -144,11 +213,13 @@ async def _stats(peer: str, as_json: bool) -> int:
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=180.0, show_default=True, help="Seconds.")
 @click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the full trace as JSON.")
+@_security_options
 def ask(question: str, peers, interfaces, no_mdns: bool, as_json: bool, discover_timeout: float, **opts) -> None:
     """Ask the network QUESTION: decompose, route, vote, synthesize."""
     from ..coordinator.pipeline import check_question
     from ..swarm import AskOptions, Swarm, SwarmError
 
+    security = _security(opts.pop("cluster_key_file"), opts.pop("tls_ca"))
     opts["timeout_s"] = opts.pop("timeout")
     try:
         options = AskOptions(**opts).checked()
@@ -160,7 +231,7 @@ def ask(question: str, peers, interfaces, no_mdns: bool, as_json: bool, discover
         try:
             async with Swarm(
                 peers=peers, mdns=not no_mdns, mdns_interfaces=list(interfaces) or None,
-                options=options, discover_timeout_s=discover_timeout,
+                options=options, discover_timeout_s=discover_timeout, **security,
             ) as swarm:  # fmt: skip
                 if as_json:
                     answer = await swarm.ask(question)
@@ -169,7 +240,7 @@ def ask(question: str, peers, interfaces, no_mdns: bool, as_json: bool, discover
                     await show_progress(swarm, question, out, err)
             return 0
         except (SwarmError, PeerError) as exc:
-            err.print(f"dellm: error: {exc}")
+            err.print(f"dellm: error: {exc}", markup=False)
             return 1
 
     sys.exit(run(go()))
@@ -181,18 +252,35 @@ def ask(question: str, peers, interfaces, no_mdns: bool, as_json: bool, discover
 @click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
-def peers(peer: str | None, interfaces: tuple[str, ...], discover_timeout: float, as_json: bool, watch: bool) -> None:
+@_security_options
+def peers(
+    peer: str | None,
+    interfaces: tuple[str, ...],
+    discover_timeout: float,
+    as_json: bool,
+    watch: bool,
+    cluster_key_file: str | None,
+    tls_ca: str | None,
+) -> None:
     """Show the network as one node sees it: peers, RTT, fitness, state."""
+    security = _security(cluster_key_file, tls_ca)
     try:
-        sys.exit(run(_peers(peer, list(interfaces) or None, discover_timeout, as_json, watch)))
+        sys.exit(run(_peers(peer, list(interfaces) or None, discover_timeout, as_json, watch, security)))
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-async def _peers(peer: str | None, interfaces: list[str] | None, discover_s: float, as_json: bool, watch: bool) -> int:
+async def _peers(
+    peer: str | None,
+    interfaces: list[str] | None,
+    discover_s: float,
+    as_json: bool,
+    watch: bool,
+    security: dict[str, Any],
+) -> int:
     try:
         url = peer or await _discover_one(interfaces, discover_s)
-        async with await PeerClient.connect(url) as client:
+        async with await PeerClient.connect(url, **security) as client:
             if not watch:
                 rows = await _peer_rows(client)
                 out.print_json(json.dumps(rows)) if as_json else out.print(_peer_table(rows, url))
@@ -202,7 +290,7 @@ async def _peers(peer: str | None, interfaces: list[str] | None, discover_s: flo
                     live.update(_peer_table(await _peer_rows(client), url), refresh=True)
                     await asyncio.sleep(1.0)
     except PeerError as exc:
-        err.print(f"dellm: error: {exc}")
+        err.print(f"dellm: error: {exc}", markup=False)
         return 1
 
 
@@ -231,7 +319,7 @@ def _peer_table(rows: list[dict], url: str) -> Table:
     for r in rows:
         rtt = f"{r['rtt_ms']:.2f}" if r["rtt_ms"] is not None else "-"
         state = f"[{colors.get(r['state'], 'white')}]{r['state']}[/]"
-        table.add_row(r["name"], r["node_id"], r["url"], r["model"] or "(none)", str(r["capacity"]),
+        table.add_row(r["name"], r["node_id"], r["url"] or "(coordinator)", r["model"] or "(none)", str(r["capacity"]),
                       str(r["in_flight"]), rtt, f"{r['fitness']:.3f}", f"{r['last_seen_s']:.1f}", state)  # fmt: skip
     return table
 

@@ -18,9 +18,11 @@ from rich.console import Console
 
 from ..config import ConfigError, NodeConfig, load_config
 from ..engine import EngineError
+from ..identity import IdentityError
 from ..models import ModelError
 from ..node import Node
 from ..runtime import run, setup_logging
+from ..security import SecurityConfigError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -51,6 +53,16 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
     "--mdns-interface", "mdns_interfaces", multiple=True, metavar="IP", help="IPv4 address for mDNS (repeatable)."
 )
 @click.option("--advertise-url", metavar="URL", help="The ws:// URL peers should use to reach this node.")
+@click.option(
+    "--cluster-key-file",
+    type=click.Path(dir_okay=False),
+    help="Shared cluster secret (`dellm keygen` writes one): only peers with the same key get in.",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate: serve wss:// (with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert.")
+@click.option(
+    "--tls-ca", type=click.Path(dir_okay=False), help="PEM CA bundle to verify wss:// peers (default: system CAs)."
+)
 @click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug and vLLM logs.")
 def main(config_path: str | None, no_model: bool | None, no_mdns: bool | None, verbose: int, **options) -> None:
     """Serve a language model to dellm peers over websockets."""
@@ -97,7 +109,7 @@ async def serve(config: NodeConfig) -> int:
     stopping.cancel()
     try:
         url = starting.result()
-    except (ModelError, EngineError, OSError) as exc:
+    except (ModelError, EngineError, OSError, SecurityConfigError, IdentityError) as exc:
         await node.close(0)
         console.print(f"dellm-node: error: {exc}")
         return 1

@@ -40,6 +40,7 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
     """Run ``swarm.stream(question)`` with a live table on stderr, the answer on stdout."""
     board = _Board()
     streaming = False
+    streamed: list[str] = []  # synthesis text of the current synthesizer
     with Live(board.table(), console=err, refresh_per_second=8, transient=False) as live:
         async for event in swarm.stream(question):
             match event:
@@ -55,6 +56,9 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
                 case PeerFailed(chunk_id=cid, peer_id=peer, reason=reason):
                     if cid in board.rows:
                         board.rows[cid]["failed"] += 1
+                    if streaming and cid == "synthesis":  # the text so far is void; the next peer starts over
+                        out.print()
+                        streamed.clear()
                     err.print(f"[yellow]peer {peer[:8]} failed on {cid}: {reason}[/]")
                 case ChunkVoted(chunk_id=cid, result=result):
                     board.rows[cid]["vote"] = (result.winner.display if result.winner else "(none)")[:40]
@@ -65,10 +69,14 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
                         streaming = True
                         err.print("[dim]synthesizing…[/]")
                     out.print(text, end="", markup=False)
+                    streamed.append(text)
                 case Final(answer=answer):
                     live.update(board.table())
-                    if streaming:
+                    if streaming and "".join(streamed).strip() == answer.text:
                         out.print()
+                    elif streaming:  # synthesis failed after streaming: the fallback answer follows
+                        out.print()
+                        out.print(answer.text, markup=False)
                     else:
                         live.stop()
                         out.print(answer.text, markup=False)
@@ -79,6 +87,10 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
 def _summary(answer, err: Console) -> None:
     rewards = ", ".join(f"{r.node_id[:8]} {r.reward:+.3f}" for r in answer.rewards)
     who = f"synthesized by {answer.synthesizer[:8]}" if answer.synthesizer else "winner returned as is"
+    if not answer.synthesizer and len(answer.chunks) > 1:
+        who = "chunk answers listed"
+    for note in answer.notes:
+        err.print(f"[yellow]note: {note}[/]")
     err.print(
         f"[dim]{len(answer.chunks)} chunk(s), {who}, {answer.total_ms / 1000:.1f} s; rewards: {rewards or 'none'}[/]"
     )

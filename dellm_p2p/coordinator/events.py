@@ -36,7 +36,12 @@ class PeerToken:
 
 @dataclass(frozen=True)
 class PeerFailed:
-    """A peer failed or timed out on a chunk (``chunk_id`` is ``synthesis`` for the synthesis step)."""
+    """A peer failed or timed out on a chunk.
+
+    ``chunk_id`` is ``synthesis`` for the synthesis step: the
+    :class:`SynthesisToken` text streamed so far is then void, and the next
+    peer's tokens (if any) start the answer over.
+    """
 
     chunk_id: str
     peer_id: str
@@ -95,6 +100,9 @@ class SwarmAnswer:
         rewards: reward records issued and gossiped.
         fitness: fitness per node id after the rewards, as this coordinator sees it.
         total_ms: wall time of the whole question [ms].
+        notes: one line per failure that was recovered from in a way the
+            user should know, e.g. ``synthesis failed (...); the chunk
+            answers are listed as voted``. Empty when all went to plan.
     """
 
     question: str
@@ -104,6 +112,7 @@ class SwarmAnswer:
     rewards: list[RewardRecord] = field(default_factory=list)
     fitness: dict[str, float] = field(default_factory=dict)
     total_ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready trace (``dellm ask --json``)."""
@@ -115,7 +124,7 @@ class SwarmAnswer:
             for cand, raw_cand in zip(trace.candidates, raw["candidates"], strict=True):
                 raw_cand["confidence"] = cand.confidence
                 raw_cand.pop("logprobs", None)
-        data["rewards"] = [r.model_dump() for r in self.rewards]
+        data["rewards"] = [r.model_dump(mode="json") for r in self.rewards]  # signatures as hex
         return data
 
 

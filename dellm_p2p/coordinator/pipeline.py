@@ -5,6 +5,12 @@ requests run concurrently under a per-chunk deadline. A failed or timed-out
 peer's samples are re-routed to the next-best peer. Once no outstanding
 answer can change a chunk's winner, the stragglers are cancelled (their
 nodes abort the generation).
+
+Synthesis fails over too: the best peers that did not fail during this
+question are tried in turn (``1 + max_reroutes`` of them), each within what
+is left of the question's deadline; when none writes an answer, the chunk
+winners are returned joined, with a note in :attr:`SwarmAnswer.notes`. A
+question therefore ends with an answer or a one-line error, never a hang.
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ from ..protocol import SamplingParams, Token
 from .decompose import (
     LLM_DECOMPOSE_PROMPT,
     DecompositionError,
+    chunk_prompt,
     classify,
     complexity,
     decompose,
     parse_llm_decomposition,
-    render_chunk_prompt,
 )
 from .errors import AllPeersFailedError, NoPeersError, QuestionError
 from .events import (
@@ -44,14 +50,16 @@ from .events import (
     SwarmAnswer,
     SynthesisToken,
 )
-from .extract import ANSWER_SUFFIX, extract_answer
-from .reward import chunk_rewards, reward_records
+from .extract import extract_answer
+from .reward import chunk_rewards
 from .route import RouteWeights, eligible_peers, route, score_peers
 from .synthesize import fallback_answer, synthesis_messages
-from .types import Assignment, Candidate, Chunk, Operation, VoteResult
+from .types import Assignment, Candidate, Chunk, VoteResult
 from .vote import STRATEGIES, is_decided, judge_vote, majority, vote
 
 log = logging.getLogger(__name__)
+
+SYNTHESIS_RESERVE_S = 0.25  # kept from the question's deadline for the fallback answer [s]
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,8 @@ class AskOptions:
         decompose: ``rules``, ``llm`` (falls back to the rules on invalid
             output) or ``none`` (the whole question is one chunk).
         synthesize: let an LLM combine the chunk answers (else they are listed).
+        synthesis_max_tokens: tokens of the synthesized answer (at least
+            ``max_tokens`` are allowed).
         max_question_chars: longer questions are refused.
         max_reroutes: re-routes per chunk after peer failures.
         weights: routing-score weights.
@@ -81,6 +91,7 @@ class AskOptions:
     chunk_timeout_s: float = 90.0
     decompose: str = "rules"
     synthesize: bool = True
+    synthesis_max_tokens: int = 256
     max_question_chars: int = 10_000
     max_reroutes: int = 3
     weights: RouteWeights = field(default_factory=RouteWeights)
@@ -95,7 +106,7 @@ class AskOptions:
             raise QuestionError("redundancy must be between 1 and 16")
         if not 0 <= self.temperature <= 2:
             raise QuestionError("temperature must be between 0 and 2")
-        if self.timeout_s <= 0 or self.chunk_timeout_s <= 0 or self.max_tokens < 1:
+        if self.timeout_s <= 0 or self.chunk_timeout_s <= 0 or self.max_tokens < 1 or self.synthesis_max_tokens < 1:
             raise QuestionError("timeouts and max_tokens must be positive")
         return self
 
@@ -134,11 +145,14 @@ class QuestionRun:
         self.assigned: Counter[str] = Counter()  # chunks routed per peer, to spread the work
         self.traces: dict[str, ChunkTrace] = {}
         self.finished: dict[str, asyncio.Event] = {}
+        self.notes: list[str] = []  # what went wrong but was recovered from, for the answer
+        self.deadline: float | None = None  # loop time when the question's deadline passes
 
     async def run(self) -> SwarmAnswer:
         started = time.perf_counter()
         opts = self.options
-        async with asyncio.timeout(opts.timeout_s):
+        async with asyncio.timeout(opts.timeout_s) as scope:
+            self.deadline = scope.when()
             chunks = await self._decompose()
             for chunk in chunks:
                 self.traces[chunk.id] = ChunkTrace(chunk)
@@ -157,6 +171,7 @@ class QuestionRun:
             rewards=records,
             fitness=self.fitness.snapshot(),
             total_ms=round((time.perf_counter() - started) * 1000, 3),
+            notes=list(self.notes),
         )
 
     # Decompose.
@@ -187,10 +202,7 @@ class QuestionRun:
                 for d in chunk.depends_on
                 if (v := self.traces[d].vote) and v.winner
             }
-            prompt = render_chunk_prompt(chunk, known)
-            if chunk.operation is not Operation.GENERATE:  # open-ended text has no short answer to commit to
-                prompt = f"{prompt}\n{ANSWER_SUFFIX}"
-            await self._collect(chunk, prompt, trace)
+            await self._collect(chunk, chunk_prompt(chunk, known), trace)
             if not trace.candidates:
                 reasons = "; ".join(f"{peer}: {why}" for peer, why in trace.failures) or "no answer in time"
                 raise AllPeersFailedError(f"chunk {chunk.id} got no answer ({reasons})")
@@ -322,7 +334,7 @@ class QuestionRun:
             if trace.vote is None:
                 continue
             trace.rewards = chunk_rewards(trace.candidates, trace.vote)
-            records += reward_records(self.coordinator_id, trace.chunk.id, trace.rewards)
+            records += self.fitness.issue(trace.chunk.id, trace.rewards)  # signed by this coordinator
         for record in records:
             self.fitness.apply(record)
         if records:
@@ -333,6 +345,17 @@ class QuestionRun:
     # Synthesize.
 
     async def _synthesize(self, chunks: list[Chunk]) -> tuple[str, str | None]:
+        """The final text and the synthesizer's node id (``None`` when a winner or the fallback is returned).
+
+        Tries the best peers in turn (peers that failed during this question
+        last), at most ``1 + max_reroutes`` of them, each within
+        ``chunk_timeout_s`` and what is left of the question's deadline (less
+        :data:`SYNTHESIS_RESERVE_S`). A peer that errors, drops, times out or
+        writes nothing emits :class:`PeerFailed` with chunk id ``synthesis``
+        (its streamed tokens so far are void; the next peer starts over).
+        If every try fails, the chunk winners are returned joined
+        (:func:`fallback_answer`) and the reason is added to :attr:`notes`.
+        """
         votes = {c.id: self.traces[c.id].vote for c in chunks if self.traces[c.id].vote}
         if len(chunks) == 1:
             only = votes.get(chunks[0].id)
@@ -341,23 +364,46 @@ class QuestionRun:
         if not self.options.synthesize:
             return fallback_answer(chunks, votes), None
         messages = synthesis_messages(self.question, chunks, votes)
-        for peer in self._ranked_peers()[:3]:
+        params = SamplingParams(
+            max_tokens=max(self.options.synthesis_max_tokens, self.options.max_tokens), temperature=0.0
+        )
+        failed_here = {peer for trace in self.traces.values() for peer, _ in trace.failures}
+        ranked = self._ranked_peers()
+        ranked = [p for p in ranked if p.node_id not in failed_here] + [p for p in ranked if p.node_id in failed_here]
+        failures: list[str] = []
+        for peer in ranked[: 1 + self.options.max_reroutes]:
+            budget = min(self.options.chunk_timeout_s, self._time_left() - SYNTHESIS_RESERVE_S)
+            if budget <= 0:
+                failures.append("the question's deadline was near")
+                break
             parts: list[str] = []
             try:
-                client = await self.pool.get(peer.url)
-                params = SamplingParams(max_tokens=max(256, self.options.max_tokens), temperature=0.0)
-                async for item in client.generate(
-                    messages=messages, params=params, timeout_s=self.options.chunk_timeout_s
-                ):
-                    if isinstance(item, Token) and item.text:
-                        parts.append(item.text)
-                        await self.emit(SynthesisToken(peer.node_id, item.text))
+                async with asyncio.timeout(budget):
+                    client = await self.pool.get(peer.url)
+                    async for item in client.generate(messages=messages, params=params, timeout_s=budget):
+                        if isinstance(item, Token) and item.text:
+                            parts.append(item.text)
+                            await self.emit(SynthesisToken(peer.node_id, item.text))
                 text = "".join(parts).strip()
                 if text:
                     return text, peer.node_id
+                reason = "wrote an empty answer"
             except PeerError as exc:
-                await self.emit(PeerFailed("synthesis", peer.node_id, str(exc)))
+                reason = str(exc)
+            except TimeoutError:
+                reason = f"no synthesis within {budget:.3g} s"
+            failures.append(f"{peer.node_id}: {reason}")
+            await self.emit(PeerFailed("synthesis", peer.node_id, reason))
+        why = "; ".join(failures) if failures else "no alive peer with a model and spare capacity"
+        self.notes.append(f"synthesis failed ({why}); the chunk answers are listed as voted")
+        log.warning("question %r: synthesis failed (%s); returning the chunk answers", self.question[:60], why)
         return fallback_answer(chunks, votes), None
+
+    def _time_left(self) -> float:
+        """Seconds until the question's deadline (infinite before :meth:`run` set it)."""
+        if self.deadline is None:
+            return float("inf")
+        return self.deadline - asyncio.get_running_loop().time()
 
     # Helpers.
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..protocol import RewardRecord
 from .types import Candidate, VoteResult
 from .vote import cluster_keys
+
+if TYPE_CHECKING:
+    from ..identity import Identity
 
 AGREE = 0.05
 DISAGREE = -0.05
@@ -51,10 +55,24 @@ def chunk_rewards(candidates: Sequence[Candidate], result: VoteResult) -> dict[s
     return rewards
 
 
-def reward_records(issuer: str, chunk_id: str, rewards: dict[str, float]) -> list[RewardRecord]:
-    """Gossip-ready records for one chunk's rewards (unique ids, timestamp now)."""
+def reward_records(issuer: Identity, chunk_id: str, rewards: dict[str, float]) -> list[RewardRecord]:
+    """Gossip-ready records for one chunk's rewards (peer id -> reward), signed by ``issuer``.
+
+    Each gets a unique id, the issuer's next sequence number and the current
+    time [s since the epoch]; see ``rewards`` in :mod:`dellm_p2p.protocol`.
+    """
     now = time.time()
     return [
-        RewardRecord(id=uuid.uuid4().hex, issuer=issuer, node_id=peer, reward=reward, chunk=chunk_id, ts=now)
+        issuer.sign_reward(
+            RewardRecord(
+                id=uuid.uuid4().hex,
+                issuer=issuer.node_id,
+                seq=issuer.next_seq(),
+                node_id=peer,
+                reward=reward,
+                chunk=chunk_id,
+                ts=now,
+            )
+        )
         for peer, reward in rewards.items()
     ]

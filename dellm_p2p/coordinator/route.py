@@ -45,7 +45,7 @@ def score_peers(peers: Sequence[PeerRecord], weights: RouteWeights = RouteWeight
 def eligible_peers(
     peers: Sequence[PeerRecord], load: Mapping[str, int] | None = None, exclude: set[str] | frozenset[str] = frozenset()
 ) -> list[PeerRecord]:
-    """Peers that may take a request now: alive or suspect, serving a model, below capacity, not excluded.
+    """Peers that may take a request now: alive or suspect, with a URL, serving a model, below capacity, not excluded.
 
     ``load`` is what this coordinator already has in flight per peer; it adds
     to the in-flight count the peer last reported.
@@ -55,6 +55,7 @@ def eligible_peers(
         p
         for p in peers
         if p.model
+        and p.url
         and p.state in (PeerState.ALIVE, PeerState.SUSPECT)
         and p.node_id not in exclude
         and p.in_flight + load.get(p.node_id, 0) < max(p.capacity, 1)
