@@ -30,6 +30,7 @@ from .protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Auth,
+    Beat,
     Cancel,
     ChatMessage,
     Done,
@@ -404,14 +405,22 @@ class PeerClient:
         return await self._request(GetStats(nonce=next(self._nonces)), "stats", timeout_s)
 
     async def members(
-        self, entries: list[MemberEntry], timeout_s: float = 5.0, rewards: list[RewardRecord] | None = None
+        self,
+        entries: list[MemberEntry],
+        timeout_s: float = 5.0,
+        rewards: list[RewardRecord] | None = None,
+        *,
+        beats: list[Beat] | None = None,
+        want: list[str] | None = None,
     ) -> Members:
-        """Push-pull membership gossip: send our entries (and recent rewards), return the peer's.
+        """Push-pull membership gossip: send our entries, beats, wants (and recent rewards), return the peer's.
 
         Raises:
             PeerError: ``timeout`` or ``connection_lost``.
         """
-        message = Members(nonce=next(self._nonces), entries=entries, rewards=rewards or [])
+        message = Members(
+            nonce=next(self._nonces), entries=entries, beats=beats or [], want=want or [], rewards=rewards or []
+        )
         return await self._request(message, "members", timeout_s)
 
     async def peers(self, timeout_s: float = 5.0) -> Peers:

@@ -293,11 +293,19 @@ class FitnessBook:
             task.add_done_callback(self._tasks.discard)
 
     async def forward(self, records: list[RewardRecord], fanout: int, timeout_s: float = 3.0) -> int:
-        """Send ``records`` to up to ``fanout`` random alive peers (with a URL); returns how many took them."""
+        """Send ``records`` to up to ``fanout`` random alive peers (with a URL); returns how many took them.
+
+        Peers we already hold a pooled connection to come first: a new
+        websocket costs a TCP and hello handshake on both sides, and with
+        hundreds of peers a random pick mostly misses the pool (bench_scale).
+        The pooled connections are themselves a random, mixing set (see
+        :mod:`dellm_p2p.membership`), so the rumor still spreads epidemically.
+        """
         if self.pool is None:
             return 0
         targets = self.table.alive()
         random.shuffle(targets)
+        targets.sort(key=lambda p: self.pool.connection(p.url) is None)  # stable: connected first, random within
         sent = 0
 
         async def push(url: str) -> None:

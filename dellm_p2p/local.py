@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 
 _READY = re.compile(r"serving (?P<model>.+?) at (?P<url>wss?://\S+)")
 
@@ -120,3 +121,27 @@ class NodeProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def stop_all(nodes: Iterable[NodeProcess], timeout_s: float = 60.0) -> list[int | None]:
+    """SIGTERM every node at once (a second SIGTERM would cancel in-flight work), wait, SIGKILL stragglers.
+
+    ``timeout_s`` [s] is one deadline shared by all. Returns each node's exit
+    code, ``None`` for one that had to be killed.
+    """
+    nodes = list(nodes)
+    for node in nodes:
+        if node.proc.poll() is None:
+            try:
+                node.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout_s
+    codes: list[int | None] = []
+    for node in nodes:
+        try:
+            codes.append(node.proc.wait(max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            node.kill()
+            codes.append(None)
+    return codes

@@ -1,15 +1,21 @@
 """Membership: bootstrap peers, peer exchange by gossip, liveness and RTT.
 
-Every ``gossip_interval_s`` a node raises its heartbeat, applies the
-failure-detection timeouts of its :class:`~dellm_p2p.peer_table.PeerTable`,
-and exchanges member lists (push-pull ``members`` frames) with ``fanout``
-peers: first peers it has never reached (new from mDNS, bootstrap or
-gossip), then random alive ones it already holds a connection to, with one
-slot for a random unconnected peer so the partners keep mixing. Each exchange also pings the peer, feeding
-its RTT EWMA. A node that knows one peer therefore learns the rest within a
-few rounds (O(log N) rounds for N nodes), and silence propagates as suspect,
-then dead. A coordinator-only member (a Swarm: no URL) gossips its own entry
-like any node, so peers know its public key; it is never contacted.
+Every round a node raises its heartbeat, applies the failure-detection
+timeouts of its :class:`~dellm_p2p.peer_table.PeerTable`, and exchanges
+member lists (push-pull ``members`` frames) with ``fanout`` peers: its own
+entry in full, every other member as a compact *beat* (id, incarnation,
+heartbeat, in-flight); a member the receiver does not know yet is asked for
+(``want``) and sent in full by a follow-up push or the reply. A round lasts
+``gossip_interval_s`` up to 32 members and grows with log N beyond (see
+:meth:`Membership.round_interval`), so per-node gossip traffic grows as
+N / log N rather than N. Partners are first peers it has never reached (new
+from mDNS, bootstrap or gossip), then random alive ones it already holds a
+connection to, with one slot for a random unconnected peer so the partners
+keep mixing. Each exchange also pings the peer, feeding its RTT EWMA. A
+node that knows one peer therefore learns the rest within a few rounds
+(O(log N) rounds for N nodes), and silence propagates as suspect, then dead.
+A coordinator-only member (a Swarm: no URL) gossips its own entry like any
+node, so peers know its public key; it is never contacted.
 
 Connections are pooled (:class:`PeerPool`): one websocket per peer, reused by
 gossip and by coordinators.
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING
 from .client import PeerClient, PeerError
 from .discovery import Announcement
 from .peer_table import Observed, PeerState, PeerTable
-from .protocol import DEFAULT_MAX_FRAME_BYTES, ErrorCode, Hello, MemberEntry, Members, RewardRecord
+from .protocol import DEFAULT_MAX_FRAME_BYTES, Beat, ErrorCode, Hello, MemberEntry, Members, RewardRecord
 
 if TYPE_CHECKING:
     from .fitness import FitnessBook
@@ -242,7 +248,8 @@ class Membership:
         self.refusals: dict[str, str] = {}  # url -> why that peer refused our handshake (cluster key, node id)
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
-        self._digest: tuple[int, list[MemberEntry]] | None = None
+        self._digest: tuple[int, list[MemberEntry], list[Beat]] | None = None
+        self.interval_s = gossip_interval_s  # this round's length (grows with the network, see round_interval)
         self._base_timeouts = (table.suspect_after_s, table.dead_after_s)
         self.fitness: FitnessBook | None = None  # set by the owner: reward records ride along (anti-entropy)
 
@@ -263,13 +270,15 @@ class Membership:
             in_flight=self.in_flight(),
         )
 
-    def digest(self) -> list[MemberEntry]:
-        """Our member list; built once per round (and cached) since every exchange sends it."""
+    def digest(self) -> tuple[list[MemberEntry], list[Beat]]:
+        """What every exchange sends: our own entry in full (if we have one) and the other members as beats.
+
+        Built once per round (and cached), since every exchange of the round sends it.
+        """
         if self._digest is None or self._digest[0] != self.heartbeat:
             me = self.self_entry()
-            entries = self.table.digest()
-            self._digest = (self.heartbeat, [me, *entries] if me is not None else entries)
-        return self._digest[1]
+            self._digest = (self.heartbeat, [me] if me is not None else [], self.table.beats())
+        return self._digest[1], self._digest[2]
 
     async def start(self) -> None:
         """Start gossiping in the background."""
@@ -297,11 +306,18 @@ class Membership:
         """A peer pushed its member list (and recent rewards): merge them, answer with ours."""
         # Wake the loop only for a new or revived peer: heartbeats are news on
         # every push, and waking for them made rounds cascade far above the interval.
-        if self.table.observe_all(message.entries) is Observed.JOINED:
+        joined = self.table.observe_all(message.entries)
+        beat_news, want = self.table.observe_beats(message.beats, self.incarnation)
+        if max(joined, beat_news) is Observed.JOINED:
             self._wake.set()
         if self.fitness is not None:
             self.fitness.receive(message.rewards)
-        return Members(nonce=message.nonce, reply=True, entries=self.digest(), rewards=self._recent_rewards())
+        entries, beats = self.digest()
+        if message.want:
+            entries = entries + self.table.entries_for(message.want)
+        return Members(
+            nonce=message.nonce, reply=True, entries=entries, beats=beats, want=want, rewards=self._recent_rewards()
+        )
 
     def _recent_rewards(self) -> list[RewardRecord]:
         return self.fitness.recent() if self.fitness is not None else []
@@ -349,7 +365,7 @@ class Membership:
                 log.exception("gossip round failed")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.gossip_interval_s):
+                async with asyncio.timeout(self.interval_s):
                     await self._wake.wait()
 
     async def _round(self) -> None:
@@ -364,24 +380,40 @@ class Membership:
             for url in self._targets():
                 tasks.create_task(self._exchange(url))
 
+    def round_interval(self, size: int) -> float:
+        """Length of a gossip round [s] in a network of ``size`` nodes.
+
+        ``gossip_interval_s`` up to 32 nodes, then multiplied by
+        ceil(log2 N − log2 32) + 1 (hashicorp/memberlist's ``pushPullScale``
+        rule for its full-state exchanges): every exchange carries one beat
+        per member, so a fixed rate would make each node's gossip traffic
+        and CPU grow linearly with N (at N = 500 and 0.5 s: ~200 KB/s per
+        node, and more CPU than bench_scale's 500 simulated nodes have).
+        """
+        if size <= 32:
+            return self.gossip_interval_s
+        return self.gossip_interval_s * (math.ceil(math.log2(size) - 5) + 1)
+
     def _scale_timeouts(self) -> None:
-        """Stretch the failure-detection timeouts with the network size.
+        """Stretch the round length and the failure-detection timeouts with the network size.
 
         A heartbeat needs about log_fanout(N) gossip rounds to reach every
         node, so fixed timeouts produce false suspicions in large networks
         (SWIM and Lifeguard scale theirs the same way). The configured values
-        are the minimum: suspect after max(configured, interval × (2 + 2 ×
-        log_fanout N)); dead after the same multiple of the configured ratio.
+        are the minimum: suspect after max(configured, round × (2 + 2 ×
+        log_fanout N)), the round as :meth:`round_interval`; dead after the
+        same multiple of the configured ratio.
         """
         suspect, dead = self._base_timeouts
         size = max(2, len(self.table) + 1)
-        spread = self.gossip_interval_s * (2 + 2 * math.log(size, max(2, self.fanout)))
+        self.interval_s = self.round_interval(size)
+        spread = self.interval_s * (2 + 2 * math.log(size, max(2, self.fanout)))
         self.table.suspect_after_s = max(suspect, spread)
         self.table.dead_after_s = self.table.suspect_after_s * dead / suspect
 
     def _targets(self) -> list[str]:
         now = time.monotonic()
-        retry_after = max(5 * self.gossip_interval_s, 2.0)
+        retry_after = max(5 * self.interval_s, 2.0)
         peers = self.table.alive()
         fresh = [p.url for p in peers if p.rtt_ms is None]
         known_urls = {p.url for p in self.table.records()}
@@ -411,7 +443,14 @@ class Membership:
             async with asyncio.timeout(self.rpc_timeout_s):
                 client = await self.pool.get(url)
                 rtt = await client.ping(self.rpc_timeout_s)
-                reply = await client.members(self.digest(), self.rpc_timeout_s, rewards=self._recent_rewards())
+                entries, beats = self.digest()
+                reply = await client.members(entries, self.rpc_timeout_s, rewards=self._recent_rewards(), beats=beats)
+                self.table.observe_all(reply.entries)
+                _, want = self.table.observe_beats(reply.beats, self.incarnation)
+                if want or reply.want:  # one more push: the entries it asked for, and ours to ask for
+                    extra = entries + self.table.entries_for(reply.want)
+                    more = await client.members(extra, self.rpc_timeout_s, want=want)
+                    self.table.observe_all(more.entries)
         except (PeerError, TimeoutError) as exc:
             if self._keep_busy(url, exc):
                 return
@@ -438,7 +477,6 @@ class Membership:
         if remote.node_id == self.node_id:
             return
         self._add(remote.node_id, url, "bootstrap", remote.model, remote.capacity, remote.name, remote.public_key)
-        self.table.observe_all(reply.entries)
         self.table.record_rtt(remote.node_id, rtt)
         if self.fitness is not None:
             self.fitness.receive(reply.rewards)

@@ -97,11 +97,22 @@ Messages (fields; units in brackets)
               higher one), heartbeat (int, increased by the node every gossip
               round), state (alive | left), in_flight (int)). An entry whose
               node_id is not derived from its public_key is dropped (the rest
-              of the frame is used). Membership
-              gossip, push-pull: a ``members`` with reply=false is answered
-              by the receiver's own ``members`` with reply=true and the same
-              nonce. An entry replaces what the receiver knows only when its
-              (incarnation, heartbeat) is higher. rewards (list of reward
+              of the frame is used). beats (list of at most 4096 arrays
+              [node_id, incarnation, heartbeat, in_flight, left (bool)]):
+              the liveness part of an entry, for members the receiver
+              already knows in full; a beat for a member the receiver does
+              not know (or with a higher incarnation than it knows) is not
+              applied but asked for: want (list of at most 4096 node ids)
+              names members whose full entries the sender needs; the
+              receiver of a want puts those entries in its next ``members``
+              to the sender (the reply, or a follow-up push). Typically a
+              node sends its own entry in full and everyone else as beats,
+              so a frame costs about 33 bytes per member instead of ~180.
+              Membership gossip, push-pull: a ``members`` with reply=false
+              is answered by the receiver's own ``members`` with reply=true
+              and the same nonce. An entry or beat replaces what the
+              receiver knows only when its (incarnation, heartbeat) is
+              higher. rewards (list of reward
               records, see ``rewards``) carries the sender's recent records:
               anti-entropy, so a record that push gossip missed still
               reaches every node.
@@ -459,11 +470,18 @@ def reward_signing_bytes(record: RewardRecord) -> bytes:
     )
 
 
+Count = Annotated[int, Field(ge=0, lt=1 << 64)]
+# The liveness part of a member entry: (node_id, incarnation, heartbeat, in_flight, left).
+Beat = tuple[NodeId, Count, Count, Count, bool]
+
+
 class Members(_Message):
     type: Literal["members"] = "members"
     nonce: int = 0
     reply: bool = False
     entries: Annotated[list[MemberEntry], Field(max_length=MAX_MEMBER_ENTRIES)] = []
+    beats: Annotated[list[Beat], Field(max_length=MAX_MEMBER_ENTRIES)] = []
+    want: Annotated[list[NodeId], Field(max_length=MAX_MEMBER_ENTRIES)] = []
     rewards: Annotated[list[RewardRecord], Field(max_length=MAX_REWARD_RECORDS)] = []
 
 

@@ -74,7 +74,6 @@ import platform
 import re
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -414,20 +413,14 @@ def start_nodes(nodes: list, count: int, state_root: Path, max_concurrency: int,
 
 
 def stop_nodes(nodes: Sequence, log, timeout_s: float = 60.0) -> None:
-    """SIGTERM every node at once (a second SIGTERM would cancel at once), wait, SIGKILL stragglers."""
-    for node in nodes:
-        with contextlib.suppress(ProcessLookupError):
-            if node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for node in nodes:
-        try:
-            code = node.proc.wait(max(0.1, deadline - time.monotonic()))
-            if code != 0:
-                log(f"node {node.url} exited with {code}:\n{node.stderr_tail(5)}")
-        except subprocess.TimeoutExpired:
-            log(f"node {node.url} did not stop within {timeout_s:g} s; killing it")
-            node.kill()
+    """Stop the nodes (:func:`dellm_p2p.local.stop_all`); log the ones that failed or had to be killed."""
+    from dellm_p2p.local import stop_all
+
+    for node, code in zip(nodes, stop_all(nodes, timeout_s), strict=True):
+        if code is None:
+            log(f"node {node.url} did not stop within {timeout_s:g} s; killed it")
+        elif code != 0:
+            log(f"node {node.url} exited with {code}:\n{node.stderr_tail(5)}")
 
 
 async def read_fitness(urls: Sequence[str], timeout_s: float = 5.0) -> dict[str, Any]:

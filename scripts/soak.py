@@ -230,18 +230,10 @@ def start_nodes(count: int, peers: list[str], state_root: Path, max_concurrency:
 
 
 def stop_nodes(slots: list[NodeSlot], timeout_s: float = 60.0) -> None:
-    """SIGTERM every started node at once, wait, SIGKILL stragglers."""
-    started = [s.process for s in slots if s.process is not None]
-    for node in started:
-        with contextlib.suppress(ProcessLookupError):
-            if node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for node in started:
-        try:
-            node.proc.wait(max(0.1, deadline - time.monotonic()))
-        except Exception:
-            node.kill()
+    """Stop every node this script started (:func:`dellm_p2p.local.stop_all`)."""
+    from dellm_p2p.local import stop_all
+
+    stop_all([s.process for s in slots if s.process is not None], timeout_s)
 
 
 # --------------------------------------------------------------------------- the load
@@ -411,9 +403,8 @@ async def report_progress(tally: Tally, t0: float, slots: list[NodeSlot], every_
 
 async def soak(args: argparse.Namespace, slots: list[NodeSlot]) -> dict[str, Any]:
     from dellm_p2p.client import PeerClient
-    from dellm_p2p.swarm import Swarm
-
     from dellm_p2p.security import cluster_key_from_env
+    from dellm_p2p.swarm import Swarm
 
     questions = load_questions(args.data_dir)
     urls = [s.url for s in slots]

@@ -203,9 +203,13 @@ async def test_members_gossip_merges_and_answers(caplog):
 
             entry = MemberEntry(node_id=far.node_id, url="ws://127.0.0.1:8", public_key=far.public_key, heartbeat=3)
             reply = await client.members([entry])
-            assert reply.reply and {e.node_id for e in reply.entries} >= {hub.node_id, far.node_id}
+            assert reply.reply and [e.node_id for e in reply.entries] == [hub.node_id], "its own entry, in full"
             assert table.get(far.node_id).heartbeat == 3
-            assert "spoke" not in {e.node_id for e in reply.entries}, "a peer without a known key is not gossiped"
+            assert [b[0] for b in reply.beats] == [far.node_id], "others as beats; a peer without a key is not gossiped"
+            assert tuple(reply.beats[0]) == (far.node_id, 0, 3, 0, False)
+            wanted = await client.members([], want=[far.node_id, "unknown"])
+            assert {e.node_id for e in wanted.entries} == {hub.node_id, far.node_id}
+            assert wanted.entries[-1].url == "ws://127.0.0.1:8"
         with caplog.at_level(logging.ERROR):
             with pytest.raises(Exception, match="duplicate_node_id"):
                 await PeerClient.connect(url, node_id=hub.node_id)
@@ -253,3 +257,13 @@ async def test_mute_websocket_peer_does_not_stall_handshake():
         with pytest.raises(Exception, match="handshake"):
             await PeerClient.connect(f"ws://127.0.0.1:{port}", timeout_s=1)
         assert time.monotonic() - started < 3
+
+
+def test_round_interval_grows_with_log_of_network_size():
+    me = Identity.generate()
+    membership = Membership(
+        node_id=me.node_id, name="me", url=None, model=None, capacity=0, table=PeerTable(me.node_id),
+        pool=PeerPool(node_id=me.node_id, name="me", url=None), gossip_interval_s=0.5,
+    )  # fmt: skip
+    sizes = {n: membership.round_interval(n) for n in (2, 32, 33, 64, 100, 500, 1000)}
+    assert sizes == {2: 0.5, 32: 0.5, 33: 1.0, 64: 1.0, 100: 1.5, 500: 2.5, 1000: 3.0}

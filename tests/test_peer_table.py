@@ -214,3 +214,47 @@ def test_coordinator_member_without_url_is_known_gossiped_but_not_reachable(tabl
     assert sent.url is None and sent.public_key == ident("c").public_key
     table.observe(entry(B))
     assert [p.node_id for p in table.alive()] == [B]
+
+
+# Beats: the compact liveness part of an entry.
+
+
+def test_beats_list_what_digest_lists(table, clock):
+    table.observe(entry(heartbeat=4, in_flight=2))
+    table.observe(entry(C, heartbeat=1))
+    clock.now += 9
+    table.sweep()  # both dead
+    table.observe(entry(heartbeat=5, in_flight=2))  # B is back
+    assert table.beats() == [(B, 1000, 5, 2, False)]
+    assert [e.node_id for e in table.entries_for([B, C, "nobody"])] == [B], "dead and unknown members are skipped"
+
+
+def test_beat_of_known_member_advances_liveness(table, clock):
+    table.observe(entry(heartbeat=1))
+    clock.now += 2
+    assert table.observe_beats([(B, 1000, 2, 7, False)]) == (Observed.UPDATED, [])
+    peer = table.get(B)
+    assert (peer.heartbeat, peer.in_flight, peer.last_seen) == (2, 7, clock.now)
+    assert table.observe_beats([(B, 1000, 2, 0, False), (B, 999, 50, 0, False)]) == (Observed.NOTHING, []), "stale"
+
+
+def test_beat_of_unknown_or_restarted_member_is_asked_for(table):
+    table.observe(entry(heartbeat=3))
+    table.add_candidate(C, "ws://127.0.0.1:9", "mdns")  # known, but without a key
+    news, want = table.observe_beats([(B, 2000, 1, 0, False), (C, 1000, 1, 0, False), ("nz", 5, 1, 0, False)])
+    assert news is Observed.NOTHING and want == [B, C, "nz"]
+    assert table.get(B).heartbeat == 3 and "nz" not in table, "nothing applied before the full entry arrives"
+    assert table.observe_beats([("ngone", 5, 1, 0, True)]) == (Observed.NOTHING, []), "a goodbye of a stranger"
+
+
+def test_beats_carry_goodbye_and_revival(table, clock):
+    table.observe(entry(heartbeat=1))
+    assert table.observe_beats([(B, 1000, 2, 0, True)])[0] is Observed.UPDATED
+    assert table.get(B).state is PeerState.LEFT
+    assert table.observe_beats([(B, 1000, 3, 0, False)])[0] is Observed.JOINED
+    assert table.get(B).state is PeerState.ALIVE
+
+
+def test_beat_with_our_id_is_asked_for_only_from_another_incarnation(table):
+    assert table.observe_beats([(ME, 77, 1, 0, False)], self_incarnation=77) == (Observed.NOTHING, [])
+    assert table.observe_beats([(ME, 78, 1, 0, False)], self_incarnation=77) == (Observed.NOTHING, [ME])

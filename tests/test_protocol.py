@@ -43,6 +43,8 @@ from dellm_p2p.protocol import (
     reward_signing_bytes,
 )
 
+PV = PROTOCOL_VERSION
+
 
 def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
@@ -168,6 +170,8 @@ ROUND_TRIP = [
                 MemberEntry(node_id="n2", url="ws://127.0.0.1:2", public_key=KEY, state="left"),
                 MemberEntry(node_id="c3", url=None, public_key=KEY),  # a coordinator-only member
             ],
+            beats=[("n4", 9, 3, 1, False), ("n5", 1, 1, 0, True)],
+            want=["n6"],
         ),
         id="members",
     ),
@@ -250,7 +254,7 @@ def test_other_defaults():
     done = decode(pack({"type": "done", "id": "r", "finish_reasons": ["stop"]}))
     assert done.usage == Usage(prompt_tokens=0, completion_tokens=0)
     assert done.timings == Timings(queued_ms=None, first_token_ms=None, total_ms=0.0)
-    hello = decode(pack({"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n"}))
+    hello = decode(pack({"type": "hello", "protocol": PV, "node_id": "n"}))
     assert (hello.model, hello.capacity, hello.max_model_len) == (None, 0, None)
     error = decode(pack({"type": "error", "code": "timeout", "message": "late"}))
     assert error.id is None
@@ -267,7 +271,7 @@ def test_other_defaults():
             gen(prompt=None, messages=[{"role": "user", "content": "hi", "name": "bob"}]), id="generate-chat-message"
         ),
         pytest.param(
-            {"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "features": ["embeddings"], "region": "eu"}, id="hello"
+            {"type": "hello", "protocol": PV, "node_id": "n", "features": ["embeddings"], "region": "eu"}, id="hello"
         ),
         pytest.param({"type": "ping", "nonce": 1, "sent_at": 1.5}, id="ping"),
         pytest.param(
@@ -378,9 +382,9 @@ def test_unknown_or_missing_type(frame, request_id):
         pytest.param(gen(prompt=None), "req-1", id="neither-messages-nor-prompt"),
         # other messages
         pytest.param({"type": "hello", "node_id": "n"}, None, id="hello-missing-protocol"),
-        pytest.param({"type": "hello", "protocol": PROTOCOL_VERSION}, None, id="hello-missing-node_id"),
+        pytest.param({"type": "hello", "protocol": PV}, None, id="hello-missing-node_id"),
         pytest.param({"type": "hello", "protocol": "one", "node_id": "n"}, None, id="hello-protocol-string"),
-        pytest.param({"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "capacity": -1}, None, id="hello-neg-capacity"),
+        pytest.param({"type": "hello", "protocol": PV, "node_id": "n", "capacity": -1}, None, id="hello-neg-capacity"),
         pytest.param({"type": "token", "id": "req-1"}, "req-1", id="token-missing-text"),
         pytest.param({"type": "token", "id": "req-1", "text": "x", "index": -1}, "req-1", id="token-neg-index"),
         pytest.param({"type": "token", "id": "req-1", "text": "x", "logprobs": "high"}, "req-1", id="token-logprobs"),
@@ -397,16 +401,20 @@ def test_unknown_or_missing_type(frame, request_id):
         pytest.param({"type": "auth", "proof": "AB" * 32}, None, id="auth-proof-uppercase"),
         pytest.param({"type": "auth", "proof": "ab" * 31}, None, id="auth-proof-short"),
         pytest.param({"type": "auth", "proof": b"\x00" * 32}, None, id="auth-proof-bytes"),
-        pytest.param({"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "auth_nonce": "xyz"}, None, id="hello-bad-nonce"),
+        pytest.param({"type": "hello", "protocol": PV, "node_id": "n", "auth_nonce": "xyz"}, None, id="hello-nonce"),
         pytest.param(
-            {"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "public_key": b"k" * 31}, None, id="hello-key-31"
+            {"type": "hello", "protocol": PV, "node_id": "n", "public_key": b"k" * 31}, None, id="hello-key-31"
         ),
         pytest.param(
-            {"type": "hello", "protocol": PROTOCOL_VERSION, "node_id": "n", "public_key": "k" * 32}, None, id="hello-key-str"
+            {"type": "hello", "protocol": PV, "node_id": "n", "public_key": "k" * 32}, None, id="hello-key-str"
         ),
         pytest.param(
             {"type": "members", "entries": [{"node_id": "n", "url": "ws://h:1"}]}, None, id="member-without-key"
         ),
+        pytest.param({"type": "members", "beats": [["n", 1, 2, 0]]}, None, id="beat-short"),
+        pytest.param({"type": "members", "beats": [["n", -1, 2, 0, False]]}, None, id="beat-neg-incarnation"),
+        pytest.param({"type": "members", "beats": [[7, 1, 2, 0, False]]}, None, id="beat-int-id"),
+        pytest.param({"type": "members", "want": [""]}, None, id="want-empty-id"),
         pytest.param(
             {"type": "rewards", "records": [{"id": "r", "issuer": "c", "node_id": "n", "reward": 0, "seq": -1}]},
             None,

@@ -205,7 +205,7 @@ async def _stats(peer: str, as_json: bool, security: dict[str, Any]) -> int:
 @click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap node ws://host:port (repeatable).")
 @click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
 @click.option("--no-mdns", is_flag=True, help="Do not browse mDNS (use --peer).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="majority", show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="weighted", show_default=True)
 @click.option("--redundancy", "-k", type=click.IntRange(1, 16), default=3, show_default=True, help="Answers per chunk.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
 @click.option("--max-tokens", type=click.IntRange(1, 4096), default=160, show_default=True)
