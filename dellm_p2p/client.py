@@ -232,7 +232,11 @@ class PeerClient:
         tls = {"ssl": ssl_context} if ssl_context is not None and url.startswith("wss://") else {}
         try:
             async with asyncio.timeout(timeout_s):
-                ws = await websockets.connect(url, max_size=max_frame_bytes, compression=None, open_timeout=None, **tls)
+                # proxy=None: peers are direct (LAN or --peer URLs), and the default proxy lookup
+                # scans the environment on every connect (~2 ms; bench_scale opens ~100/s).
+                ws = await websockets.connect(
+                    url, max_size=max_frame_bytes, compression=None, open_timeout=None, proxy=None, **tls
+                )
                 try:
                     await ws.send(encode(hello))
                     reply = await _handshake_frame(ws, url)
@@ -449,6 +453,8 @@ class PeerClient:
             ) from None
         finally:
             self._waiters.pop(key, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # the connection may fail it while _send still raises its own error
 
     async def _send(self, message) -> None:
         if self.closed:

@@ -303,9 +303,13 @@ class FitnessBook:
         """
         if self.pool is None:
             return 0
-        targets = self.table.alive()
-        random.shuffle(targets)
-        targets.sort(key=lambda p: self.pool.connection(p.url) is None)  # stable: connected first, random within
+        open_urls = self.pool.open_urls()
+        alive = self.table.alive()
+        connected = [p for p in alive if p.url in open_urls]
+        targets = random.sample(connected, min(fanout, len(connected)))
+        if len(targets) < fanout:
+            others = [p for p in alive if p.url not in open_urls]
+            targets += random.sample(others, min(fanout - len(targets), len(others)))
         sent = 0
 
         async def push(url: str) -> None:

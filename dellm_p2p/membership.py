@@ -11,7 +11,8 @@ heartbeat, in-flight); a member the receiver does not know yet is asked for
 N / log N rather than N. Partners are first peers it has never reached (new
 from mDNS, bootstrap or gossip), then random alive ones it already holds a
 connection to, with one slot for a random unconnected peer so the partners
-keep mixing. Each exchange also pings the peer, feeding its RTT EWMA. A
+keep mixing. An exchange also pings the peer (at most every
+``ping_every_s`` per peer), feeding its RTT EWMA. A
 node that knows one peer therefore learns the rest within a few rounds
 (O(log N) rounds for N nodes), and silence propagates as suspect, then dead.
 A coordinator-only member (a Swarm: no URL) gossips its own entry like any
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from .identity import Identity
 
 log = logging.getLogger(__name__)
+
+SMALL_NETWORK = 32  # members; beyond, rounds stretch and fresh peers are contacted one per round
 
 
 class PeerPool:
@@ -116,6 +119,10 @@ class PeerPool:
     def clients(self) -> list[PeerClient]:
         return [c for c in self._clients.values() if not c.closed]
 
+    def open_urls(self) -> set[str]:
+        """URLs with an open pooled connection."""
+        return {url for url, client in self._clients.items() if not client.closed}
+
     def connection(self, url: str) -> PeerClient | None:
         """The pooled connection to ``url`` if one is open (never connects)."""
         client = self._clients.get(url)
@@ -135,8 +142,13 @@ class PeerPool:
         if pending is None:  # one connect per URL even when many callers race
             pending = asyncio.ensure_future(self._connect(url))
             self._connecting[url] = pending
-            pending.add_done_callback(lambda _: self._connecting.pop(url, None))
+            pending.add_done_callback(lambda done: self._connected(url, done))
         return await asyncio.shield(pending)
+
+    def _connected(self, url: str, done: asyncio.Future[PeerClient]) -> None:
+        self._connecting.pop(url, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter may have given up (timeout) before it failed
 
     async def _connect(self, url: str) -> PeerClient:
         try:
@@ -210,6 +222,10 @@ class Membership:
         gossip_interval_s: time between rounds [s].
         fanout: peers contacted per round.
         rpc_timeout_s: deadline of one exchange (connect, ping, members) [s].
+        ping_every_s: an exchange pings its partner (an RTT sample) when the
+            last sample of that peer is older than this [s]; the members
+            round trip alone still proves the peer alive. Pings are half the
+            frames of an exchange, so at 0.5 s rounds this halves them.
     """
 
     def __init__(
@@ -228,6 +244,7 @@ class Membership:
         fanout: int = 3,
         rpc_timeout_s: float = 3.0,
         identity: Identity | None = None,
+        ping_every_s: float = 5.0,
     ):
         if identity is not None and identity.node_id != node_id:
             raise ValueError(f"identity {identity.node_id} does not match node id {node_id}")
@@ -241,10 +258,13 @@ class Membership:
         self.gossip_interval_s = gossip_interval_s
         self.fanout = fanout
         self.rpc_timeout_s = rpc_timeout_s
+        self.ping_every_s = ping_every_s
         self.incarnation = time.time_ns() // 1_000_000
         self.heartbeat = 0
         self.left = False
         self._unreachable: dict[str, float] = {}  # url -> time of the last failed attempt
+        self._pinged: dict[str, float] = {}  # url -> time of our last RTT sample of it
+        self._asked: dict[str, float] = {}  # node id -> when we last asked a peer for its full entry
         self.refusals: dict[str, str] = {}  # url -> why that peer refused our handshake (cluster key, node id)
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -308,6 +328,7 @@ class Membership:
         # every push, and waking for them made rounds cascade far above the interval.
         joined = self.table.observe_all(message.entries)
         beat_news, want = self.table.observe_beats(message.beats, self.incarnation)
+        want = self._not_asked(want)
         if max(joined, beat_news) is Observed.JOINED:
             self._wake.set()
         if self.fitness is not None:
@@ -318,6 +339,25 @@ class Membership:
         return Members(
             nonce=message.nonce, reply=True, entries=entries, beats=beats, want=want, rewards=self._recent_rewards()
         )
+
+    def _not_asked(self, want: list[str]) -> list[str]:
+        """The ids of ``want`` not asked for within ``rpc_timeout_s``, now marked as asked.
+
+        A newcomer hears of the same unknown members from each partner of a
+        round; asking each of them for every full entry multiplied the join
+        cost (bench_scale, N = 500). One ask per member, repeated only if its
+        answer did not come.
+        """
+        if not want:
+            return want
+        now = time.monotonic()
+        horizon = now - self.rpc_timeout_s
+        if len(self._asked) > 2 * len(self.table) + 64:
+            self._asked = {k: t for k, t in self._asked.items() if t > horizon}
+        fresh = [node_id for node_id in want if self._asked.get(node_id, -1e9) <= horizon]
+        for node_id in fresh:
+            self._asked[node_id] = now
+        return fresh
 
     def _recent_rewards(self) -> list[RewardRecord]:
         return self.fitness.recent() if self.fitness is not None else []
@@ -376,6 +416,9 @@ class Membership:
                 peer = self.table.get(node_id)
                 if peer is not None:
                     await self.pool.drop(peer.url, f"peer {node_id} is dead (silent past the failure timeout)")
+        if len(self._pinged) > 2 * len(self.table) + 64:  # forgotten peers' URLs
+            horizon = time.monotonic() - 10 * self.ping_every_s
+            self._pinged = {u: t for u, t in self._pinged.items() if t > horizon}
         async with asyncio.TaskGroup() as tasks:
             for url in self._targets():
                 tasks.create_task(self._exchange(url))
@@ -390,7 +433,7 @@ class Membership:
         and CPU grow linearly with N (at N = 500 and 0.5 s: ~200 KB/s per
         node, and more CPU than bench_scale's 500 simulated nodes have).
         """
-        if size <= 32:
+        if size <= SMALL_NETWORK:
             return self.gossip_interval_s
         return self.gossip_interval_s * (math.ceil(math.log2(size) - 5) + 1)
 
@@ -412,10 +455,24 @@ class Membership:
         self.table.dead_after_s = self.table.suspect_after_s * dead / suspect
 
     def _targets(self) -> list[str]:
+        """This round's partners: up to ``fanout`` URLs.
+
+        Unknown bootstrap peers first, then peers never reached (their RTT is
+        unknown) — all of them in a small network, so RTTs are known within
+        a round or two; beyond :data:`SMALL_NETWORK` members only through the
+        exploration slot below, since contacting hundreds at once is a
+        connection storm (bench_scale, N = 500). Then peers we already hold a
+        connection to: a new websocket costs a TCP and hello handshake on
+        both sides, and with hundreds of peers random picks mostly missed the
+        pool (bench_scale, N = 500: 220 connects/s). One slot per round still
+        explores an unconnected peer, never-reached ones first (while the
+        pool has room; then one round in ``fanout``), so partners keep mixing.
+        """
         now = time.monotonic()
         retry_after = max(5 * self.interval_s, 2.0)
         peers = self.table.alive()
-        fresh = [p.url for p in peers if p.rtt_ms is None]
+        large = len(peers) > SMALL_NETWORK
+        fresh = [] if large else [p.url for p in peers if p.rtt_ms is None]
         known_urls = {p.url for p in self.table.records()}
         boot = [u for u in self.bootstrap if u not in known_urls]
         candidates = [u for u in dict.fromkeys(boot + fresh) if now - self._unreachable.get(u, -1e9) > retry_after]
@@ -423,30 +480,35 @@ class Membership:
         wanted = self.fanout - len(chosen)
         if wanted <= 0:
             return chosen
-        rest = [p.url for p in peers if p.url not in candidates]
-        connected = [u for u in rest if self.pool.connection(u) is not None]
-        others = [u for u in rest if self.pool.connection(u) is None]
-        random.shuffle(connected)
-        random.shuffle(others)
-        # Prefer peers we already hold a connection to: a new websocket costs a TCP and hello
-        # handshake on both sides, and with hundreds of peers random picks mostly missed the pool
-        # (bench_scale, N=500: 220 connects/s). One slot per round still explores an unconnected
-        # peer (while the pool has room; then one round in `fanout`), so partners keep mixing.
-        room = len(self.pool) < self.pool.max_connections
+        # Sampled, not shuffled: this runs every round over every known peer.
+        open_urls = self.pool.open_urls()
+        rest = [p for p in peers if p.url not in candidates]
+        connected = [p.url for p in rest if p.url in open_urls]
+        others = [p for p in rest if p.url not in open_urls and now - self._unreachable.get(p.url, -1e9) > retry_after]
+        room = len(open_urls) < self.pool.max_connections
         explore = min(len(others), 1 if room or random.random() < 1 / self.fanout else 0)
-        picks = others[:explore] + connected[: wanted - explore]
-        picks += others[explore : explore + wanted - len(picks)]
+        picks = random.sample(connected, min(len(connected), wanted - explore))
+        need = wanted - len(picks)  # the exploration slot, plus what the pool could not fill
+        never = [p for p in others if p.rtt_ms is None]
+        seen = [p for p in others if p.rtt_ms is not None]
+        explored = random.sample(never, min(len(never), need))
+        explored += random.sample(seen, min(len(seen), need - len(explored)))
+        picks += [p.url for p in explored]
         return chosen + picks
 
     async def _exchange(self, url: str) -> None:
         try:
             async with asyncio.timeout(self.rpc_timeout_s):
                 client = await self.pool.get(url)
-                rtt = await client.ping(self.rpc_timeout_s)
+                rtt = None
+                if time.monotonic() - self._pinged.get(url, -1e9) >= self.ping_every_s:
+                    rtt = await client.ping(self.rpc_timeout_s)
+                    self._pinged[url] = time.monotonic()
                 entries, beats = self.digest()
                 reply = await client.members(entries, self.rpc_timeout_s, rewards=self._recent_rewards(), beats=beats)
                 self.table.observe_all(reply.entries)
                 _, want = self.table.observe_beats(reply.beats, self.incarnation)
+                want = self._not_asked(want)
                 if want or reply.want:  # one more push: the entries it asked for, and ours to ask for
                     extra = entries + self.table.entries_for(reply.want)
                     more = await client.members(extra, self.rpc_timeout_s, want=want)
@@ -477,7 +539,10 @@ class Membership:
         if remote.node_id == self.node_id:
             return
         self._add(remote.node_id, url, "bootstrap", remote.model, remote.capacity, remote.name, remote.public_key)
-        self.table.record_rtt(remote.node_id, rtt)
+        if rtt is not None:
+            self.table.record_rtt(remote.node_id, rtt)
+        else:
+            self.table.touch(remote.node_id)
         if self.fitness is not None:
             self.fitness.receive(reply.rewards)
 

@@ -14,12 +14,15 @@ request (vLLM's ``n``) instead of duplicate requests.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..peer_table import PeerRecord, PeerState
 from .errors import NoPeersError
 from .types import Assignment, Chunk
+
+_ROUTABLE = frozenset((PeerState.ALIVE, PeerState.SUSPECT))
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,13 @@ class RouteWeights:
 
 def score_peers(peers: Sequence[PeerRecord], weights: RouteWeights = RouteWeights()) -> dict[str, float]:
     """Routing score per node id (lower is better), see module docstring."""
-    measured = [p.rtt_ms for p in peers if p.rtt_ms is not None and p.rtt_ms > 0]
-    slowest = max(measured, default=1.0)
-    scores = {}
-    for peer in peers:
-        norm_rtt = min(1.0, peer.rtt_ms / slowest) if peer.rtt_ms is not None else 1.0
-        scores[peer.node_id] = weights.rtt * norm_rtt + weights.fitness * (1.0 - peer.fitness)
-    return scores
+    slowest = max((p.rtt_ms for p in peers if p.rtt_ms is not None and p.rtt_ms > 0), default=1.0)
+    w_rtt, w_fitness = weights.rtt, weights.fitness
+    return {
+        p.node_id: w_rtt * (1.0 if p.rtt_ms is None or p.rtt_ms >= slowest else p.rtt_ms / slowest)
+        + w_fitness * (1.0 - p.fitness)
+        for p in peers
+    }
 
 
 def eligible_peers(
@@ -51,14 +54,15 @@ def eligible_peers(
     to the in-flight count the peer last reported.
     """
     load = load or {}
+    routable = _ROUTABLE
     return [
         p
         for p in peers
         if p.model
         and p.url
-        and p.state in (PeerState.ALIVE, PeerState.SUSPECT)
+        and p.state in routable
         and p.node_id not in exclude
-        and p.in_flight + load.get(p.node_id, 0) < max(p.capacity, 1)
+        and p.in_flight + (load.get(p.node_id, 0) if load else 0) < (p.capacity or 1)
     ]
 
 
@@ -96,12 +100,22 @@ def route(
     candidates = eligible_peers(peers, load, exclude)
     if not candidates:
         raise NoPeersError(f"no alive peer with a model can take chunk {chunk.id}")
+    # One pass and a partial sort (k is small): this runs for every chunk over every known peer
+    # (bench_scale: N = 500 peers, target p99 < 1 ms).
     scores = score_peers(candidates, weights)
-    assigned = assigned or {}
-    ranked = sorted(
-        candidates, key=lambda p: (scores[p.node_id] + weights.spread * assigned.get(p.node_id, 0), p.node_id)
-    )
-    chosen = ranked[: min(redundancy, len(ranked))]
+    if assigned:
+        spread = weights.spread
+        totals = {node_id: score + spread * assigned.get(node_id, 0) for node_id, score in scores.items()}
+    else:
+        totals = scores
+    # The k-th smallest total (a C-level partial sort of floats), then an exact sort of the few
+    # at or below it, ties by node id.
+    k = min(redundancy, len(candidates))
+    kth = heapq.nsmallest(k, totals.values())[-1]
+    best = sorted((total, node_id) for node_id, total in totals.items() if total <= kth)[:k]
+    wanted = {node_id for _, node_id in best}
+    by_id = {p.node_id: p for p in candidates if p.node_id in wanted}
+    chosen = [by_id[node_id] for _, node_id in best]
     base, extra = divmod(redundancy, len(chosen))
     return [
         Assignment(
