@@ -8,10 +8,11 @@ heartbeat, in-flight); a member the receiver does not know yet is asked for
 (``want``) and sent in full by a follow-up push or the reply. A round lasts
 ``gossip_interval_s`` up to 32 members and grows with log N beyond (see
 :meth:`Membership.round_interval`), so per-node gossip traffic grows as
-N / log N rather than N. Partners are first peers it has never reached (new
-from mDNS, bootstrap or gossip), then random alive ones it already holds a
-connection to, with one slot for a random unconnected peer so the partners
-keep mixing. An exchange also pings the peer (at most every
+N / log N rather than N. Partners are unknown bootstrap peers, then peers
+never reached (in a small network all of them; in a large one through the
+exploration slot only), then random alive ones it already holds a connection
+to, with one slot for an unconnected peer so the partners keep mixing (see
+``Membership._targets``). An exchange also pings the peer (at most every
 ``ping_every_s`` per peer), feeding its RTT EWMA. A
 node that knows one peer therefore learns the rest within a few rounds
 (O(log N) rounds for N nodes), and silence propagates as suspect, then dead.
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SMALL_NETWORK = 32  # members; beyond, rounds stretch and fresh peers are contacted one per round
+SMALL_NETWORK = 32  # members; beyond, rounds stretch and never-reached peers are explored one per round
 
 
 class PeerPool:
@@ -224,8 +225,8 @@ class Membership:
         rpc_timeout_s: deadline of one exchange (connect, ping, members) [s].
         ping_every_s: an exchange pings its partner (an RTT sample) when the
             last sample of that peer is older than this [s]; the members
-            round trip alone still proves the peer alive. Pings are half the
-            frames of an exchange, so at 0.5 s rounds this halves them.
+            round trip alone still proves the peer alive. Ping and pong are
+            two of an exchange's four frames, so most exchanges send half.
     """
 
     def __init__(
