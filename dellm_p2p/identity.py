@@ -253,6 +253,7 @@ def _write_id_file(path: Path, node_id: str) -> None:
         return
     if old:
         log.warning("node id is now %s, derived from the node key (it was %s before node keys)", node_id, old)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per call: two threads (or processes) starting on one state dir must not share a temp file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.write_text(node_id + "\n")
     os.replace(tmp, path)

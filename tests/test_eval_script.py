@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dellm_p2p.client import PeerError
+from dellm_p2p.coordinator.pipeline import AskOptions
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "eval.py"
@@ -248,7 +249,8 @@ def test_eval_script_runs_on_a_tiny_input(vllm_node, tmp_path):
     assert result["ks"] == [1, 3] and result["strategies"] == ["majority", "weighted"]
     assert result["model"] and result["temperature"] == 0.7 and result["date"]
     methods = {row["method"] for row in result["rows"]}
-    assert {"greedy", "sample", "swarm/k3/weighted", "pass@3", "ask/k3/majority"} <= methods
+    default = AskOptions().strategy  # the swarm.ask row uses the coordinator's default strategy
+    assert {"greedy", "sample", "swarm/k3/weighted", "pass@3", f"ask/k3/{default}"} <= methods
     for record in result["records"]:
         assert len(record["candidates"]) == 3, record.get("collect_failures")
         assert all(c["confidence"] is not None for c in record["candidates"]), "weighted needs real logprobs"
