@@ -321,7 +321,7 @@ class FitnessBook:
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                await asyncio.gather(*(push(p.url) for p in targets[:fanout]))
+                await asyncio.gather(*(push(p.url) for p in targets))
         return sent
 
     def recent(self, window_s: float = 10.0) -> list[RewardRecord]:

@@ -223,19 +223,25 @@ class PeerTable:
             return Observed.JOINED
         if (entry.incarnation, entry.heartbeat) <= known.version:
             return Observed.NOTHING
-        revived = known.state in (PeerState.DEAD, PeerState.LEFT) and entry.state == "alive"
         if entry.url != known.url:
             if entry.incarnation == known.incarnation:
                 log.warning("node id %s announced from %s and %s: duplicate id?", entry.node_id, known.url, entry.url)
             known.url, known.rtt_ms = entry.url, None
-        if revived:
-            log.info("peer %s rejoined at %s", entry.node_id, entry.url)
         # Updated in place: this runs for every entry of every exchange.
         known.name, known.model, known.capacity = entry.name, entry.model, entry.capacity
-        known.incarnation, known.heartbeat, known.in_flight = entry.incarnation, entry.heartbeat, entry.in_flight
-        known.last_seen = now
-        known.state = PeerState.LEFT if entry.state == "left" else PeerState.ALIVE
-        return Observed.JOINED if revived else Observed.UPDATED
+        known.incarnation = entry.incarnation
+        return self._advance(known, entry.heartbeat, entry.in_flight, entry.state == "left", now)
+
+    @staticmethod
+    def _advance(known: PeerRecord, heartbeat: int, in_flight: int, left: bool, now: float) -> Observed:
+        """Apply a newer heartbeat (from an entry or a beat): liveness, load, alive or left; a revival is JOINED."""
+        revived = known.state in (PeerState.DEAD, PeerState.LEFT) and not left
+        known.heartbeat, known.in_flight, known.last_seen = heartbeat, in_flight, now
+        known.state = PeerState.LEFT if left else PeerState.ALIVE
+        if revived:
+            log.info("peer %s rejoined at %s", known.node_id, known.url)
+            return Observed.JOINED
+        return Observed.UPDATED
 
     def add_candidate(
         self, node_id: str, url: str | None, source: str, public_key: bytes | None = None, **fields
@@ -367,14 +373,7 @@ class PeerTable:
                 continue
             if incarnation < known.incarnation or heartbeat <= known.heartbeat:
                 continue
-            revived = known.state in (PeerState.DEAD, PeerState.LEFT) and not left
-            known.heartbeat, known.in_flight, known.last_seen = heartbeat, in_flight, now
-            known.state = PeerState.LEFT if left else PeerState.ALIVE
-            if revived:
-                log.info("peer %s rejoined at %s", node_id, known.url)
-                result = Observed.JOINED
-            elif result is Observed.NOTHING:
-                result = Observed.UPDATED
+            result = max(result, self._advance(known, heartbeat, in_flight, left, now))
         return result, want
 
     def rows(self) -> list[PeerRow]:

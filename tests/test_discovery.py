@@ -217,33 +217,28 @@ async def test_members_gossip_merges_and_answers(caplog):
         await server.shutdown(0)
 
 
+def dellm(*args: str) -> subprocess.CompletedProcess:
+    """Run the ``dellm`` CLI (60 s deadline)."""
+    return subprocess.run(
+        [sys.executable, "-m", "dellm_p2p.cli.main", *args], capture_output=True, text=True, timeout=60
+    )
+
+
 def test_dellm_peers_cli_json_and_errors(nodes):
     node = nodes("cli")
-    done = subprocess.run(
-        [sys.executable, "-m", "dellm_p2p.cli.main", "peers", "--peer", node.url, "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = dellm("peers", "--peer", node.url, "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert rows[0]["node_id"] == node.node_id and rows[0]["state"] == "self"
-    stats = subprocess.run(
-        [sys.executable, "-m", "dellm_p2p.cli.main", "stats", "--peer", node.url, "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    stats = dellm("stats", "--peer", node.url, "--json")
     assert stats.returncode == 0, stats.stderr
     counters = json.loads(stats.stdout)
     for reason in ("signature", "replay", "stale", "non_member"):
         assert counters[f"rewards_rejected_{reason}"] == 0
     assert counters["identity_rejected"] == 0 and counters["rewards_applied"] == 0
-    found = subprocess.run(
-        [sys.executable, "-m", "dellm_p2p.cli.main", "peers", "--mdns-interface", "127.0.0.1", "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    found = dellm("peers", "--mdns-interface", "127.0.0.1", "--json")
     assert found.returncode == 0, found.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "dellm_p2p.cli.main", "peers", "--peer", "ws://127.0.0.1:9"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    bad = dellm("peers", "--peer", "ws://127.0.0.1:9")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "error" in bad.stderr
 
 
