@@ -419,10 +419,15 @@ class PeerClient:
     ) -> Members:
         """Push-pull membership gossip: send our entries, beats, wants (and recent rewards), return the peer's.
 
+        The frame is built without validation (gossip sends hundreds of beats
+        from the node's own table several times a round; validating them
+        again cost more than encoding them, bench_scale): bad beats or ids
+        are refused by the receiver (``invalid_message``).
+
         Raises:
             PeerError: ``timeout`` or ``connection_lost``.
         """
-        message = Members(
+        message = Members.model_construct(
             nonce=next(self._nonces), entries=entries, beats=beats or [], want=want or [], rewards=rewards or []
         )
         return await self._request(message, "members", timeout_s)

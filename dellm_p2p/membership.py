@@ -2,7 +2,8 @@
 
 Every round a node raises its heartbeat, applies the failure-detection
 timeouts of its :class:`~dellm_p2p.peer_table.PeerTable`, and exchanges
-member lists (push-pull ``members`` frames) with ``fanout`` peers: its own
+member lists (push-pull ``members`` frames) with ``fanout`` peers (one
+beyond 32 members, see ``large_fanout``): its own
 entry in full, every other member as a compact *beat* (id, incarnation,
 heartbeat, in-flight); a member the receiver does not know yet is asked for
 (``want``) and sent in full by a follow-up push or the reply. A round lasts
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SMALL_NETWORK = 32  # members; beyond, rounds stretch and never-reached peers are explored one per round
+EXPLORE_PROBABILITY = 1 / 3  # chance per round to gossip with an unconnected peer once the pool is full
 
 
 class PeerPool:
@@ -221,7 +223,14 @@ class Membership:
         bootstrap: ``ws://`` URLs contacted until they answer.
         in_flight: returns how many requests we serve now (gossiped).
         gossip_interval_s: time between rounds [s].
-        fanout: peers contacted per round.
+        fanout: peers contacted per round, up to 32 members.
+        large_fanout: peers contacted per round beyond 32 members. Every
+            exchange carries one beat per member, so at N = 500 three
+            partners a round (each also contacting us) made gossip the
+            whole CPU of bench_scale's 500 nodes on 2 cores; one partner a
+            round is what Cassandra's gossiper does, and push-pull with one
+            partner still spreads news in O(log N) rounds (the failure
+            timeouts stretch accordingly, see ``_scale_timeouts``).
         rpc_timeout_s: deadline of one exchange (connect, ping, members) [s].
         ping_every_s: an exchange pings its partner (an RTT sample) when the
             last sample of that peer is older than this [s]; the members
@@ -246,6 +255,7 @@ class Membership:
         rpc_timeout_s: float = 3.0,
         identity: Identity | None = None,
         ping_every_s: float = 5.0,
+        large_fanout: int = 1,
     ):
         if identity is not None and identity.node_id != node_id:
             raise ValueError(f"identity {identity.node_id} does not match node id {node_id}")
@@ -258,6 +268,7 @@ class Membership:
         self.in_flight = in_flight
         self.gossip_interval_s = gossip_interval_s
         self.fanout = fanout
+        self.large_fanout = large_fanout
         self.rpc_timeout_s = rpc_timeout_s
         self.ping_every_s = ping_every_s
         self.incarnation = time.time_ns() // 1_000_000
@@ -337,9 +348,28 @@ class Membership:
         entries, beats = self.digest()
         if message.want:
             entries = entries + self.table.entries_for(message.want)
-        return Members(
-            nonce=message.nonce, reply=True, entries=entries, beats=beats, want=want, rewards=self._recent_rewards()
+        return Members.model_construct(  # our own, already validated data (see PeerClient.members)
+            nonce=message.nonce,
+            reply=True,
+            entries=entries,
+            beats=self._news_for(message, beats),
+            want=want,
+            rewards=self._recent_rewards(),
         )
+
+    @staticmethod
+    def _news_for(message: Members, beats: list[Beat]) -> list[Beat]:
+        """Of our ``beats``, those newer than what the pushing peer sent (or that it did not send).
+
+        The rest would be no news to it: the reply carries about half of the
+        members instead of all of them, halving the reply's bytes and the
+        initiator's merge work.
+        """
+        theirs = {b[0]: (b[1], b[2]) for b in message.beats}
+        for entry in message.entries:
+            theirs[entry.node_id] = (entry.incarnation, entry.heartbeat)
+        floor = (-1, -1)
+        return [b for b in beats if theirs.get(b[0], floor) < (b[1], b[2])]
 
     def _not_asked(self, want: list[str]) -> list[str]:
         """The ids of ``want`` not asked for within ``rpc_timeout_s``, now marked as asked.
@@ -438,6 +468,10 @@ class Membership:
             return self.gossip_interval_s
         return self.gossip_interval_s * (math.ceil(math.log2(size) - 5) + 1)
 
+    def partners(self, size: int) -> int:
+        """Exchanges a node starts per round among ``size`` nodes: ``fanout``, or ``large_fanout`` beyond 32."""
+        return self.fanout if size <= SMALL_NETWORK else min(self.fanout, self.large_fanout)
+
     def _scale_timeouts(self) -> None:
         """Stretch the round length and the failure-detection timeouts with the network size.
 
@@ -446,17 +480,19 @@ class Membership:
         (SWIM and Lifeguard scale theirs the same way). The configured values
         are the minimum: suspect after max(configured, round × (2 + 2 ×
         log_fanout N)), the round as :meth:`round_interval`; dead after the
-        same multiple of the configured ratio.
+        same multiple of the configured ratio; the log's base is the
+        partners per round (:meth:`partners`), at least 2 (with push-pull,
+        one partner a round still doubles what a rumor reaches).
         """
         suspect, dead = self._base_timeouts
         size = max(2, len(self.table) + 1)
         self.interval_s = self.round_interval(size)
-        spread = self.interval_s * (2 + 2 * math.log(size, max(2, self.fanout)))
+        spread = self.interval_s * (2 + 2 * math.log(size, max(2, self.partners(size))))
         self.table.suspect_after_s = max(suspect, spread)
         self.table.dead_after_s = self.table.suspect_after_s * dead / suspect
 
     def _targets(self) -> list[str]:
-        """This round's partners: up to ``fanout`` URLs.
+        """This round's partners: up to :meth:`partners` URLs.
 
         Unknown bootstrap peers first, then peers never reached (their RTT is
         unknown) — all of them in a small network, so RTTs are known within
@@ -467,18 +503,20 @@ class Membership:
         both sides, and with hundreds of peers random picks mostly missed the
         pool (bench_scale, N = 500: 220 connects/s). One slot per round still
         explores an unconnected peer, never-reached ones first (while the
-        pool has room; then one round in ``fanout``), so partners keep mixing.
+        pool has room in a small network; otherwise one round in three), so
+        partners keep mixing.
         """
         now = time.monotonic()
         retry_after = max(5 * self.interval_s, 2.0)
         peers = self.table.alive()
         large = len(peers) > SMALL_NETWORK
+        count = self.partners(len(peers))
         fresh = [] if large else [p.url for p in peers if p.rtt_ms is None]
         known_urls = {p.url for p in self.table.records()}
         boot = [u for u in self.bootstrap if u not in known_urls]
         candidates = [u for u in dict.fromkeys(boot + fresh) if now - self._unreachable.get(u, -1e9) > retry_after]
-        chosen = candidates[: self.fanout]
-        wanted = self.fanout - len(chosen)
+        chosen = candidates[:count]
+        wanted = count - len(chosen)
         if wanted <= 0:
             return chosen
         # Sampled, not shuffled: this runs every round over every known peer.
@@ -486,8 +524,11 @@ class Membership:
         rest = [p for p in peers if p.url not in candidates]
         connected = [p.url for p in rest if p.url in open_urls]
         others = [p for p in rest if p.url not in open_urls and now - self._unreachable.get(p.url, -1e9) > retry_after]
-        room = len(open_urls) < self.pool.max_connections
-        explore = min(len(others), 1 if room or random.random() < 1 / self.fanout else 0)
+        # A large network gossips with one partner a round: exploring whenever
+        # the pool had room made every round a new connection (bench_scale,
+        # N = 500: 168 connects/s, a quarter of the CPU).
+        room = not large and len(open_urls) < self.pool.max_connections
+        explore = min(len(others), 1 if room or random.random() < EXPLORE_PROBABILITY else 0)
         picks = random.sample(connected, min(len(connected), wanted - explore))
         need = wanted - len(picks)  # the exploration slot, plus what the pool could not fill
         never = [p for p in others if p.rtt_ms is None]

@@ -110,7 +110,8 @@ Messages (fields; units in brackets)
               so a frame costs about 33 bytes per member instead of ~180.
               Membership gossip, push-pull: a ``members`` with reply=false
               is answered by the receiver's own ``members`` with reply=true
-              and the same nonce. An entry or beat replaces what the
+              and the same nonce; the reply's beats may leave out members
+              the push already had at the same or a newer version. An entry or beat replaces what the
               receiver knows only when its (incarnation, heartbeat) is
               higher. rewards (list of reward
               records, see ``rewards``) carries the sender's recent records:
@@ -130,7 +131,7 @@ Messages (fields; units in brackets)
               Identity)). Fitness gossip, no reply: a node applies each
               record it has not seen (fitness <- 0.9 * fitness + 0.1 *
               (fitness + reward), clamped to [0, 1]) and forwards it with
-              hops + 1 to a few peers while hops < 6, if it passes these
+              hops + 1 to a few peers while hops < 16, if it passes these
               checks, in this order; otherwise it drops the record, never
               forwards it, and counts it in ``stats``: ts within the
               receiver's freshness window of its own clock (default
@@ -575,6 +576,12 @@ class ProtocolError(ValueError):
 
 def encode(message: _Message) -> bytes:
     """Encode a message as one msgpack map (the payload of one binary frame); bytes fields become bin."""
+    if isinstance(message, Members) and message.beats:
+        # Beats are already plain tuples: dumping hundreds of them through
+        # pydantic doubled the cost of every gossip frame (bench_scale, N = 500).
+        fields = message.model_dump(exclude={"beats"})
+        fields["beats"] = message.beats
+        return msgpack.packb(fields, use_bin_type=True)
     return msgpack.packb(message.model_dump(exclude_none=False), use_bin_type=True)
 
 

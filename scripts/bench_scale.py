@@ -232,7 +232,8 @@ class _LogCounter(logging.Handler):
         self.counts[f"{record.levelname} {record.name}: {template}"] += 1
         if record.levelno >= logging.ERROR and self.printed < 5:
             self.printed += 1
-            print(f"[{self.tag}] {record.levelname} {record.name}: {record.getMessage()}", file=sys.stderr)
+            cause = f" ({record.exc_info[1]!r})" if record.exc_info and record.exc_info[1] is not None else ""
+            print(f"[{self.tag}] {record.levelname} {record.name}: {record.getMessage()}{cause}", file=sys.stderr)
 
 
 def install_log_counter(tag: str) -> _LogCounter:
@@ -685,11 +686,11 @@ def _watch_drops(pool: PeerPool, counts: Counter[str]) -> None:
     """Count the pool's ``drop`` calls that close a connection with requests open on it, by caller."""
     original = pool.drop
 
-    async def drop(url: str) -> None:
+    async def drop(url: str, *args: Any, **kwargs: Any) -> None:
         client = pool._clients.get(url)
         if client is not None and client.busy and not client.closed:
             counts[f"busy connection dropped by {sys._getframe(1).f_code.co_name}"] += 1
-        await original(url)
+        await original(url, *args, **kwargs)
 
     pool.drop = drop  # type: ignore[method-assign]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import subprocess
 import sys
@@ -205,9 +206,12 @@ async def test_members_gossip_merges_and_answers(caplog):
             reply = await client.members([entry])
             assert reply.reply and [e.node_id for e in reply.entries] == [hub.node_id], "its own entry, in full"
             assert table.get(far.node_id).heartbeat == 3
-            assert [b[0] for b in reply.beats] == [far.node_id], "others as beats; a peer without a key is not gossiped"
-            assert tuple(reply.beats[0]) == (far.node_id, 0, 3, 0, False)
+            assert reply.beats == [], "the push already had far's version: no news to send back"
             wanted = await client.members([], want=[far.node_id, "unknown"])
+            assert [b[0] for b in wanted.beats] == [far.node_id], "others as beats (not keyless ones)"
+            assert tuple(wanted.beats[0]) == (far.node_id, 0, 3, 0, False)
+            older = await client.members([], beats=[(far.node_id, 0, 2, 0, False)])
+            assert [tuple(b) for b in older.beats] == [(far.node_id, 0, 3, 0, False)], "newer than the push's beat"
             assert {e.node_id for e in wanted.entries} == {hub.node_id, far.node_id}
             assert wanted.entries[-1].url == "ws://127.0.0.1:8"
         with caplog.at_level(logging.ERROR):
@@ -262,3 +266,33 @@ def test_round_interval_grows_with_log_of_network_size():
     )  # fmt: skip
     sizes = {n: membership.round_interval(n) for n in (2, 32, 33, 64, 100, 500, 1000)}
     assert sizes == {2: 0.5, 32: 0.5, 33: 1.0, 64: 1.0, 100: 1.5, 500: 2.5, 1000: 3.0}
+
+
+def _membership_knowing(count: int, open_count: int) -> tuple[Membership, list[str]]:
+    """A membership whose table holds ``count`` alive peers (RTT known), ``open_count`` of them pooled."""
+    me = Identity.generate()
+    table = PeerTable(me.node_id)
+    urls = [f"ws://127.0.0.1:{20000 + i}" for i in range(count)]
+    for i, url in enumerate(urls):
+        peer = Identity.generate()
+        table.add_candidate(peer.node_id, url, "test", peer.public_key)
+        table.record_rtt(peer.node_id, 1.0 + i)
+    pool = PeerPool(node_id=me.node_id, name="me", url=None)
+    pool.open_urls = lambda: set(urls[:open_count])  # type: ignore[method-assign]
+    membership = Membership(
+        node_id=me.node_id, name="me", url=None, model=None, capacity=0, table=table, pool=pool, fanout=3,
+    )  # fmt: skip
+    return membership, urls
+
+
+def test_large_network_gossips_with_one_partner_a_round_and_rarely_explores():
+    small, _ = _membership_knowing(20, open_count=20)
+    assert small.partners(20) == 3 and len(small._targets()) == 3
+    large, urls = _membership_knowing(100, open_count=10)
+    assert large.partners(100) == 1
+    picks = [large._targets() for _ in range(300)]
+    assert all(len(p) == 1 for p in picks)
+    explored = sum(p[0] not in urls[:10] for p in picks)
+    assert 60 <= explored <= 140, f"an unconnected partner about one round in three, got {explored}/300"
+    large._scale_timeouts()  # log base 2 for one partner: slower suspicion than with three
+    assert large.table.suspect_after_s == pytest.approx(1.5 * (2 + 2 * math.log2(101)))

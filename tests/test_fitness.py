@@ -343,3 +343,38 @@ async def test_gossip_converges_and_dedupes_among_many_peers():
             await book.close()
         for server in servers:
             await server.shutdown(0)
+
+
+async def test_forward_widens_to_log_n_over_pooled_connections_only():
+    """ln N + 2 copies go to pooled peers; without enough pooled peers only ``fanout`` are reached."""
+    me = Identity.generate()
+    table = PeerTable(me.node_id)
+    urls = [f"ws://127.0.0.1:{30000 + i}" for i in range(100)]
+    for url in urls:
+        peer = Identity.generate()
+        table.observe(member(peer, url))
+    sent: list[str] = []
+
+    class Client:
+        def __init__(self, url: str):
+            self.url = url
+
+        async def rewards(self, records):
+            sent.append(self.url)
+
+    class Pool:
+        def __init__(self, open_urls: set[str]):
+            self._open = open_urls
+
+        def open_urls(self) -> set[str]:
+            return self._open
+
+        async def get(self, url: str) -> Client:
+            return Client(url)
+
+    book = FitnessBook(me.node_id, table, pool=Pool(set(urls[:50])), fanout=3)  # type: ignore[arg-type]
+    assert await book.forward([], 3) == 7  # ceil(ln 101 + 2)
+    assert set(sent) <= set(urls[:50])
+    sent.clear()
+    book.pool = Pool(set(urls[:1]))  # type: ignore[assignment]
+    assert await book.forward([], 3) == 3 and urls[0] in sent
