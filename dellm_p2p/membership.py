@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SMALL_NETWORK = 32  # members; beyond, rounds stretch and never-reached peers are explored one per round
+SMALL_NETWORK = 32  # members; beyond: one partner a round, rounds stretch, never-reached peers explored slowly
 EXPLORE_PROBABILITY = 1 / 3  # chance per round to gossip with an unconnected peer once the pool is full
 
 

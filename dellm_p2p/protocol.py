@@ -111,9 +111,9 @@ Messages (fields; units in brackets)
               Membership gossip, push-pull: a ``members`` with reply=false
               is answered by the receiver's own ``members`` with reply=true
               and the same nonce; the reply's beats may leave out members
-              the push already had at the same or a newer version. An entry or beat replaces what the
-              receiver knows only when its (incarnation, heartbeat) is
-              higher. rewards (list of reward
+              the push already had at the same or a newer version. An
+              entry or beat replaces what the receiver knows only when its
+              (incarnation, heartbeat) is higher. rewards (list of reward
               records, see ``rewards``) carries the sender's recent records:
               anti-entropy, so a record that push gossip missed still
               reaches every node.
