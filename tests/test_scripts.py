@@ -44,6 +44,26 @@ def test_bench_overhead_tiny(tmp_path):
     assert set(figures["ratios"]) >= {"b/a", "c/a"}
 
 
+@pytest.mark.slow
+def test_sweep_sampling_tiny(tmp_path):
+    out = tmp_path / "sweep.json"
+    done = script(
+        "sweep_sampling.py", "--limit", "2", "--samples", "2", "--temperatures", "0.7", "--top-p", "1",
+        "--max-tokens", "16", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sampling sweep" in done.stdout and "| T=0.7 top_p=1 |" in done.stdout
+    figures = json.loads(out.read_text())
+    (setting,) = figures["settings"]
+    assert set(setting["accuracy"]) >= {"one", "pass@2", "majority@2", "weighted@2"}
+    assert len(setting["replies"]) == 2 and all(len(r) == 2 for r in setting["replies"])
+
+
+def test_sweep_sampling_rejects_bad_arguments():
+    done = script("sweep_sampling.py", "--samples", "3", "--ks", "5")
+    assert done.returncode == 2 and "every k in 1..--samples" in done.stderr
+
+
 def _load_script(name: str):
     import importlib.util
     from pathlib import Path
