@@ -51,7 +51,7 @@ from dellm_p2p.coordinator.vote import vote  # noqa: E402
 from dellm_p2p.protocol import ChatMessage, SamplingParams  # noqa: E402
 
 STRATEGIES = ("majority", "weighted", "borda", "ranking")  # judge needs a second model call per question
-TIMEOUT_S = 600.0  # per request: a whole data set is queued on the engine at once
+TIMEOUT_S = 3600.0  # per request: a whole data set is queued at once (194 capitals x 7 at top-p 0.9: 520 s)
 
 
 def progress(text: str) -> None:
