@@ -53,7 +53,12 @@ async def test_answer_arrives_when_a_node_is_killed_mid_stream(vllm_node, tmp_pa
             serving = [p for p in swarm.table.alive() if p.model]
             assert victim.node_id in {p.node_id for p in serving}
             k = max(3, len(serving))
-            stream = swarm.stream("What is the capital of France?", redundancy=k, max_tokens=48, strategy="majority")
+            # Open-ended and sampled hot, so no two replies agree: a vote that two quick agreeing replies
+            # decide would cancel the victim's sample before its first token (a failure seen in CI).
+            stream = swarm.stream(
+                "Describe a walk in a forest.", redundancy=k, max_tokens=48, strategy="majority", temperature=1.0,
+                synthesize=False,
+            )  # fmt: skip
             async for event in stream:
                 if isinstance(event, PeerToken) and event.peer_id == victim.node_id and not killed:
                     victim.kill()  # SIGKILL mid-stream
