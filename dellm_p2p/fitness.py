@@ -313,12 +313,8 @@ class FitnessBook:
         pooled peers get the extra copies: new websockets for them cost
         more CPU than the copies saved (bench_scale, N = 500: 281
         connects/s). Each node forwards a record once, so this costs at
-        most (ln N + 2) × N frames per record (4,500 at N = 500).
-
-        Peers we already hold a pooled connection to come first: a new
-        websocket costs a TCP and hello handshake on both sides, and with
-        hundreds of peers a random pick mostly misses the pool (bench_scale).
-        The pooled connections are themselves a random, mixing set (see
+        most (ln N + 2) × N frames per record (4,500 at N = 500). The pooled
+        connections are themselves a random, mixing set (see
         :mod:`dellm_p2p.membership`), so the rumor still spreads epidemically.
         """
         if self.pool is None:

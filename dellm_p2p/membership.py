@@ -51,6 +51,14 @@ SMALL_NETWORK = 32  # members; beyond: one partner a round, rounds stretch, neve
 EXPLORE_PROBABILITY = 1 / 3  # chance per round to gossip with an unconnected peer once the pool is full
 
 
+def _forget_before(stamps: dict[str, float], horizon: float, members: int) -> dict[str, float]:
+    """``stamps`` (key -> monotonic time) without those older than ``horizon``, once it holds
+    more than 2 × ``members`` + 64 keys (peers forgotten since); otherwise ``stamps`` itself."""
+    if len(stamps) <= 2 * members + 64:
+        return stamps
+    return {key: at for key, at in stamps.items() if at > horizon}
+
+
 class PeerPool:
     """One reusable :class:`PeerClient` per peer URL.
 
@@ -383,8 +391,7 @@ class Membership:
             return want
         now = time.monotonic()
         horizon = now - self.rpc_timeout_s
-        if len(self._asked) > 2 * len(self.table) + 64:
-            self._asked = {k: t for k, t in self._asked.items() if t > horizon}
+        self._asked = _forget_before(self._asked, horizon, len(self.table))
         fresh = [node_id for node_id in want if self._asked.get(node_id, -1e9) <= horizon]
         for node_id in fresh:
             self._asked[node_id] = now
@@ -447,9 +454,7 @@ class Membership:
                 peer = self.table.get(node_id)
                 if peer is not None:
                     await self.pool.drop(peer.url, f"peer {node_id} is dead (silent past the failure timeout)")
-        if len(self._pinged) > 2 * len(self.table) + 64:  # forgotten peers' URLs
-            horizon = time.monotonic() - 10 * self.ping_every_s
-            self._pinged = {u: t for u, t in self._pinged.items() if t > horizon}
+        self._pinged = _forget_before(self._pinged, time.monotonic() - 10 * self.ping_every_s, len(self.table))
         async with asyncio.TaskGroup() as tasks:
             for url in self._targets():
                 tasks.create_task(self._exchange(url))

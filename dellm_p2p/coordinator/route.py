@@ -62,7 +62,7 @@ def eligible_peers(
         and p.url
         and p.state in routable
         and p.node_id not in exclude
-        and p.in_flight + (load.get(p.node_id, 0) if load else 0) < (p.capacity or 1)
+        and p.in_flight + load.get(p.node_id, 0) < (p.capacity or 1)
     ]
 
 
