@@ -24,17 +24,18 @@ subclasses with one-line messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from .client import PeerError
-from .coordinator.errors import AllPeersFailedError, NoPeersError, QuestionError, SwarmError
+from .coordinator.errors import AllPeersFailedError, DeadlineError, NoPeersError, QuestionError, SwarmError
 from .coordinator.events import Event, Final, SwarmAnswer
-from .coordinator.pipeline import AskOptions, QuestionRun, check_question
+from .coordinator.history import check_messages, split_conversation
+from .coordinator.pipeline import AskOptions, check_question
+from .coordinator.stream import stream_question
 from .discovery import MdnsDiscovery
 from .fitness import FitnessBook
 from .identity import Identity
@@ -43,7 +44,16 @@ from .peer_table import PeerTable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AllPeersFailedError", "AskOptions", "NoPeersError", "QuestionError", "Swarm", "SwarmAnswer", "SwarmError"]
+__all__ = [
+    "AllPeersFailedError",
+    "AskOptions",
+    "DeadlineError",
+    "NoPeersError",
+    "QuestionError",
+    "Swarm",
+    "SwarmAnswer",
+    "SwarmError",
+]
 
 
 class Swarm:
@@ -201,68 +211,65 @@ class Swarm:
             + (f"; {len(self.membership.refusals)} refused us, e.g. {refused}" if refused else "")
         )
 
-    async def ask(self, question: str, **options) -> SwarmAnswer:
+    async def ask(self, question: str, *, history: Sequence[Mapping[str, str]] = (), **options) -> SwarmAnswer:
         """Answer ``question``; keyword arguments override :class:`AskOptions` fields for this question.
 
+        Args:
+            question: what to answer (decomposed into chunks).
+            history: earlier messages of the conversation (``{"role",
+                "content"}``, oldest first), carried by every chunk prompt and
+                the synthesis, trimmed oldest first to fit the peers'
+                context windows (see :meth:`chat`).
+
         Raises:
-            QuestionError: empty or too long question, unknown strategy or setting.
+            QuestionError: empty or too long question, unknown strategy or setting, a malformed history.
             NoPeersError: no alive node serves a model.
             AllPeersFailedError: every peer failed on a chunk.
-            SwarmError: the question's deadline passed.
+            DeadlineError: the question's deadline passed (a :class:`SwarmError`).
         """
-        async for event in self.stream(question, **options):
+        async for event in self.stream(question, history=history, **options):
             if isinstance(event, Final):
                 return event.answer
         raise SwarmError("the pipeline ended without an answer")
 
-    async def stream(self, question: str, **options) -> AsyncIterator[Event]:
+    async def stream(
+        self, question: str, *, history: Sequence[Mapping[str, str]] = (), **options
+    ) -> AsyncIterator[Event]:
         """Answer ``question`` as a stream of typed events ending with :class:`Final` (same errors as :meth:`ask`)."""
         try:
             opts = dataclasses.replace(self.options, **options).checked()
         except TypeError as exc:
             raise QuestionError(f"unknown option: {exc}") from None
         text = check_question(question, opts.max_question_chars)
+        earlier = check_messages(history)
         if not self._started:
             await self.start()
         if not self._serving_peers():
             raise NoPeersError(self._no_peers_reason())
-        queue: asyncio.Queue = asyncio.Queue()
-        run = QuestionRun(
+        async for event in stream_question(
             text, opts, coordinator_id=self.node_id, table=self.table, pool=self.pool,
-            fitness=self.fitness, emit=queue.put,
-        )  # fmt: skip
-        task = asyncio.create_task(run.run())
-        task.add_done_callback(lambda _: queue.put_nowait(None))
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-            try:
-                answer = task.result()
-            except TimeoutError:
-                raise SwarmError(f"no answer within {opts.timeout_s:g} s") from None
-            except BaseExceptionGroup as group:  # a chunk failed inside the pipeline's task group
-                raise _as_swarm_error(_first(group)) from None
-            except PeerError as exc:
-                raise _as_swarm_error(exc) from None
-            yield Final(answer)
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            fitness=self.fitness, history=earlier,
+        ):  # fmt: skip
+            yield event
 
+    async def chat(self, messages: Sequence[Mapping[str, str]], **options) -> SwarmAnswer:
+        """Answer a conversation: the last user message, with the messages before it as context.
 
-def _first(group: BaseExceptionGroup) -> BaseException:
-    """The first leaf exception of a (nested) exception group."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+        ``messages`` are OpenAI-style ``{"role": "system" | "user" |
+        "assistant", "content": str}``, oldest first. Only the last user
+        message is decomposed; the earlier turns reach every peer (see
+        :meth:`ask`'s ``history``). Keyword arguments override
+        :class:`AskOptions` fields.
 
+        Raises:
+            QuestionError: no user message, an unknown role, or as :meth:`ask`.
+            NoPeersError, AllPeersFailedError, DeadlineError: as :meth:`ask`.
+        """
+        question, history = split_conversation(messages)
+        return await self.ask(question, history=history, **options)
 
-def _as_swarm_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, SwarmError):
-        return exc
-    if isinstance(exc, PeerError):
-        return AllPeersFailedError(str(exc))
-    return exc
+    async def stream_chat(self, messages: Sequence[Mapping[str, str]], **options) -> AsyncIterator[Event]:
+        """:meth:`chat` as a stream of events ending with :class:`Final` (same errors)."""
+        question, history = split_conversation(messages)
+        async for event in self.stream(question, history=history, **options):
+            yield event

@@ -17,3 +17,7 @@ class NoPeersError(SwarmError):
 
 class AllPeersFailedError(SwarmError):
     """Every peer asked for a chunk (re-routes included) failed or timed out."""
+
+
+class DeadlineError(SwarmError):
+    """The question's deadline passed before it was answered."""

@@ -103,6 +103,9 @@ class SwarmAnswer:
         notes: one line per failure that was recovered from in a way the
             user should know, e.g. ``synthesis failed (...); the chunk
             answers are listed as voted``. Empty when all went to plan.
+        usage: tokens every peer request of the question consumed
+            (``prompt_tokens``, ``completion_tokens``; stragglers and failed
+            synthesis tries included, see :class:`~.pipeline.QuestionRun`).
     """
 
     question: str
@@ -113,6 +116,7 @@ class SwarmAnswer:
     fitness: dict[str, float] = field(default_factory=dict)
     total_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready trace (``dellm ask --json``)."""

@@ -20,14 +20,14 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..client import PeerError
 from ..fitness import FitnessBook
 from ..membership import PeerPool
 from ..peer_table import PeerTable
-from ..protocol import SamplingParams, Token
+from ..protocol import Done, SamplingParams, Token
 from .decompose import (
     LLM_DECOMPOSE_PROMPT,
     DecompositionError,
@@ -51,6 +51,7 @@ from .events import (
     SynthesisToken,
 )
 from .extract import extract_answer
+from .history import DEFAULT_CONTEXT_TOKENS, estimate_tokens, with_history
 from .reward import chunk_rewards
 from .route import RouteWeights, eligible_peers, route, score_peers
 from .synthesize import fallback_answer, synthesis_messages
@@ -124,7 +125,17 @@ def check_question(question: str, limit: int) -> str:
 
 
 class QuestionRun:
-    """State of one question being answered; :meth:`run` emits events through ``emit``."""
+    """State of one question being answered; :meth:`run` emits events through ``emit``.
+
+    ``history`` holds the conversation's earlier messages (``{"role",
+    "content"}``, oldest first): only ``question`` is decomposed, and every
+    chunk prompt and the synthesis carry the earlier turns, trimmed oldest
+    first to the smallest context window among the chosen peers
+    (:mod:`.history`). ``usage`` counts the tokens every peer request of the
+    question consumed: prompt tokens from each ``done`` frame (estimated for
+    a request cancelled before it), completion tokens from the streamed
+    ``token`` frames.
+    """
 
     def __init__(
         self,
@@ -136,8 +147,11 @@ class QuestionRun:
         pool: PeerPool,
         fitness: FitnessBook,
         emit: Callable[[Event], Awaitable[None]],
+        history: Sequence[Mapping[str, str]] = (),
     ):
         self.question = question
+        self.history = [dict(m) for m in history]
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self.options = options
         self.coordinator_id = coordinator_id
         self.table = table
@@ -175,6 +189,7 @@ class QuestionRun:
             fitness=self.fitness.snapshot(),
             total_ms=round((time.perf_counter() - started) * 1000, 3),
             notes=list(self.notes),
+            usage=dict(self.usage),
         )
 
     # Decompose.
@@ -282,13 +297,17 @@ class QuestionRun:
         texts: dict[int, list[str]] = {}
         logprobs: dict[int, list[float]] = {}
         first: dict[int, float] = {}
+        messages: list[dict[str, str]] | None = None
         try:
             client = await self.pool.get(a.url)
             params = SamplingParams(
                 max_tokens=opts.max_tokens, temperature=opts.temperature, n=a.samples, logprobs=True
             )
-            messages = [{"role": "user", "content": prompt}]
+            chosen = [x.url for x in self.traces[chunk.id].assignments] if chunk.id in self.traces else [a.url]
+            messages = self._with_history([{"role": "user", "content": prompt}], opts.max_tokens, chosen)
             async for item in client.generate(messages=messages, params=params, timeout_s=opts.chunk_timeout_s):
+                if self._count(item):
+                    messages = None  # done: its real prompt tokens are counted
                 if isinstance(item, Token):
                     texts.setdefault(item.index, []).append(item.text)
                     logprobs.setdefault(item.index, []).extend(item.logprobs or [])
@@ -298,6 +317,7 @@ class QuestionRun:
             return str(exc)
         finally:
             self.load[a.peer_id] -= 1
+            self._count_unfinished(messages)
         latency = (time.perf_counter() - started) * 1000
         self.table.touch(a.peer_id)
         candidates = []
@@ -366,13 +386,17 @@ class QuestionRun:
                 return only.winner.text.strip(), None
         if not self.options.synthesize:
             return fallback_answer(chunks, votes), None
-        messages = synthesis_messages(self.question, chunks, votes)
         params = SamplingParams(
             max_tokens=max(self.options.synthesis_max_tokens, self.options.max_tokens), temperature=0.0
         )
         failed_here = {peer for trace in self.traces.values() for peer, _ in trace.failures}
         ranked = self._ranked_peers()
         ranked = [p for p in ranked if p.node_id not in failed_here] + [p for p in ranked if p.node_id in failed_here]
+        messages = self._with_history(
+            synthesis_messages(self.question, chunks, votes),
+            params.max_tokens,
+            [p.url for p in ranked[: 1 + self.options.max_reroutes]],
+        )
         failures: list[str] = []
         for peer in ranked[: 1 + self.options.max_reroutes]:
             budget = min(self.options.chunk_timeout_s, self._time_left() - SYNTHESIS_RESERVE_S)
@@ -380,10 +404,14 @@ class QuestionRun:
                 failures.append("the question's deadline was near")
                 break
             parts: list[str] = []
+            sent: list[dict[str, str]] | None = None  # set once the request is sent, cleared by its `done`
             try:
                 async with asyncio.timeout(budget):
                     client = await self.pool.get(peer.url)
+                    sent = messages
                     async for item in client.generate(messages=messages, params=params, timeout_s=budget):
+                        if self._count(item):
+                            sent = None
                         if isinstance(item, Token) and item.text:
                             parts.append(item.text)
                             await self.emit(SynthesisToken(peer.node_id, item.text))
@@ -395,6 +423,8 @@ class QuestionRun:
                 reason = str(exc)
             except TimeoutError:
                 reason = f"no synthesis within {budget:.3g} s"
+            finally:
+                self._count_unfinished(sent)
             failures.append(f"{peer.node_id}: {reason}")
             await self.emit(PeerFailed("synthesis", peer.node_id, reason))
         why = "; ".join(failures) if failures else "no alive peer with a model and spare capacity"
@@ -409,6 +439,35 @@ class QuestionRun:
         return self.deadline - asyncio.get_running_loop().time()
 
     # Helpers.
+
+    def _with_history(self, tail: list[dict[str, str]], max_tokens: int, urls: Sequence[str]) -> list[dict[str, str]]:
+        """``tail`` preceded by the earlier turns that fit the smallest known context window of ``urls``' peers.
+
+        A window is known from the pooled connection's hello; with none known,
+        :data:`~.history.DEFAULT_CONTEXT_TOKENS` is assumed.
+        """
+        if not self.history:
+            return tail
+        windows = [
+            client.remote.max_model_len
+            for url in urls
+            if (client := self.pool.connection(url)) is not None and client.remote.max_model_len
+        ]
+        window = min(windows, default=DEFAULT_CONTEXT_TOKENS)
+        return with_history(self.history, tail, context_tokens=window, max_tokens=max_tokens)
+
+    def _count(self, item: Token | Done) -> bool:
+        """Add a frame's tokens to :attr:`usage`; True for the ``done`` frame (its prompt tokens are counted)."""
+        if isinstance(item, Token):
+            self.usage["completion_tokens"] += item.tokens
+            return False
+        self.usage["prompt_tokens"] += item.usage.prompt_tokens
+        return True
+
+    def _count_unfinished(self, messages: list[dict[str, str]] | None) -> None:
+        """A request sent but ended before its ``done`` (cancelled, failed): its prompt tokens, estimated."""
+        if messages:
+            self.usage["prompt_tokens"] += estimate_tokens(messages)
 
     def _ranked_peers(self, avoid: set[str] | frozenset[str] = frozenset()):
         peers = eligible_peers(self.table.alive(), self.load)
@@ -430,6 +489,8 @@ class QuestionRun:
                     params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
                     timeout_s=self.options.chunk_timeout_s,
                 )
+                self.usage["prompt_tokens"] += result.done.usage.prompt_tokens
+                self.usage["completion_tokens"] += result.tokens
                 return result.text
             except PeerError as exc:
                 last = exc
