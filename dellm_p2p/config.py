@@ -33,9 +33,12 @@ class NodeConfig(BaseSettings):
         max_model_len: context window [tokens].
         kv_cache_gib: vLLM CPU KV-cache size [GiB].
         cpu_bind: CPU cores for vLLM's CPU worker threads
-            (``VLLM_CPU_OMP_THREADS_BIND``, e.g. ``"1"`` or ``"0-3"``); by
-            default vLLM binds core 0, so several nodes on one machine
-            should be given different cores.
+            (``VLLM_CPU_OMP_THREADS_BIND``, e.g. ``"1"`` or ``"0-3"``;
+            ``"auto"``: vLLM's own choice). ``None``: the node claims
+            ``cpu_cores`` cores that no other dellm node on this machine
+            holds (:mod:`dellm_p2p.cores`), since vLLM alone would bind
+            every node to core 0.
+        cpu_cores: cores a node claims when ``cpu_bind`` is not set.
         vllm_args: extra ``AsyncEngineArgs`` (e.g. ``tensor_parallel_size``).
         openai_base_url: API root for ``engine = "openai"``.
         openai_model: model on that server (``None`` = the first listed).
@@ -87,6 +90,7 @@ class NodeConfig(BaseSettings):
     max_model_len: int = Field(default=2048, ge=16)
     kv_cache_gib: float = Field(default=1.0, gt=0)
     cpu_bind: str | None = None
+    cpu_cores: int = Field(default=1, ge=1, le=4096)
     vllm_args: dict[str, Any] = Field(default_factory=dict)
     openai_base_url: str | None = None
     openai_model: str | None = None

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import NodeConfig
+from .cores import CoreClaim, CoreClaimError, claim_cores
 from .discovery import MdnsDiscovery
 from .engine import Engine
 from .fitness import FitnessBook
@@ -82,12 +83,32 @@ def _advertised_url(listen_url: str, port: int) -> str:
 
 def _default_dtype() -> str:
     # The default model degenerates in bfloat16 on CPU (shared/notes/vllm-cpu.md).
+    return "float32" if _vllm_on_cpu() else "auto"
+
+
+def _vllm_on_cpu() -> bool:
+    """Whether vLLM will run on the CPU here (no CUDA device)."""
     try:
         import torch
 
-        return "auto" if torch.cuda.is_available() else "float32"
+        return not torch.cuda.is_available()
     except ImportError:
-        return "float32"
+        return True
+
+
+def claim_cpu_cores(config: NodeConfig) -> CoreClaim | None:
+    """Claim cores for a CPU vLLM engine when ``config.cpu_bind`` is not set; ``None`` when nothing to claim.
+
+    A claim that fails (unwritable runtime directory) is logged and leaves
+    vLLM's default binding: a node should still start.
+    """
+    if config.engine != "vllm" or config.cpu_bind is not None or not _vllm_on_cpu():
+        return None
+    try:
+        return claim_cores(config.cpu_cores)
+    except CoreClaimError as exc:
+        log.warning("%s; vLLM binds its default cores (set --cpu-bind)", exc)
+        return None
 
 
 class Node:
@@ -119,6 +140,7 @@ class Node:
         self._saver: asyncio.Task | None = None
         self._cluster_key: bytes | None = None
         self._client_ssl = None
+        self.cores: CoreClaim | None = None
 
     async def start(self) -> str:
         """Load and warm up the model, then listen. Returns the ``ws://`` URL.
@@ -138,6 +160,11 @@ class Node:
         self._client_ssl = client_ssl_context(config.tls_ca) if config.tls_ca is not None else None
         self.identity = await asyncio.to_thread(load_identity, config.resolved_state_dir)
         self.node_id = self.identity.node_id
+        self.cores = await asyncio.to_thread(claim_cpu_cores, config)
+        if self.cores is not None:
+            config = config.model_copy(update={"cpu_bind": self.cores.spec})
+            shared = " (shared with another node: more nodes than cores)" if any(self.cores.slots) else ""
+            self.progress(f"vLLM's CPU worker runs on core {self.cores.spec}{shared}; --cpu-bind overrides")
         # Conversion of the default model is CPU-bound: keep it off the loop.
         self.engine = await asyncio.to_thread(build_engine, config, self.progress)
         if self.engine is not None:
@@ -263,6 +290,9 @@ class Node:
         engine, self.engine = self.engine, None
         if engine is not None:
             await engine.close()
+        cores, self.cores = self.cores, None
+        if cores is not None:  # after the engine: its worker used them until now
+            cores.release()
 
     async def __aenter__(self) -> Node:
         try:

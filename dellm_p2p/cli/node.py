@@ -45,7 +45,15 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 @click.option("--max-concurrency", type=click.IntRange(1, 4096), help="Requests served at once (default 32).")
 @click.option("--max-model-len", type=click.IntRange(16), help="Context window in tokens (default 2048).")
 @click.option("--kv-cache-gib", type=click.FloatRange(0, min_open=True), help="vLLM CPU KV cache in GiB (default 1).")
-@click.option("--cpu-bind", metavar="CORES", help="Cores for vLLM's CPU worker, e.g. 1 or 0-3 (default: vLLM's).")
+@click.option(
+    "--cpu-bind",
+    metavar="CORES",
+    help="Cores for vLLM's CPU worker, e.g. 1 or 0-3, or auto (vLLM's choice). "
+    "Default: cores no other dellm node here has claimed.",
+)
+@click.option(
+    "--cpu-cores", type=click.IntRange(1, 4096), help="How many cores to claim without --cpu-bind (default 1)."
+)
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the node id is kept.")
 @click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap peer ws://host:port (repeatable).")
 @click.option("--no-mdns", is_flag=True, default=None, help="Do not announce or browse on mDNS.")
