@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -201,7 +203,13 @@ async def _stats(peer: str, as_json: bool, security: dict[str, Any]) -> int:
 
 
 @main.command()
-@click.argument("question")
+@click.argument("question", required=False)
+@click.option(
+    "--file",
+    "question_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Read the question from this file ('-': stdin) instead of QUESTION.",
+)
 @click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap node ws://host:port (repeatable).")
 @click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
 @click.option("--no-mdns", is_flag=True, help="Do not browse mDNS (use --peer).")
@@ -214,8 +222,22 @@ async def _stats(peer: str, as_json: bool, security: dict[str, Any]) -> int:
 @click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the full trace as JSON.")
 @_security_options
-def ask(question: str, peers, interfaces, no_mdns: bool, as_json: bool, discover_timeout: float, **opts) -> None:
-    """Ask the network QUESTION: decompose, route, vote, synthesize."""
+def ask(
+    question: str | None,
+    question_file: str | None,
+    peers,
+    interfaces,
+    no_mdns: bool,
+    as_json: bool,
+    discover_timeout: float,
+    **opts,
+) -> None:
+    """Ask the network QUESTION: decompose, route, vote, synthesize.
+
+    QUESTION "-" (or --file -) reads the question from stdin, --file PATH
+    from a file: for questions too long for the command line (the limit
+    is 10,000 characters). Ctrl-C stops the question and exits with 130.
+    """
     from ..coordinator.pipeline import check_question
     from ..swarm import AskOptions, Swarm, SwarmError
 
@@ -223,9 +245,13 @@ def ask(question: str, peers, interfaces, no_mdns: bool, as_json: bool, discover
     opts["timeout_s"] = opts.pop("timeout")
     try:
         options = AskOptions(**opts).checked()
-        check_question(question, options.max_question_chars)
     except SwarmError as exc:
         raise click.BadParameter(str(exc)) from None
+    question = _read_question(question, question_file)
+    try:
+        check_question(question, options.max_question_chars)
+    except SwarmError as exc:
+        _exit_usage(str(exc))
 
     async def go() -> int:
         try:
@@ -243,7 +269,72 @@ def ask(question: str, peers, interfaces, no_mdns: bool, as_json: bool, discover
             err.print(f"dellm: error: {exc}", markup=False)
             return 1
 
-    sys.exit(run(go()))
+    sys.exit(_run_interruptible(go))
+
+
+def _exit_usage(message: str) -> NoReturn:
+    """One line on stderr, exit code 2 (a usage error)."""
+    err.print(f"dellm: error: {message}", markup=False)
+    sys.exit(2)
+
+
+def _read_question(question: str | None, path: str | None) -> str:
+    """The question from the argument, stdin (``-``) or a file; exits 2 with one line when missing or unreadable."""
+    if question is not None and path is not None:
+        _exit_usage("give the question as QUESTION or with --file, not both")
+    if question is None and path is None:
+        _exit_usage("missing the question: QUESTION, '-' for stdin, or --file PATH")
+    if question is not None and question != "-":
+        return question
+    source = "-" if question == "-" else path
+    assert source is not None
+    try:
+        if source == "-":
+            return sys.stdin.read()
+        return Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        _exit_usage(f"cannot read the question from {source}: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        _exit_usage(f"the question in {'stdin' if source == '-' else source} is not UTF-8 text")
+
+
+def _run_interruptible(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run ``work()`` on the event loop; Ctrl-C cancels it and the exit code is 130 (128 + SIGINT), as shells expect.
+
+    Click would turn a KeyboardInterrupt into "Aborted!" and exit 1, and a
+    task that catches its cancellation could return another code: the
+    SIGINT handler notes the interruption, so the code is 130 either way.
+    """
+    interrupted = False
+
+    async def guarded() -> int:
+        nonlocal interrupted
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            return await work()
+        except asyncio.CancelledError:
+            if interrupted:
+                return 130
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        code = run(guarded())
+    except KeyboardInterrupt:  # before the handler was installed, or after it was removed
+        interrupted = True
+    if interrupted:
+        err.print("dellm: interrupted", markup=False)
+        return 130
+    return code
 
 
 @main.command()

@@ -37,12 +37,21 @@ class _Board:
 
 
 async def show_progress(swarm, question: str, out: Console, err: Console) -> None:
-    """Run ``swarm.stream(question)`` with a live table on stderr, the answer on stdout."""
+    """Run ``swarm.stream(question)`` with a live table on stderr, the answer on stdout.
+
+    When stderr is not a terminal (piped, a log file) a live table cannot
+    redraw in place, and its last frame runs into the next line: each status
+    is then printed as a line of its own instead.
+    """
     board = _Board()
     streaming = False
     streamed: list[str] = []  # synthesis text of the current synthesizer
-    with Live(board.table(), console=err, refresh_per_second=8, transient=False) as live:
+    plain = not err.is_terminal
+    live_display = _NoLive() if plain else Live(board.table(), console=err, refresh_per_second=8, transient=False)
+    with live_display as live:
         async for event in swarm.stream(question):
+            if plain:
+                _status_line(event, board, err)
             match event:
                 case ChunkPlanned(chunk=c):
                     board.rows[c.id] = dict(op=c.operation.value, text=c.text[:60], peers=[], answers=0, failed=0,
@@ -82,6 +91,40 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
                         out.print(answer.text, markup=False)
                     _summary(answer, err)
             live.update(board.table())
+
+
+class _NoLive:
+    """Stands in for :class:`rich.live.Live` when statuses go out as lines."""
+
+    def __enter__(self) -> _NoLive:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _status_line(event, board: _Board, err: Console) -> None:
+    """One plain line for an event that changes the table (before the board records it)."""
+    match event:
+        case ChunkPlanned(chunk=c):
+            line = f"{c.id} {c.operation.value}: {c.text[:60]}"
+        case ChunkRouted(chunk_id=cid, assignments=assignments):
+            peers = ", ".join(a.peer_id[:8] + (f"×{a.samples}" if a.samples > 1 else "") for a in assignments)
+            line = f"{cid}: asking {peers}"
+        case CandidateReady(chunk_id=cid):
+            line = f"{cid}: answer {board.rows[cid]['answers'] + 1 if cid in board.rows else 1} in"
+        case ChunkVoted(chunk_id=cid, result=result):
+            winner = (result.winner.display if result.winner else "(none)")[:40]
+            line = f"{cid}: voted {winner!r}, agreement {result.agreement:.0%}"
+        case _:
+            return
+    err.print(line, markup=False, highlight=False)
 
 
 def _summary(answer, err: Console) -> None:
