@@ -343,6 +343,7 @@ def _run_interruptible(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
 @click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
+@click.option("--all", "show_all", is_flag=True, help="Also list coordinators (dellm ask, Swarm) that are gone.")
 @_security_options
 def peers(
     peer: str | None,
@@ -350,13 +351,19 @@ def peers(
     discover_timeout: float,
     as_json: bool,
     watch: bool,
+    show_all: bool,
     cluster_key_file: str | None,
     tls_ca: str | None,
 ) -> None:
-    """Show the network as one node sees it: peers, RTT, fitness, state."""
+    """Show the network as one node sees it: peers, RTT, fitness, state.
+
+    Coordinator-only members (a `dellm ask` or a Swarm: no URL, no model)
+    that have left or died are hidden unless --all; nodes forget them a
+    minute after they go.
+    """
     security = _security(cluster_key_file, tls_ca)
     try:
-        sys.exit(run(_peers(peer, list(interfaces) or None, discover_timeout, as_json, watch, security)))
+        sys.exit(run(_peers(peer, list(interfaces) or None, discover_timeout, as_json, watch, security, show_all)))
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -368,17 +375,19 @@ async def _peers(
     as_json: bool,
     watch: bool,
     security: dict[str, Any],
+    show_all: bool = False,
 ) -> int:
     try:
         url = peer or await _discover_one(interfaces, discover_s)
         async with await PeerClient.connect(url, **security) as client:
             if not watch:
-                rows = await _peer_rows(client)
-                out.print_json(json.dumps(rows)) if as_json else out.print(_peer_table(rows, url))
+                rows, hidden = _visible(await _peer_rows(client), show_all)
+                out.print_json(json.dumps(rows)) if as_json else out.print(_peer_table(rows, url, hidden))
                 return 0
             with Live(console=out, auto_refresh=False) as live:
                 while True:
-                    live.update(_peer_table(await _peer_rows(client), url), refresh=True)
+                    rows, hidden = _visible(await _peer_rows(client), show_all)
+                    live.update(_peer_table(rows, url, hidden), refresh=True)
                     await asyncio.sleep(1.0)
     except PeerError as exc:
         err.print(f"dellm: error: {exc}", markup=False)
@@ -401,9 +410,24 @@ async def _peer_rows(client: PeerClient) -> list[dict]:
     return [row.model_dump() for row in [me, *table.peers]]
 
 
-def _peer_table(rows: list[dict], url: str) -> Table:
+def _visible(rows: list[dict], show_all: bool) -> tuple[list[dict], int]:
+    """Rows to show and how many were hidden: departed coordinator-only members are, unless ``show_all``.
+
+    Every `dellm ask` joins as a coordinator with a fresh id and leaves when
+    it is done; until the node forgets them they would fill the table.
+    """
+    if show_all:
+        return rows, 0
+    shown = [r for r in rows if r["url"] or r["state"] not in ("left", "dead")]
+    return shown, len(rows) - len(shown)
+
+
+def _peer_table(rows: list[dict], url: str, hidden: int = 0) -> Table:
     alive = sum(r["state"] in ("alive", "self") for r in rows)
-    table = Table(title=f"dellm network seen from {url}: {alive} alive of {len(rows)}")
+    title = f"dellm network seen from {url}: {alive} alive of {len(rows)}"
+    if hidden:
+        title += f" ({hidden} departed coordinator(s) hidden; --all shows them)"
+    table = Table(title=title)
     for column in ("name", "node id", "url", "model", "cap", "in-flight", "rtt ms", "fitness", "seen s ago", "state"):
         table.add_column(column, justify="right" if column in ("cap", "in-flight", "rtt ms", "fitness") else "left")
     colors = {"alive": "green", "self": "bold green", "suspect": "yellow", "dead": "red", "left": "dim"}
