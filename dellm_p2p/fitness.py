@@ -8,6 +8,13 @@ so a reward moves fitness by a tenth of itself: a good peer climbs above the
 neutral 0.5 a newcomer starts at, a bad one sinks below it. (Taking the raw
 reward as the target would drag every peer toward 0.05, agreeing or not.)
 
+Evidence: with each reward the book also counts, per node, how many rewards
+its fitness rests on and how many of them were for agreeing (reward > 0):
+fitness alone cannot tell a newcomer from a peer that earned as much as it
+lost. Routing draws from the Beta posterior of agreement these counts give
+(Thompson sampling, see :mod:`dellm_p2p.coordinator.route`) so that peers
+with little evidence get tried. The counts persist with the fitness.
+
 Reward records spread by epidemic gossip: each node applies a record once
 (deduplicated by record id) and forwards it to ``fanout`` random peers (up
 to ln N + 2 of the N it knows, see :meth:`FitnessBook.forward`) while
@@ -157,6 +164,7 @@ class FitnessBook:
         self.max_hops = max_hops
         self.remember = remember
         self.self_fitness = NEUTRAL_FITNESS
+        self.self_counts = (0, 0)  # (agreed, rewards) about this node
         self.identity = identity
         self.window_s = window_s
         self.max_seqs_per_issuer = max_seqs_per_issuer
@@ -170,13 +178,27 @@ class FitnessBook:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._recent: deque[tuple[float, RewardRecord]] = deque(maxlen=256)
         self._saved: dict[str, float] = {}  # fitness of nodes not (yet) in the table
+        self._saved_counts: dict[str, tuple[int, int]] = {}  # their (agreed, rewards)
         self._tasks: set[asyncio.Task] = set()
         self._dirty = False
         self.load()
         table.initial_fitness = self._initial_fitness
+        table.initial_counts = self._initial_counts
 
     def _initial_fitness(self, node_id: str) -> float:
         return self._saved.pop(node_id, NEUTRAL_FITNESS)
+
+    def _initial_counts(self, node_id: str) -> tuple[int, int]:
+        return self._saved_counts.pop(node_id, (0, 0))
+
+    def counts(self, node_id: str) -> tuple[int, int]:
+        """``(agreed, rewards)`` of ``node_id``: rewards its fitness rests on, and how many were for agreeing."""
+        if node_id == self.node_id:
+            return self.self_counts
+        peer = self.table.get(node_id)
+        if peer is not None:
+            return peer.agreed, peer.rewards
+        return self._saved_counts.get(node_id, (0, 0))
 
     def fitness(self, node_id: str) -> float:
         """Current fitness of ``node_id`` (neutral 0.5 when unknown)."""
@@ -262,12 +284,16 @@ class FitnessBook:
             self._seen.popitem(last=False)
         self._recent.append((time.monotonic(), record))
         new = apply_reward(self.fitness(record.node_id), record.reward)
+        agreed, rewards = self.counts(record.node_id)
+        counts = (agreed + (record.reward > 0), rewards + 1)
         if record.node_id == self.node_id:
-            self.self_fitness = new
+            self.self_fitness, self.self_counts = new, counts
         elif (peer := self.table.get(record.node_id)) is not None:
             peer.fitness = new
+            peer.agreed, peer.rewards = counts
         else:
             self._saved[record.node_id] = new
+            self._saved_counts[record.node_id] = counts
         self.applied += 1
         self._dirty = True
         return True
@@ -367,16 +393,30 @@ class FitnessBook:
         values[self.node_id] = self.self_fitness
         return values
 
+    def snapshot_counts(self) -> dict[str, tuple[int, int]]:
+        """``(agreed, rewards)`` of every node this book counted rewards for, this one included."""
+        values = dict(self._saved_counts)
+        values.update({p.node_id: (p.agreed, p.rewards) for p in self.table.records() if p.rewards})
+        if self.self_counts[1]:
+            values[self.node_id] = self.self_counts
+        return values
+
     def load(self) -> None:
         """Read persisted fitness and replay memory (a missing or corrupt file leaves everyone neutral).
 
-        File: ``{"fitness": {node_id: value}, "replay": {issuer: {"floor": int, "seqs": [[seq, ts], ...]}}}``.
+        File: ``{"fitness": {node_id: value}, "counts": {node_id: [agreed, rewards]},
+        "replay": {issuer: {"floor": int, "seqs": [[seq, ts], ...]}}}`` (``counts`` may be missing:
+        files written before it existed).
         """
         if self.path is None or not self.path.exists():
             return
         try:
             data = json.loads(self.path.read_text())
             values = {str(k): min(1.0, max(0.0, float(v))) for k, v in data.get("fitness", {}).items()}
+            counts = {}
+            for k, (agreed, rewards) in data.get("counts", {}).items():
+                rewards = max(0, int(rewards))
+                counts[str(k)] = (min(rewards, max(0, int(agreed))), rewards)
             windows = {}
             for issuer, raw in data.get("replay", {}).items():
                 window = windows[str(issuer)] = _SeqWindow(int(raw.get("floor", -1)))
@@ -385,7 +425,9 @@ class FitnessBook:
             log.warning("ignoring unreadable fitness file %s: %s", self.path, exc)
             return
         self.self_fitness = values.pop(self.node_id, NEUTRAL_FITNESS)
+        self.self_counts = counts.pop(self.node_id, (0, 0))
         self._saved.update(values)
+        self._saved_counts.update(counts)
         self._windows.update(windows)
 
     def save(self) -> None:
@@ -400,7 +442,10 @@ class FitnessBook:
             issuer: {"floor": w.floor, "seqs": [[seq, ts] for seq, ts in list(w.seqs.items()) if ts >= horizon]}
             for issuer, w in list(self._windows.items())
         }
-        tmp.write_text(json.dumps({"fitness": self.snapshot(), "replay": replay}, indent=1, sort_keys=True))
+        counts = {node_id: list(pair) for node_id, pair in self.snapshot_counts().items()}
+        tmp.write_text(
+            json.dumps({"fitness": self.snapshot(), "counts": counts, "replay": replay}, indent=1, sort_keys=True)
+        )
         os.replace(tmp, self.path)
 
     async def close(self) -> None:

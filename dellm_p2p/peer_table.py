@@ -63,6 +63,9 @@ class PeerRecord:
         in_flight: requests the peer reported serving.
         rtt_ms: EWMA of our ping round trips to it [ms], ``None`` until measured.
         fitness: routing fitness in [0, 1] (the coordinator's reward rule).
+        rewards: how many reward records this fitness rests on (routing
+            explores peers with few, see :mod:`dellm_p2p.coordinator.route`).
+        agreed: how many of those rewarded agreement with the vote (reward > 0).
         last_seen: ``clock()`` when its heartbeat last advanced or it answered us [s].
         state: alive, suspect, dead or left.
         source: how we learned of it (mdns, bootstrap, gossip, inbound).
@@ -79,6 +82,8 @@ class PeerRecord:
     in_flight: int = 0
     rtt_ms: float | None = None
     fitness: float = 0.5
+    rewards: int = 0
+    agreed: int = 0
     last_seen: float = 0.0
     state: PeerState = PeerState.ALIVE
     source: str = "gossip"
@@ -159,6 +164,8 @@ class PeerTable:
         self._identity_warned: set[str] = set()
         # Fitness a newly known peer starts with (the fitness book restores saved values).
         self.initial_fitness: Callable[[str], float] = lambda node_id: 0.5
+        # (agreed, rewards) counts a newly known peer starts with (the fitness book restores saved ones).
+        self.initial_counts: Callable[[str], tuple[int, int]] = lambda node_id: (0, 0)
         self._peers: dict[str, PeerRecord] = {}
 
     def __len__(self) -> int:
@@ -218,6 +225,7 @@ class PeerTable:
                 return Observed.NOTHING
             record = self._record(entry, source, now)
             record.fitness = self.initial_fitness(entry.node_id)
+            record.agreed, record.rewards = self.initial_counts(entry.node_id)
             self._peers[entry.node_id] = record
             log.info("peer %s joined at %s (%s)", entry.node_id, entry.url, source)
             return Observed.JOINED
@@ -266,9 +274,11 @@ class PeerTable:
             return
         record = PeerRecord(node_id=node_id, url=url, source=source, last_seen=self.clock(), **fields)
         record.fitness = self.initial_fitness(node_id)
+        record.agreed, record.rewards = self.initial_counts(node_id)
         record.public_key = public_key
         if known is not None:  # dead or left before: keep its version so only newer gossip wins
             record.incarnation, record.heartbeat, record.fitness = known.incarnation, known.heartbeat, known.fitness
+            record.agreed, record.rewards = known.agreed, known.rewards
             record.public_key = known.public_key or public_key
         self._peers[node_id] = record
 

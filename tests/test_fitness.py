@@ -97,6 +97,37 @@ def test_book_dedupes_persists_and_restores(tmp_path):
     assert table2.get(a.node_id).fitness == pytest.approx(0.507), "a rejoining peer gets its saved fitness"
 
 
+def test_book_counts_the_rewards_fitness_rests_on_and_persists_them(tmp_path):
+    me, a, b = Identity.generate(), Identity.generate(), Identity.generate()
+    path = tmp_path / "fitness.json"
+    table = PeerTable(me.node_id, "ws://127.0.0.1:1")
+    book = FitnessBook(me.node_id, table, path=path)
+    table.observe(member(a))
+    for i, reward in enumerate([0.06, 0.05, -0.05, 0.07]):
+        book.apply(RewardRecord(id=f"a{i}", issuer="c", node_id=a.node_id, reward=reward))
+    book.apply(RewardRecord(id="m", issuer="c", node_id=me.node_id, reward=-0.05))
+    book.apply(RewardRecord(id="b", issuer="c", node_id=b.node_id, reward=0.05))  # not in the table yet
+    assert (table.get(a.node_id).agreed, table.get(a.node_id).rewards) == (3, 4)
+    assert book.counts(a.node_id) == (3, 4) and book.counts(me.node_id) == (0, 1) and book.counts(b.node_id) == (1, 1)
+    assert book.counts("unknown") == (0, 0)
+    table.observe(member(b))
+    assert (table.get(b.node_id).agreed, table.get(b.node_id).rewards) == (1, 1), "counts follow a peer into the table"
+    book.save()
+    assert json.loads(path.read_text())["counts"] == {a.node_id: [3, 4], me.node_id: [0, 1], b.node_id: [1, 1]}
+
+    table2 = PeerTable(me.node_id, "ws://127.0.0.1:1")
+    book2 = FitnessBook(me.node_id, table2, path=path)
+    assert book2.self_counts == (0, 1)
+    table2.add_candidate(a.node_id, "ws://127.0.0.1:2", "mdns", public_key=a.public_key)
+    assert (table2.get(a.node_id).agreed, table2.get(a.node_id).rewards) == (3, 4), "restored with the fitness"
+    # A file from before counts existed still loads (everyone's evidence starts at zero).
+    path.write_text(json.dumps({"fitness": {a.node_id: 0.6}}))
+    table3 = PeerTable(me.node_id, "ws://127.0.0.1:1")
+    FitnessBook(me.node_id, table3, path=path)
+    table3.observe(member(a))
+    assert table3.get(a.node_id).fitness == pytest.approx(0.6) and table3.get(a.node_id).rewards == 0
+
+
 def test_corrupt_fitness_file_is_ignored(tmp_path):
     path = tmp_path / "fitness.json"
     path.write_text("{not json")

@@ -1,45 +1,128 @@
 """Route: pick the peers that answer a chunk.
 
-Score (the DELLM routing rule, lower is better)::
+Base score (the DELLM routing rule, lower is better)::
 
-    score = w_rtt × normalized RTT + w_fitness × (1 − fitness)
+    base = w_rtt × normalized RTT + w_fitness × (1 − fitness)
 
-with normalized RTT = RTT / largest RTT among the candidates (a peer not yet
-measured counts as the slowest) and default weights 0.7 and 0.3. Peers at
-capacity are skipped; a small penalty per chunk already given to a peer in
-the same question spreads chunks over peers. When fewer peers than the
-redundancy k remain, the best peers are asked for several samples in one
-request (vLLM's ``n``) instead of duplicate requests.
+with weights 0.7 and 0.3 and normalized RTT = RTT / max(largest RTT among
+the candidates, ``rtt_scale_ms``) (a peer not yet measured counts as the
+slowest). The scale (default 100 ms) keeps round-trip jitter that is small
+against an answer's generation time from outweighing fitness: divided by the
+largest RTT alone, 0.3 ms against 3 ms counts as much as 30 ms against
+300 ms, and on a LAN the base score was the ping jitter (bench_scale).
+
+Load and spreading (:class:`RouteWeights`)::
+
+    score = base + w_load × (in_flight + load) / capacity + spread × chunks already given
+
+``in_flight`` is what the peer last reported in membership gossip, ``load``
+what this coordinator has in flight there. Peers at capacity are never
+chosen (:func:`eligible_peers`). The first assignment (the pipeline sends
+its greedy request there) goes to the least-loaded peer among those whose
+score is within ``near`` of the best, ties at random — the greedy rule
+"least loaded of the best choices" that the power of two choices
+generalizes (Mitzenmacher 2001, "The power of two choices in randomized
+load balancing", IEEE TPDS 12(10)): it keeps a queue from building at the
+one best peer while the near-equal others idle.
+
+Exploration for the other assignments: Thompson sampling (Thompson 1933,
+Biometrika 25; Chapelle and Li 2011, "An empirical evaluation of Thompson
+sampling", NIPS) on each peer's posterior of agreeing with the vote. With
+``s`` agreeing and ``f`` disagreeing rewards (counted by
+:class:`~dellm_p2p.fitness.FitnessBook`) and a Beta(α₀, β₀) prior the
+posterior is Beta(α₀ + s, β₀ + f), mean μ = α/(α+β) and standard deviation
+σ = sqrt(μ(1 − μ)/(α + β + 1)). Each route draws, per candidate::
+
+    θ = μ + explore × σ × z,   z ~ N(0, 1)
+    explore score = w_rtt × normalized RTT + w_fitness × (1 − θ) + the same load and spread terms
+
+and takes the lowest explore scores: a peer with little evidence has a wide
+posterior and often draws high, so every serving peer gets tried; one that
+often agreed draws high every time and takes most of the work; one that
+often disagreed rarely wins a draw. The draw is the Gaussian with the
+posterior's mean and variance (Gaussian Thompson sampling keeps its regret
+bound, Agrawal and Goyal 2013, "Further optimal regret bounds for Thompson
+sampling", AISTATS), z from a table of 1,024 normal quantiles: an exact
+Beta draw (``random.betavariate``, ~1.3 µs) for 500 peers would spend most
+of the 1 ms routing budget. ``explore`` scales the posterior's spread
+(1 = plain Thompson sampling, 0 = none: every slot by the base score).
+
+``RouteWeights.dellm()`` is the rule before load and exploration (no load
+term, no near-equal spreading, no exploration, normalized by the largest
+RTT), kept for comparison (``scripts/bench_scale.py`` runs both). When fewer
+peers than the redundancy k remain, the best peers are asked for several
+samples in one request (vLLM's ``n``) instead of duplicate requests.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
+import random
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from ..peer_table import PeerRecord, PeerState
 from .errors import NoPeersError
 from .types import Assignment, Chunk
 
 _ROUTABLE = frozenset((PeerState.ALIVE, PeerState.SUSPECT))
+# Standard normal quantiles at (i + ½) / 1024: z = table[int(u × 1024)] with u uniform in [0, 1) is a
+# normal draw to within the table's resolution, for the price of one random() call.
+_NORMAL_QUANTILES = tuple(statistics.NormalDist().inv_cdf((i + 0.5) / 1024) for i in range(1024))
+_RNG = random.Random()
 
 
 @dataclass(frozen=True)
 class RouteWeights:
-    """Weights of the routing score (DELLM defaults: 0.7 RTT, 0.3 fitness) and the spread penalty."""
+    """Parameters of the routing rule (see the module docstring for the formulas).
+
+    Attributes:
+        rtt, fitness: DELLM weights of normalized RTT and of (1 − fitness) (0.7, 0.3).
+        spread: added per chunk of this question the peer already has.
+        load: weight of the peer's load, (in-flight requests) / capacity in [0, 1).
+        near: score margin within which peers count as equally good for the
+            first assignment, which goes to the least loaded of them.
+        rtt_scale_ms: RTT [ms] that normalizes to 1 at least (0: the largest
+            candidate RTT alone, as the DELLM rule had it).
+        explore: scale of the Thompson draw's spread (0: no exploration).
+        prior_agree, prior_disagree: Beta prior (α₀, β₀) of a peer's
+            agreement rate before any reward.
+
+    The defaults were measured with ``scripts/bench_scale.py`` (docs/results.md).
+    """
 
     rtt: float = 0.7
     fitness: float = 0.3
-    spread: float = 0.1  # added per chunk of this question the peer already has
+    spread: float = 0.1
+    load: float = 0.5
+    near: float = 0.02
+    rtt_scale_ms: float = 100.0
+    explore: float = 1.0
+    prior_agree: float = 1.0
+    prior_disagree: float = 1.0
+
+    @classmethod
+    def dellm(cls, rtt: float = 0.7, fitness: float = 0.3, spread: float = 0.1) -> RouteWeights:
+        """The routing rule before load and exploration: the DELLM score, best first, ties by node id."""
+        return cls(rtt=rtt, fitness=fitness, spread=spread, load=0.0, near=0.0, rtt_scale_ms=0.0, explore=0.0)
+
+    @property
+    def adaptive(self) -> bool:
+        """True when load, near-equal spreading or exploration is on (else the DELLM rule, deterministic)."""
+        return self.load > 0 or self.near > 0 or self.explore > 0
 
 
 def score_peers(peers: Sequence[PeerRecord], weights: RouteWeights = RouteWeights()) -> dict[str, float]:
-    """Routing score per node id (lower is better), see module docstring."""
-    slowest = max((p.rtt_ms for p in peers if p.rtt_ms is not None and p.rtt_ms > 0), default=1.0)
+    """Base score per node id (lower is better): the DELLM rule, see the module docstring."""
+    slowest = max((p.rtt_ms for p in peers if p.rtt_ms is not None and p.rtt_ms > 0), default=0.0)
+    scale = max(slowest, weights.rtt_scale_ms) or 1.0
+    unmeasured = slowest / scale if slowest > 0 else 1.0
     w_rtt, w_fitness = weights.rtt, weights.fitness
     return {
-        p.node_id: w_rtt * (1.0 if p.rtt_ms is None or p.rtt_ms >= slowest else p.rtt_ms / slowest)
+        p.node_id: w_rtt * (unmeasured if p.rtt_ms is None or p.rtt_ms >= slowest else p.rtt_ms / scale)
         + w_fitness * (1.0 - p.fitness)
         for p in peers
     }
@@ -75,21 +158,29 @@ def route(
     load: Mapping[str, int] | None = None,
     assigned: Mapping[str, int] | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
+    rng: random.Random | None = None,
 ) -> list[Assignment]:
     """Choose up to ``redundancy`` peers for ``chunk``, best first.
+
+    The first assignment is the best-scored peer (least loaded among the
+    near-equal best, see the module docstring); the others are chosen by
+    Thompson sampling, so exploration never takes the first slot.
 
     Args:
         chunk: the chunk to route.
         peers: candidate peers (usually ``PeerTable.alive()``).
         redundancy: answers wanted (k); samples are spread over
-            ``min(k, eligible peers)`` peers, the best ones taking the extra.
-        weights: routing-score weights.
+            ``min(k, eligible peers)`` peers, the first ones taking the extra.
+        weights: routing parameters (``RouteWeights.dellm()``: the rule
+            without load and exploration, deterministic).
         load: requests this coordinator has in flight per node id.
         assigned: chunks of this question already routed per node id.
         exclude: node ids not to use (e.g. peers that failed this chunk).
+        rng: random source of the tie-breaks and draws (default: a module-wide one).
 
     Returns:
-        Assignments whose ``samples`` add up to ``redundancy``.
+        Assignments whose ``samples`` add up to ``redundancy``; ``score`` is
+        each peer's base (DELLM) score.
 
     Raises:
         NoPeersError: no eligible peer.
@@ -100,6 +191,27 @@ def route(
     candidates = eligible_peers(peers, load, exclude)
     if not candidates:
         raise NoPeersError(f"no alive peer with a model can take chunk {chunk.id}")
+    if weights.adaptive:
+        chosen, base = _choose_adaptive(candidates, min(redundancy, len(candidates)), weights, load, assigned, rng)
+    else:
+        chosen, base = _choose_dellm(candidates, min(redundancy, len(candidates)), weights, assigned)
+    per, extra = divmod(redundancy, len(chosen))
+    return [
+        Assignment(
+            chunk_id=chunk.id,
+            peer_id=p.node_id,
+            url=p.url,
+            samples=per + (1 if i < extra else 0),
+            score=round(base[i], 6),
+        )
+        for i, p in enumerate(chosen)
+    ]
+
+
+def _choose_dellm(
+    candidates: list[PeerRecord], k: int, weights: RouteWeights, assigned: Mapping[str, int] | None
+) -> tuple[list[PeerRecord], list[float]]:
+    """The k lowest base scores (+ spread), ties by node id; returns the peers and their base scores."""
     # One pass and a partial sort (k is small): this runs for every chunk over every known peer
     # (bench_scale: N = 500 peers, target p99 < 1 ms).
     scores = score_peers(candidates, weights)
@@ -110,20 +222,60 @@ def route(
         totals = scores
     # The k-th smallest total (a C-level partial sort of floats), then an exact sort of the few
     # at or below it, ties by node id.
-    k = min(redundancy, len(candidates))
     kth = heapq.nsmallest(k, totals.values())[-1]
     best = sorted((total, node_id) for node_id, total in totals.items() if total <= kth)[:k]
     wanted = {node_id for _, node_id in best}
     by_id = {p.node_id: p for p in candidates if p.node_id in wanted}
     chosen = [by_id[node_id] for _, node_id in best]
-    base, extra = divmod(redundancy, len(chosen))
-    return [
-        Assignment(
-            chunk_id=chunk.id,
-            peer_id=p.node_id,
-            url=p.url,
-            samples=base + (1 if i < extra else 0),
-            score=round(scores[p.node_id], 6),
+    return chosen, [scores[p.node_id] for p in chosen]
+
+
+def _choose_adaptive(
+    candidates: list[PeerRecord],
+    k: int,
+    weights: RouteWeights,
+    load: Mapping[str, int] | None,
+    assigned: Mapping[str, int] | None,
+    rng: random.Random | None,
+) -> tuple[list[PeerRecord], list[float]]:
+    """Load-aware choice with Thompson sampling (module docstring); returns the peers and their base scores."""
+    load = load or {}
+    assigned = assigned or {}
+    rand = (rng or _RNG).random
+    slowest = max((p.rtt_ms for p in candidates if p.rtt_ms is not None and p.rtt_ms > 0), default=0.0)
+    scale = max(slowest, weights.rtt_scale_ms) or 1.0
+    unmeasured = slowest / scale if slowest > 0 else 1.0
+    w_rtt, w_fit, w_load, spread = weights.rtt, weights.fitness, weights.load, weights.spread
+    a0, b0, explore = weights.prior_agree, weights.prior_disagree, weights.explore
+    table, size = _NORMAL_QUANTILES, len(_NORMAL_QUANTILES)
+    sqrt = math.sqrt
+    # One pass over the candidates (N = 500 in bench_scale, budget 1 ms), a comprehension without method
+    # calls: per peer (explore score, greedy score, load and spread terms, base score, peer) with
+    # greedy = base + load and spread terms, explore = the same with the draw θ in place of fitness.
+    rows = [
+        (
+            (latency := w_rtt * (unmeasured if (rtt := p.rtt_ms) is None or rtt >= slowest else rtt / scale))
+            + (
+                extra := w_load * (p.in_flight + (load[node] if (node := p.node_id) in load else 0)) / (p.capacity or 1)
+                + (spread * assigned[node] if node in assigned else 0.0)
+            )
+            + w_fit
+            * (
+                1.0
+                - (mean := (alpha := a0 + p.agreed) / (total := alpha + b0 + p.rewards - p.agreed))
+                - explore * sqrt(mean * (1.0 - mean) / (total + 1.0)) * table[int(rand() * size)]
+            ),
+            (base := latency + w_fit * (1.0 - p.fitness)) + extra,
+            extra,
+            base,
+            p,
         )
-        for i, p in enumerate(chosen)
+        for p in candidates
     ]
+    best_greedy = min(rows, key=itemgetter(1))[1]
+    # First slot: the least loaded of the near-best by greedy score, ties at random.
+    limit = best_greedy + weights.near
+    first = min((row for row in rows if row[1] <= limit), key=lambda row: (row[2], rand()))
+    rest = heapq.nsmallest(k - 1, (row for row in rows if row is not first), key=itemgetter(0)) if k > 1 else []
+    chosen = [first, *rest]
+    return [row[4] for row in chosen], [row[3] for row in chosen]
