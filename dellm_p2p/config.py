@@ -77,6 +77,15 @@ class NodeConfig(BaseSettings):
         request_burst_per_peer: burst size of that rate [messages].
         max_prompt_chars: longest prompt (or all message contents) a
             ``generate`` may carry [characters].
+        http_port: port of the OpenAI-compatible HTTP API (``None``: off;
+            0 picks a free one).
+        http_host: address the HTTP API listens on; anything but loopback
+            needs ``api_key_file`` or ``http_insecure``.
+        api_key_file: file holding the API key requests must send as
+            ``Authorization: Bearer <key>`` (env ``DELLM_API_KEY_FILE``).
+        http_insecure: allow an HTTP API without a key on a non-loopback address.
+        http_max_body_bytes: largest HTTP request body [bytes]; more gets 413.
+        http_max_concurrent: completions the API answers at once; more get 429.
     """
 
     model_config = SettingsConfigDict(env_prefix="DELLM_", extra="forbid", validate_default=True)
@@ -118,6 +127,12 @@ class NodeConfig(BaseSettings):
     max_requests_per_s_per_peer: float = Field(default=500.0, gt=0)
     request_burst_per_peer: int = Field(default=1000, ge=1)
     max_prompt_chars: int = Field(default=100_000, ge=1)
+    http_port: int | None = Field(default=None, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+    api_key_file: Path | None = None
+    http_insecure: bool = False
+    http_max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    http_max_concurrent: int = Field(default=64, ge=1, le=4096)
 
     @field_validator("name")
     @classmethod
@@ -157,6 +172,28 @@ class NodeConfig(BaseSettings):
             raise ConfigError("dead_after_s must be larger than suspect_after_s")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)")
+        if (
+            self.http_port is not None
+            and self.api_key_file is None
+            and not self.http_insecure
+            and not _is_loopback(self.http_host)
+        ):
+            raise ConfigError(
+                f"the HTTP API on {self.http_host} would be open to the network: give an api_key_file "
+                "(--api-key-file) or http_insecure (--http-insecure)"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:

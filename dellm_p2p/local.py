@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 
 _READY = re.compile(r"serving (?P<model>.+?) at (?P<url>wss?://\S+)")
+_HTTP = re.compile(r"^http API at (?P<url>https?://\S+)/v1$")
 
 
 class NodeStartError(RuntimeError):
@@ -36,6 +37,7 @@ class NodeProcess:
         url: the node's ``ws://`` URL once :meth:`wait_ready` returned.
         model: the model it serves ("no model" for ``--no-model``).
         node_id: the node id from its ready line.
+        http_url: ``http://host:port`` of its HTTP API (``--http-port``), once ready.
     """
 
     def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None):
@@ -48,6 +50,7 @@ class NodeProcess:
         self.url = ""
         self.model = ""
         self.node_id = ""
+        self.http_url = ""
         self._stderr_file = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dellm_p2p.cli.node", *args],
@@ -87,6 +90,8 @@ class NodeProcess:
         while time.monotonic() < deadline:
             for line in list(self._lines):
                 match = _READY.search(line)
+                if match and "--http-port" in self.args and not self._http_line():
+                    break  # its "http API at" line follows at once
                 if match:
                     self.url, self.model = match["url"], match["model"]
                     self.node_id = line.split("(", 1)[1].split(")", 1)[0] if "(" in line else ""
@@ -96,6 +101,14 @@ class NodeProcess:
             time.sleep(0.1)
         self.kill()
         raise NodeStartError(f"dellm-node was not ready within {timeout_s:g} s:\n{self.stderr_tail()}")
+
+    def _http_line(self) -> bool:
+        """Sets :attr:`http_url` from the node's ``http API at`` line; False until it printed one."""
+        for line in list(self._lines):
+            if match := _HTTP.match(line):
+                self.http_url = match["url"]
+                return True
+        return False
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM, wait up to ``timeout_s`` [s] (then SIGKILL); returns the exit code."""

@@ -140,6 +140,10 @@ class Node:
         self._saver: asyncio.Task | None = None
         self._cluster_key: bytes | None = None
         self._client_ssl = None
+        self._api_key: str | None = None
+        self.http = None  # dellm_p2p.http.server.HttpServer once the API listens
+        self.gateway = None  # dellm_p2p.http.gateway.Gateway behind it
+        self.http_url = ""  # http://host:port of the API once it listens
         self.cores: CoreClaim | None = None
 
     async def start(self) -> str:
@@ -156,6 +160,10 @@ class Node:
         config = self.config
         if config.cluster_key_file is not None:
             self._cluster_key = load_cluster_key(config.cluster_key_file)
+        if config.http_port is not None and config.api_key_file is not None:
+            from .http.server import load_api_key
+
+            self._api_key = load_api_key(config.api_key_file)
         server_ssl = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
         self._client_ssl = client_ssl_context(config.tls_ca) if config.tls_ca is not None else None
         self.identity = await asyncio.to_thread(load_identity, config.resolved_state_dir)
@@ -190,7 +198,25 @@ class Node:
         self.url = config.advertise_url or _advertised_url(listen_url, self.server.port)
         self.server.url = self.url
         await self._join()
+        if config.http_port is not None:
+            await self._serve_http()
         return self.url
+
+    async def _serve_http(self) -> None:
+        """Start the OpenAI-compatible HTTP API (:mod:`dellm_p2p.http`) in this loop; sets :attr:`http_url`."""
+        from .http.app import ApiSettings, create_app
+        from .http.gateway import Gateway
+        from .http.server import HttpServer
+
+        config = self.config
+        self.gateway = Gateway.for_node(self)
+        settings = ApiSettings(
+            api_key=self._api_key,
+            max_body_bytes=config.http_max_body_bytes,
+            max_concurrent=config.http_max_concurrent,
+        )
+        self.http = HttpServer(create_app(self.gateway, settings), config.http_host, config.http_port or 0)
+        self.http_url = await self.http.start()
 
     async def _join(self) -> None:
         """Start membership gossip and mDNS discovery."""
@@ -272,6 +298,12 @@ class Node:
     async def close(self, grace_s: float | None = None) -> None:
         """Stop accepting, give in-flight work ``grace_s`` [s], release the engine. Idempotent."""
         grace = self.config.grace_period_s if grace_s is None else grace_s
+        http, self.http = self.http, None
+        if http is not None:  # no new API questions; open streams get a moment, then are cut
+            await http.close(min(grace, 5.0))
+        gateway, self.gateway = self.gateway, None
+        if gateway is not None:
+            await gateway.close()
         mdns, self.mdns = self.mdns, None
         if mdns is not None:
             await mdns.close()  # goodbye first: peers drop us at once

@@ -71,6 +71,20 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 @click.option(
     "--tls-ca", type=click.Path(dir_okay=False), help="PEM CA bundle to verify wss:// peers (default: system CAs)."
 )
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    help="Serve the OpenAI-compatible HTTP API on this port (0 picks a free one; default off).",
+)
+@click.option("--http-host", help="Address of the HTTP API (default 127.0.0.1).")
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False),
+    help="File with the key HTTP requests must send as 'Authorization: Bearer KEY'. Env: DELLM_API_KEY_FILE.",
+)
+@click.option(
+    "--http-insecure", is_flag=True, default=None, help="Allow an HTTP API without a key on a non-loopback address."
+)
 @click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug and vLLM logs.")
 def main(config_path: str | None, no_model: bool | None, no_mdns: bool | None, verbose: int, **options) -> None:
     """Serve a language model to dellm peers over websockets."""
@@ -124,6 +138,8 @@ async def serve(config: NodeConfig) -> int:
 
     model = node.engine.info.name if node.engine else "no model"
     print(f"dellm-node {config.name} ({node.node_id}) serving {model} at {url}", flush=True)
+    if node.http_url:
+        print(f"http API at {node.http_url}/v1", flush=True)
     console.print(f"[dim]dellm-node:[/] ready in {time.monotonic() - started:.1f} s; Ctrl-C stops")
     await stop.wait()
     console.print(f"[dim]dellm-node:[/] shutting down (in-flight requests get {config.grace_period_s:g} s)")
