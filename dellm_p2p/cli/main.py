@@ -272,6 +272,54 @@ def ask(
     sys.exit(_run_interruptible(go))
 
 
+@main.command()
+@click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap node ws://host:port (repeatable).")
+@click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
+@click.option("--no-mdns", is_flag=True, help="Do not browse mDNS (use --peer).")
+@click.option("--system", metavar="TEXT", help="A system message that starts the conversation.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="weighted", show_default=True)
+@click.option("--redundancy", "-k", type=click.IntRange(1, 16), default=3, show_default=True, help="Answers per chunk.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 4096), default=160, show_default=True)
+@click.option("--decompose", type=click.Choice(["rules", "llm", "none"]), default="rules", show_default=True)
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=180.0, show_default=True, help="Seconds.")
+@click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True)
+@_security_options
+def chat(peers, interfaces, no_mdns: bool, system: str | None, discover_timeout: float, **opts) -> None:
+    """Talk with the network: each line is asked with the conversation so far.
+
+    Answers stream with the same progress as `dellm ask`. /reset forgets the
+    conversation, /exit or Ctrl-D quits, Ctrl-C cancels the answer being
+    written (at the prompt it quits).
+    """
+    from ..swarm import AskOptions, Swarm, SwarmError
+    from .chat import repl
+
+    security = _security(opts.pop("cluster_key_file"), opts.pop("tls_ca"))
+    opts["timeout_s"] = opts.pop("timeout")
+    try:
+        options = AskOptions(**opts).checked()
+    except SwarmError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    async def go() -> int:
+        try:
+            async with Swarm(
+                peers=peers, mdns=not no_mdns, mdns_interfaces=list(interfaces) or None,
+                options=options, discover_timeout_s=discover_timeout, **security,
+            ) as swarm:  # fmt: skip
+                return await repl(swarm, out, err, system=system)
+        except (SwarmError, PeerError) as exc:
+            err.print(f"dellm: error: {exc}", markup=False)
+            return 1
+
+    try:
+        code = run(go())
+    except KeyboardInterrupt:  # while joining, before the REPL took over Ctrl-C
+        code = 130
+    sys.exit(code)
+
+
 def _exit_usage(message: str) -> NoReturn:
     """One line on stderr, exit code 2 (a usage error)."""
     err.print(f"dellm: error: {message}", markup=False)
