@@ -13,11 +13,18 @@ largest RTT alone, 0.3 ms against 3 ms counts as much as 30 ms against
 
 Load and spreading (:class:`RouteWeights`)::
 
-    score = base + w_load × (in_flight + load) / capacity + spread × chunks already given
+    ρ = (in_flight + load) / capacity                  (in [0, 1): peers at capacity are not candidates)
+    score = base + w_load × ρ / (1 − ρ) + spread × chunks already given
 
 ``in_flight`` is what the peer last reported in membership gossip, ``load``
-what this coordinator has in flight there. Peers at capacity are never
-chosen (:func:`eligible_peers`). The first assignment (the pipeline sends
+what this coordinator has in flight there. ρ / (1 − ρ) is the extra
+response time, in service times, of a processor-sharing server at
+utilization ρ (M/G/1-PS: E[T] = E[S] / (1 − ρ); Kleinrock 1976, "Queueing
+Systems", vol. 2, ch. 4), which is how a batching engine shares its slots:
+a request or two in flight barely count (and gossip reports ``in_flight``
+up to a few rounds late, our own finished requests included), a peer near
+capacity counts as much slower. Peers at capacity are never chosen
+(:func:`eligible_peers`). The first assignment (the pipeline sends
 its greedy request there) goes to the least-loaded peer among those whose
 score is within ``near`` of the best, ties at random — the greedy rule
 "least loaded of the best choices" that the power of two choices
@@ -82,7 +89,7 @@ class RouteWeights:
     Attributes:
         rtt, fitness: DELLM weights of normalized RTT and of (1 − fitness) (0.7, 0.3).
         spread: added per chunk of this question the peer already has.
-        load: weight of the peer's load, (in-flight requests) / capacity in [0, 1).
+        load: weight of the load term ρ / (1 − ρ), ρ = in-flight requests / capacity.
         near: score margin within which peers count as equally good for the
             first assignment, which goes to the least loaded of them.
         rtt_scale_ms: RTT [ms] that normalizes to 1 at least (0: the largest
@@ -97,7 +104,7 @@ class RouteWeights:
     rtt: float = 0.7
     fitness: float = 0.3
     spread: float = 0.1
-    load: float = 0.5
+    load: float = 0.1
     near: float = 0.02
     rtt_scale_ms: float = 100.0
     explore: float = 1.0
@@ -256,7 +263,11 @@ def _choose_adaptive(
         (
             (latency := w_rtt * (unmeasured if (rtt := p.rtt_ms) is None or rtt >= slowest else rtt / scale))
             + (
-                extra := w_load * (p.in_flight + (load[node] if (node := p.node_id) in load else 0)) / (p.capacity or 1)
+                extra := w_load
+                * (
+                    (busy := (p.in_flight + (load[node] if (node := p.node_id) in load else 0)) / (p.capacity or 1))
+                    / (1.0 - busy)
+                )
                 + (spread * assigned[node] if node in assigned else 0.0)
             )
             + w_fit
