@@ -42,6 +42,22 @@ Figures per N (``--sizes``, default 10,100,500):
   ``--concurrency`` questions in flight for ``--duration-s``; every
   simulated answer takes ``--first-token-ms`` + ``--tokens`` × ``--token-ms``
   (default 0 + 20 × 5 ms = 100 ms), so the ideal rate is concurrency / that.
+* **routing that learns** (issue 17; ``--learn-questions``, default 1,000
+  per policy; ``--learn-only`` skips the three phases above): the
+  **SIMULATION** gives every node a hidden accuracy (``--good-share`` 10 %
+  of them right ``--good-accuracy`` 90 % of the time, the rest
+  ``--other-accuracy`` 40 %; right answers agree, wrong ones are drawn from
+  20 per question, so they mostly differ). For each routing policy —
+  ``dellm`` (``RouteWeights.dellm()``, the rule before issue 17) and
+  ``adaptive`` (``RouteWeights()``, the default) — a fresh coordinator with
+  neutral fitness asks the questions, ``--learn-concurrency`` at a time, at
+  redundancy 3 with the default (weighted) vote. Figures: distinct peers
+  used, the busiest peer's share against the fair 1/N, latency p50/p99
+  against the answer time, Spearman(final fitness, hidden accuracy) with
+  its ceiling (accuracy has two levels, so even a perfect ordering scores
+  below 1), the accurate peers' share of requests and the swarm's accuracy
+  in the first and last 200 questions, and the most requests a node ran at
+  once against its capacity. Issue 17's targets are checked per policy.
 
 Worker processes get ``nice`` +``--worker-nice`` (default 10) so the
 coordinator, which in a real network has a machine of its own, is not starved
@@ -53,6 +69,7 @@ processes (file descriptors: RLIMIT_NOFILE is raised to its hard limit).
 Usage::
 
     .venv/bin/python scripts/bench_scale.py [--sizes 10,100,500] [--json out.json] [--quick]
+        [--learn-only] [--learn-questions 1000] [--learn-concurrency 8]
         [--wait-load 2]   # first wait (poll every 30 s, at most 20 min) for the 1-min load average < 2
 """
 
@@ -70,6 +87,7 @@ import multiprocessing
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import time
@@ -84,7 +102,7 @@ from typing import Any
 from dellm_p2p.config import NodeConfig
 from dellm_p2p.coordinator.errors import SwarmError
 from dellm_p2p.coordinator.pipeline import AskOptions
-from dellm_p2p.coordinator.route import eligible_peers, route
+from dellm_p2p.coordinator.route import RouteWeights, eligible_peers, route
 from dellm_p2p.coordinator.types import Chunk, Operation
 from dellm_p2p.engine import Delta, Engine, EngineStats, GenerationRequest, ModelInfo, PromptTooLongError
 from dellm_p2p.fitness import FitnessBook
@@ -113,13 +131,26 @@ def progress(message: str) -> None:
 # The SIMULATION: an engine without a model. Lives only in this benchmark.
 
 
+SIM_WRONG_ANSWERS = 20  # wrong answers a simulated node draws from, per question
+
+
+def sim_right_answer(question: int) -> int:
+    """The right answer to simulated question ``question`` (what accurate nodes say), in [1000, 9999)."""
+    return 1000 + (question * 7919) % 8999
+
+
 class SimulatedEngine(Engine):
     """SIMULATED engine (no model): streams ``tokens`` words, the first after
     ``first_token_s`` + ``token_interval_s``, then one every ``token_interval_s``.
 
     Token times are absolute (from the request's start), so event-loop jitter
     delays a token but does not slow the rate. The answer ends with
-    ``Answer: 42`` so every node agrees and the vote is decided.
+    ``Answer: 42`` so every node agrees and the vote is decided — unless
+    :attr:`accuracy` is set (the learning phase): then each sample ends with
+    the right answer to the prompt's ``question <q>`` (:func:`sim_right_answer`)
+    with probability ``accuracy``, else with one of :data:`SIM_WRONG_ANSWERS`
+    wrong ones drawn at random (two wrong samples agree 1 time in 20, right
+    ones always). :attr:`peak` is the most requests it ran at once.
     """
 
     def __init__(self, tokens: int = 20, token_interval_s: float = 0.005, first_token_s: float = 0.0):
@@ -132,10 +163,23 @@ class SimulatedEngine(Engine):
         self.requests = 0
         self.tokens_out = 0
         self.running: set[str] = set()
+        self.accuracy: float | None = None  # hidden accuracy (learning phase), None: always "42"
+        self.rng = random.Random(0)
+        self.peak = 0
 
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(SIM_MODEL, self.max_model_len, "simulated")
+
+    def _final_word(self, text: str) -> str:
+        """The answer one sample commits to: right with probability :attr:`accuracy`, else a random wrong one."""
+        if self.accuracy is None:
+            return self.words[-1]
+        match = re.search(r"question (\d+)", text)
+        right = sim_right_answer(int(match.group(1)) if match else 0)
+        if self.rng.random() < self.accuracy:
+            return str(right)
+        return str(right + 1 + self.rng.randrange(SIM_WRONG_ANSWERS))
 
     async def start(self) -> None:
         pass
@@ -148,8 +192,10 @@ class SimulatedEngine(Engine):
         loop = asyncio.get_running_loop()
         started = loop.time()
         words = self.words[: request.params.max_tokens]
+        finals = [self._final_word(text) for _ in range(request.params.n)]
         self.requests += 1
         self.running.add(request_id)
+        self.peak = max(self.peak, len(self.running))
         try:
             for position, word in enumerate(words):
                 due = started + self.first_token_s + (position + 1) * self.token_interval_s
@@ -159,7 +205,7 @@ class SimulatedEngine(Engine):
                     self.tokens_out += 1
                     yield Delta(
                         index=index,
-                        text=(" " if position else "") + word,
+                        text=(" " if position else "") + (finals[index] if position == len(self.words) - 1 else word),
                         tokens=1,
                         logprobs=[-0.1] if request.params.logprobs else None,
                         finish_reason=("stop" if len(words) == len(self.words) else "length") if last else None,
@@ -254,6 +300,7 @@ class SimNode:
         self.identity = Identity.generate()
         self.node_id, self.name = self.identity.node_id, f"sim-{index:04d}"
         engine = SimulatedEngine(settings["tokens"], settings["token_ms"] / 1000, settings["first_token_ms"] / 1000)
+        self.engine = engine
         self.server = NodeServer(
             engine, node_id=self.node_id, name=self.name, max_concurrency=settings["capacity"], identity=self.identity
         )
@@ -355,7 +402,19 @@ class _Worker:
             urls[i] = await node.start(bootstrap)
             self.nodes[i] = node
             self.ok_since[i] = None
-        return {"urls": urls, "t_started": time.time()}
+        return {"urls": urls, "ids": {i: self.nodes[i].node_id for i in indices}, "t_started": time.time()}
+
+    async def cmd_set_accuracy(self, accuracy: dict[int, float], seed: int) -> dict:
+        """SIMULATION: give every node of this worker its hidden accuracy (and a seeded draw); reset peaks."""
+        for i, node in self.nodes.items():
+            node.engine.accuracy = accuracy.get(i)
+            node.engine.rng = random.Random(seed * 100_003 + i)
+            node.engine.peak = 0
+        return {}
+
+    async def cmd_peaks(self) -> dict:
+        """Per node index: the most requests its engine ran at once since :meth:`cmd_set_accuracy`."""
+        return {"peaks": {i: node.engine.peak for i, node in self.nodes.items()}}
 
     async def cmd_status(self) -> dict:
         """Membership: per node, are all N-1 others in its table and alive?"""
@@ -788,6 +847,228 @@ async def bench_throughput(swarm: Swarm, concurrency: int, duration_s: float, ma
     }
 
 
+# Routing that learns: SIMULATED answers with a hidden accuracy per node (issue 17)
+
+POLICIES = {"dellm": RouteWeights.dellm(), "adaptive": RouteWeights()}
+POLICY_TEXT = {
+    "dellm": "before: DELLM score only",
+    "adaptive": "now: + load, near-equal spreading, Thompson sampling",
+}
+
+
+def hidden_accuracies(n: int, good_share: float, good: float, other: float, seed: int) -> dict[int, float]:
+    """SIMULATION: node index -> hidden accuracy; round(good_share × n) random nodes (at least one) get ``good``."""
+    picked = set(random.Random(seed).sample(range(n), max(1, round(good_share * n))))
+    return {i: good if i in picked else other for i in range(n)}
+
+
+def ranks(values: list[float]) -> list[float]:
+    """Ranks from 0, ties sharing their average rank (for Spearman's rho)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            out[order[t]] = (i + j) / 2
+        i = j + 1
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's r of the tie-averaged ranks); ``None`` when a side is constant."""
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    den = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return num / den if den else None
+
+
+def learning_figures(
+    questions: list[dict[str, Any]],
+    fitness: dict[str, float],
+    accuracy: dict[str, float],
+    peaks: dict[str, int],
+    capacity: int,
+    answer_ms: float,
+    window: int,
+) -> dict[str, Any]:
+    """The figures of issue 17 for one routing policy.
+
+    Args:
+        questions: per question in the order asked: ``requests`` (node id -> samples asked), ``correct``
+            (the vote's answer is the right one), ``latency_ms``, ``failures`` (reasons), ``error``.
+        fitness: the coordinator's final fitness per node id.
+        accuracy: hidden accuracy per node id (the SIMULATION's; every node serves).
+        peaks: most requests each node's engine ran at once.
+        capacity: requests a node serves at once.
+        answer_ms: the simulated answer time [ms].
+        window: questions in the "first" and "last" windows (200 for 1,000 questions).
+    """
+    n = len(accuracy)
+    per_peer: Counter[str] = Counter()
+    for q in questions:
+        per_peer.update(q["requests"])
+    total = sum(per_peer.values())
+    best = max(accuracy.values())
+    good = {node for node, acc in accuracy.items() if acc == best}
+    last = questions[-window:]
+    last_total = sum(sum(q["requests"].values()) for q in last)
+    last_good = sum(c for q in last for node, c in q["requests"].items() if node in good)
+    latencies = sorted(q["latency_ms"] for q in questions if q["error"] is None)
+    nodes = sorted(accuracy)
+    acc_list = [accuracy[node] for node in nodes]
+    fit_list = [fitness.get(node, 0.5) for node in nodes]
+    # With tied hidden accuracies (two levels) even a perfect ordering of fitness gives Spearman < 1:
+    # the ceiling is Spearman against accuracies with their ties broken in fitness' favour.
+    ceiling = spearman(acc_list, [a + 1e-9 * r for a, r in zip(acc_list, ranks(fit_list), strict=True)])
+    pairs = [
+        (fg, fb)
+        for fg, ag in zip(fit_list, acc_list, strict=True)
+        if ag == best
+        for fb, ab in zip(fit_list, acc_list, strict=True)
+        if ab != best
+    ]
+    auc = sum(1.0 if fg > fb else 0.5 if fg == fb else 0.0 for fg, fb in pairs) / len(pairs) if pairs else None
+    reasons: Counter[str] = Counter(why.split(":", 1)[0] for q in questions for why in q["failures"])
+
+    def accuracy_of(part: list[dict[str, Any]]) -> float | None:
+        return sum(q["correct"] for q in part) / len(part) if part else None
+
+    p99 = pct(latencies, 99)
+    return {
+        "questions": len(questions),
+        "errors": sum(q["error"] is not None for q in questions),
+        "requests": total,
+        "serving_peers": n,
+        "distinct_peers_used": len(per_peer),
+        "busiest_peer_share": round(max(per_peer.values()) / total, 4) if total else None,
+        "fair_share": round(1 / n, 4),
+        "latency_ms_p50": pct(latencies, 50),
+        "latency_ms_p99": p99,
+        "latency_p99_over_answer": round(p99 / answer_ms, 2) if p99 is not None else None,
+        "spearman_fitness_accuracy": spearman(fit_list, acc_list),
+        "spearman_ceiling": ceiling,
+        "auc_good_over_rest": auc,
+        "good_peers": len(good),
+        "good_share_last": round(last_good / last_total, 4) if last_total else None,
+        "accuracy_first": accuracy_of(questions[:window]),
+        "accuracy_last": accuracy_of(last),
+        "window": window,
+        "peak_in_flight": max(peaks.values(), default=0),
+        "capacity": capacity,
+        "peer_failures": dict(reasons),
+        "slowest": [  # what the tail was made of
+            {k: q[k] for k in ("latency_ms", "requests", "failures", "error", "at_s")}
+            for q in sorted(questions, key=lambda q: -q["latency_ms"])[:3]
+        ],
+        "fitness_good_mean": statistics.fmean(f for f, a in zip(fit_list, acc_list, strict=True) if a == best),
+        "fitness_rest_mean": statistics.fmean(f for f, a in zip(fit_list, acc_list, strict=True) if a != best)
+        if n > len(good)
+        else None,
+    }
+
+
+def learning_verdicts(f: dict[str, Any]) -> dict[str, bool]:
+    """Issue 17's targets (set at N = 100) against one policy's figures."""
+    gain = (
+        f["accuracy_last"] - f["accuracy_first"]
+        if f["accuracy_last"] is not None and f["accuracy_first"] is not None
+        else None
+    )
+    p99x, rho, share = f["latency_p99_over_answer"], f["spearman_fitness_accuracy"], f["good_share_last"]
+    return {
+        "every serving peer got a request": f["distinct_peers_used"] == f["serving_peers"],
+        "no peer over capacity": f["peak_in_flight"] <= f["capacity"] and not f["peer_failures"].get("overloaded"),
+        "latency p99 <= 3 x answer time": p99x is not None and p99x <= 3.0,
+        "Spearman(fitness, accuracy) >= 0.8": rho is not None and rho >= 0.8,
+        f"accurate peers take >= 50 % of the last {f['window']}": share is not None and share >= 0.5,
+        f"accuracy, last {f['window']} >= first {f['window']} + 10 points": gain is not None and gain >= 0.10 - 1e-9,
+    }
+
+
+async def bench_learning(
+    workers: list[WorkerHandle], boot_url: str, n: int, ids: dict[int, str], args: argparse.Namespace, policy: str
+) -> dict[str, Any]:
+    """One routing policy on the live network: a fresh coordinator asks ``--learn-questions`` SIMULATED questions.
+
+    The coordinator (a :class:`Swarm`) starts from neutral fitness and no evidence for every node (its
+    table is reset after joining: the nodes' tables carry the earlier phases' rewards), asks
+    ``--learn-concurrency`` questions at once with the product's default vote (weighted) at
+    redundancy 3, and is closed at the end. Every node answers like its hidden accuracy says.
+    """
+    accuracy = hidden_accuracies(n, args.good_share, args.good_accuracy, args.other_accuracy, args.seed)
+    await call_all(workers, "set_accuracy", accuracy=accuracy, seed=args.seed + len(policy))
+    options = AskOptions(
+        redundancy=3, max_tokens=args.tokens + 8, timeout_s=60, chunk_timeout_s=30, decompose="none",
+        synthesize=False, weights=POLICIES[policy],
+    )  # fmt: skip
+    swarm = Swarm(peers=[boot_url], mdns=False, options=options, discover_timeout_s=args.join_timeout_s)
+    questions: list[dict[str, Any]] = [{} for _ in range(args.learn_questions)]
+    try:
+        await swarm.start()
+        for _ in range(int(args.join_timeout_s / 0.05)):
+            if len(swarm.table.alive()) >= n:
+                break
+            await asyncio.sleep(0.05)
+        for record in swarm.table.records():  # neutral start: no fitness, no evidence
+            record.fitness, record.agreed, record.rewards = 0.5, 0, 0
+        next_q = 0
+        started = time.monotonic()
+
+        async def asker() -> None:
+            nonlocal next_q
+            while next_q < args.learn_questions:
+                q = next_q
+                next_q += 1
+                t0 = time.monotonic()
+                entry: dict[str, Any] = {"requests": {}, "correct": False, "failures": [], "error": None}
+                try:
+                    answer = await swarm.ask(f"What is 6 times 7? (question {q})")
+                    chunk = answer.chunks[0]
+                    requests: Counter[str] = Counter()
+                    for a in chunk.assignments:
+                        requests[a.peer_id] += a.samples
+                    entry["requests"] = dict(requests)
+                    entry["failures"] = [why for _, why in chunk.failures]
+                    entry["correct"] = chunk.vote is not None and chunk.vote.answer == str(sim_right_answer(q))
+                except SwarmError as exc:
+                    entry["error"] = f"{type(exc).__name__}: {exc}"
+                entry["latency_ms"] = (time.monotonic() - t0) * 1000
+                entry["at_s"] = round(t0 - started, 3)
+                questions[q] = entry
+                if (q + 1) % max(1, args.learn_questions // 5) == 0:
+                    progress(f"N={n} {policy}: {q + 1}/{args.learn_questions} questions")
+
+        await asyncio.gather(*(asker() for _ in range(args.learn_concurrency)))
+        elapsed = time.monotonic() - started
+        fitness = {p.node_id: p.fitness for p in swarm.table.records()}
+        evidence = {p.node_id: p.rewards for p in swarm.table.records()}
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(swarm.close(), 10)
+    peaks: dict[str, int] = {}
+    for reply in await call_all(workers, "peaks"):
+        peaks.update({ids[int(i)]: peak for i, peak in reply["peaks"].items()})
+    window = min(200, max(1, args.learn_questions // 5))
+    answer_ms = args.first_token_ms + args.tokens * args.token_ms
+    figures = learning_figures(
+        questions, fitness, {ids[i]: a for i, a in accuracy.items()}, peaks, args.capacity, answer_ms, window
+    )
+    figures.update(
+        policy=policy,
+        weights=POLICIES[policy].__dict__,
+        concurrency=args.learn_concurrency,
+        load_of_capacity=round(args.learn_concurrency * 3 / (n * args.capacity), 4),
+        questions_per_s=round(len(questions) / elapsed, 2),
+        evidence_median=statistics.median(evidence.values()) if evidence else None,
+    )
+    figures["targets"] = learning_verdicts(figures)
+    return figures
+
+
 # One network size
 
 
@@ -824,47 +1105,75 @@ async def bench_size(n: int, args: argparse.Namespace, settings: dict[str, Any],
             + f" (workers used {conv['workers']['workers_cpu_cores']} cores)"
         )
 
-        await asyncio.sleep(args.settle_s)
-        await call_all(workers, "stats")
-        reps = []
-        for rep in range(args.gossip_reps):
-            at = RNG.randrange(1, n) if n > 1 else 0
-            reps.append(await gossip_once(workers, owner, n, at, args.gossip_timeout_s))
-            progress(f"N={n}: gossip rep {rep + 1}: reached {reps[-1]['reached']}/{n}, all in {reps[-1]['all_s']} s")
-            await asyncio.sleep(0.5)
-        all_s = [r["all_s"] for r in reps]
-        out["gossip"] = {
-            "reps": reps,
-            "all_s_median": statistics.median(all_s) if None not in all_s else None,
-            "all_s_max": max(all_s) if None not in all_s else None,
-            "workers": stats_summary(await call_all(workers, "stats")),
-        }
+        if not args.learn_only:
+            await asyncio.sleep(args.settle_s)
+            await call_all(workers, "stats")
+            reps = []
+            for rep in range(args.gossip_reps):
+                at = RNG.randrange(1, n) if n > 1 else 0
+                reps.append(await gossip_once(workers, owner, n, at, args.gossip_timeout_s))
+                progress(
+                    f"N={n}: gossip rep {rep + 1}: reached {reps[-1]['reached']}/{n}, all in {reps[-1]['all_s']} s"
+                )
+                await asyncio.sleep(0.5)
+            all_s = [r["all_s"] for r in reps]
+            out["gossip"] = {
+                "reps": reps,
+                "all_s_median": statistics.median(all_s) if None not in all_s else None,
+                "all_s_max": max(all_s) if None not in all_s else None,
+                "workers": stats_summary(await call_all(workers, "stats")),
+            }
 
-        options = AskOptions(
-            strategy="majority", redundancy=3, temperature=0.0, max_tokens=args.tokens + 8, timeout_s=30,
-            chunk_timeout_s=20, decompose="none", synthesize=False,
-        )  # fmt: skip
-        progress(f"N={n}: coordinator joins (tracemalloc on)")
-        swarm, out["coordinator_live_memory"] = await join_swarm(boot_url, n, options, args.join_timeout_s)
-        await call_all(workers, "stats")
-        progress(f"N={n}: fan-out throughput, {args.concurrency} questions in flight for {args.duration_s:g} s")
-        profiler = None
-        if args.profile:
-            import cProfile
+            options = AskOptions(
+                strategy="majority", redundancy=3, temperature=0.0, max_tokens=args.tokens + 8, timeout_s=30,
+                chunk_timeout_s=20, decompose="none", synthesize=False,
+            )  # fmt: skip
+            progress(f"N={n}: coordinator joins (tracemalloc on)")
+            swarm, out["coordinator_live_memory"] = await join_swarm(boot_url, n, options, args.join_timeout_s)
+            await call_all(workers, "stats")
+            progress(f"N={n}: fan-out throughput, {args.concurrency} questions in flight for {args.duration_s:g} s")
+            profiler = None
+            if args.profile:
+                import cProfile
 
-            profiler = cProfile.Profile(time.process_time)
-            profiler.enable()
-        out["throughput"] = await bench_throughput(swarm, args.concurrency, args.duration_s, args.max_questions)
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(str(Path(args.profile) / f"coordinator-n{n}.prof"))
-            await asyncio.gather(
-                *(w.call("profile", path=str(Path(args.profile) / f"worker-n{n}-{w.worker_id}.prof")) for w in workers)
+                profiler = cProfile.Profile(time.process_time)
+                profiler.enable()
+            out["throughput"] = await bench_throughput(swarm, args.concurrency, args.duration_s, args.max_questions)
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(str(Path(args.profile) / f"coordinator-n{n}.prof"))
+                await asyncio.gather(
+                    *(
+                        w.call("profile", path=str(Path(args.profile) / f"worker-n{n}-{w.worker_id}.prof"))
+                        for w in workers
+                    )
+                )
+            out["throughput"]["ideal_questions_per_s"] = args.concurrency / (
+                (args.first_token_ms + args.tokens * args.token_ms) / 1000
             )
-        out["throughput"]["ideal_questions_per_s"] = args.concurrency / (
-            (args.first_token_ms + args.tokens * args.token_ms) / 1000
-        )
-        out["throughput"]["workers"] = stats_summary(await call_all(workers, "stats"))
+            out["throughput"]["workers"] = stats_summary(await call_all(workers, "stats"))
+        if args.learn_questions:
+            ids = {int(i): node_id for reply in [boot, *started] for i, node_id in reply["ids"].items()}
+            if swarm is not None:  # its reward records must not reach the learning phase's coordinators
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(swarm.close(), 10)
+                swarm = None
+            out["learning"] = {}
+            for policy in POLICIES:
+                # Anti-entropy re-sends records applied in the last 10 s: let the earlier phase's fade.
+                await asyncio.sleep(args.learn_pause_s)
+                progress(
+                    f"N={n}: routing that learns, policy {policy}: {args.learn_questions} questions, "
+                    f"{args.learn_concurrency} in flight (SIMULATED hidden accuracies)"
+                )
+                out["learning"][policy] = await bench_learning(workers, boot_url, n, ids, args, policy)
+                f = out["learning"][policy]
+                progress(
+                    f"N={n} {policy}: {f['distinct_peers_used']}/{n} peers used, accurate share (last "
+                    f"{f['window']}) {fmt(f['good_share_last'])}, accuracy {fmt(f['accuracy_first'])} -> "
+                    f"{fmt(f['accuracy_last'])}, Spearman {fmt(f['spearman_fitness_accuracy'])}, p99 "
+                    f"{fmt(f['latency_ms_p99'], '.0f')} ms"
+                )
         final = await call_all(workers, "stats")
         out["node_warnings"] = dict(sum((Counter(s["warnings"]) for s in final), Counter()))
     finally:
@@ -965,6 +1274,82 @@ def report(results: dict[str, Any]) -> None:
         )
     for line in detail_lines(results):
         console.print(line, soft_wrap=True, highlight=False)
+    learning_report(results, console)
+
+
+def learning_report(results: dict[str, Any], console: Any) -> None:
+    """The routing-that-learns phase: the old rule and the new one side by side, per N (issue 17)."""
+    from rich.table import Table
+
+    columns = [(r["n"], policy, f) for r in results["runs"] for policy, f in (r.get("learning") or {}).items()]
+    if not columns:
+        return
+    s = results["settings"]
+    answer_ms = s["first_token_ms"] + s["tokens"] * s["token_ms"]
+    table = Table(
+        title="bench_scale: routing that learns who is good — SIMULATED nodes with a hidden accuracy",
+        caption=(
+            f"SIMULATION: {s['good_share']:.0%} of the nodes answer right {s['good_accuracy']:.0%} of the time, "
+            f"the rest {s['other_accuracy']:.0%}; right answers agree, wrong ones are drawn from "
+            f"{SIM_WRONG_ANSWERS} per question; every answer takes {answer_ms:g} ms. A fresh coordinator per "
+            "policy (neutral fitness, no evidence) asks the questions with the default vote (weighted), k = 3."
+        ),
+    )
+    table.add_column("figure")
+    for n, policy, _ in columns:
+        table.add_column(f"N = {n}\n{POLICY_TEXT.get(policy, policy)}", justify="right")
+
+    def row(label: str, render) -> None:
+        table.add_row(label, *(render(f) for _, _, f in columns))
+
+    row(
+        "questions (in flight; load ÷ capacity)",
+        lambda f: (
+            f"{f['questions']} ({f['concurrency']}; {f['load_of_capacity']:.1%})"
+            + (f", {f['errors']} failed" if f["errors"] else "")
+        ),
+    )
+    row("distinct peers used / serving", lambda f: f"{f['distinct_peers_used']} / {f['serving_peers']}")
+    row(
+        "busiest peer's share of requests (fair share)",
+        lambda f: f"{fmt(f['busiest_peer_share'], '.1%')} ({f['fair_share']:.1%})",
+    )
+    row(
+        f"latency p50 / p99, ms (p99 ÷ {answer_ms:g} ms)",
+        lambda f: (
+            f"{fmt(f['latency_ms_p50'], '.0f')} / {fmt(f['latency_ms_p99'], '.0f')} "
+            f"({fmt(f['latency_p99_over_answer'], '.1f')}×)"
+        ),
+    )
+    row(
+        "Spearman(fitness, hidden accuracy) (ceiling with 2 levels)",
+        lambda f: f"{fmt(f['spearman_fitness_accuracy'])} ({fmt(f['spearman_ceiling'])})",
+    )
+    row("P(accurate peer's fitness > another's) (AUC)", lambda f: fmt(f["auc_good_over_rest"]))
+    row(
+        "mean fitness: accurate / rest",
+        lambda f: f"{fmt(f['fitness_good_mean'], '.3f')} / {fmt(f['fitness_rest_mean'], '.3f')}",
+    )
+    row(
+        "accurate peers' share of requests, last W questions",
+        lambda f: f"{fmt(f['good_share_last'], '.1%')} ({f['good_peers']} peers, W = {f['window']})",
+    )
+    row(
+        "swarm accuracy: first W → last W questions",
+        lambda f: f"{fmt(f['accuracy_first'], '.1%')} → {fmt(f['accuracy_last'], '.1%')}",
+    )
+    row(
+        "most requests one node ran at once (capacity)",
+        lambda f: (
+            f"{f['peak_in_flight']} ({f['capacity']})"
+            + (f", {f['peer_failures'].get('overloaded', 0)} refused" if f["peer_failures"].get("overloaded") else "")
+        ),
+    )
+    row("questions/s", lambda f: fmt(f["questions_per_s"], ".1f"))
+    console.print(table)
+    for n, policy, f in columns:
+        marks = ", ".join(f"{name} {'PASS' if ok else 'MISS'}" for name, ok in f["targets"].items())
+        console.print(f"N={n} {policy}: {marks}", soft_wrap=True, highlight=False)
 
 
 def detail_lines(results: dict[str, Any]) -> list[str]:
@@ -1085,6 +1470,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cProfile (CPU time) the coordinator during the fan-out phase and each worker from node start to the "
         "end of it; writes DIR/coordinator-nN.prof and DIR/worker-nN-W.prof",
     )
+    p.add_argument(
+        "--learn-questions",
+        type=int,
+        default=1000,
+        help="routing that learns: SIMULATED questions per routing policy (0: skip; default 1000)",
+    )
+    p.add_argument("--learn-concurrency", type=int, default=8, help="questions in flight while learning (default 8)")
+    p.add_argument("--learn-only", action="store_true", help="skip gossip, memory and fan-out: only the learning phase")
+    p.add_argument("--learn-pause-s", type=float, default=11.0, help="pause before each policy [s] (default 11)")
+    p.add_argument("--good-share", type=float, default=0.1, help="share of accurate simulated nodes (default 0.1)")
+    p.add_argument("--good-accuracy", type=float, default=0.9, help="their hidden accuracy (default 0.9)")
+    p.add_argument("--other-accuracy", type=float, default=0.4, help="everyone else's (default 0.4)")
+    p.add_argument("--seed", type=int, default=17, help="seed of the hidden accuracies and answers (default 17)")
     p.add_argument("--wait-load", type=float, help="first wait until the 1-min load average is below this")
     p.add_argument("--wait-max-s", type=float, default=1200.0)
     args = p.parse_args(argv)
@@ -1098,6 +1496,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.route_iterations = min(args.route_iterations, 1000)
         args.gossip_reps, args.duration_s, args.concurrency = 1, 2.0, min(args.concurrency, 8)
         args.settle_s, args.converge_timeout_s = 0.5, min(args.converge_timeout_s, 30.0)
+        args.learn_questions, args.learn_concurrency = min(args.learn_questions, 60), min(args.learn_concurrency, 4)
+        args.learn_pause_s = min(args.learn_pause_s, 1.0)
     return args
 
 
