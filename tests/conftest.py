@@ -13,10 +13,13 @@ def vllm_node(tmp_path_factory):
 
     Started once per session (loading and warming up takes about a minute on
     CPU); tests must leave it serving. Its clean exit on SIGTERM is checked
-    at teardown.
+    at teardown. It serves the HTTP API too (``node.http_url``, on a free
+    loopback port), so the API tests need no model of their own.
     """
     state = tmp_path_factory.mktemp("vllm-node-state")
-    node = NodeProcess(["--name", "test-vllm", "--state-dir", str(state), "--max-concurrency", "8"])
+    node = NodeProcess(
+        ["--name", "test-vllm", "--state-dir", str(state), "--max-concurrency", "8", "--no-mdns", "--http-port", "0"]
+    )
     try:
         node.wait_ready(timeout_s=600)
     except Exception:
