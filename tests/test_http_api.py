@@ -325,3 +325,56 @@ def test_an_open_api_beyond_loopback_needs_a_key_or_insecure(tmp_path):
     key.write_text("\n")
     with pytest.raises(SecurityConfigError):
         load_api_key(key)
+
+
+async def test_peer_model_fails_over_to_the_next_peer(tmp_path, monkeypatch):
+    # The gateway node ranks itself first (no network hop); its engine refuses every prompt (context of 2 words).
+    small = SimulatedEngine(token_interval_s=0.001, max_model_len=2)
+    gateway = await start_node(tmp_path / "a", monkeypatch, small, name="sim-a")
+    other = SimulatedEngine(token_interval_s=0.001)
+    other.replies = dict(REPLIES)
+    helper = await start_node(tmp_path / "b", monkeypatch, other, name="sim-b", http_port=None, peers=[gateway.url])
+    try:
+        async with asyncio.timeout(10):
+            while len(gateway.gateway.serving()) < 2:
+                await asyncio.sleep(0.05)
+        reply = await client(gateway).chat.completions.create(
+            model="simulated", messages=[{"role": "user", "content": "Which river flows there?"}], max_tokens=1
+        )
+        assert reply.choices[0].message.content == "The" and other.prompts == ["Which river flows there?"]
+        assert gateway.server.counters.requests_failed == 1  # it was tried first and refused the prompt
+    finally:
+        await helper.close(0)
+        await gateway.close(0)
+
+
+async def test_an_app_around_a_swarm(sim):
+    from dellm_p2p.swarm import Swarm
+
+    node, _ = sim
+    async with Swarm(peers=[node.url], mdns=False) as swarm:
+        server = HttpServer(create_app(Gateway.for_swarm(swarm)), "127.0.0.1", 0)
+        url = await server.start()
+        try:
+            api = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+            reply = await api.chat.completions.create(
+                model="dellm", messages=[{"role": "user", "content": "What is the capital of France?"}]
+            )
+            assert reply.choices[0].message.content == REPLIES["capital"]
+        finally:
+            await server.close()
+
+
+def test_dellm_node_prints_where_the_api_listens(tmp_path):
+    from dellm_p2p.local import NodeProcess
+
+    node = NodeProcess(["--no-model", "--no-mdns", "--state-dir", str(tmp_path), "--http-port", "0"])
+    try:
+        node.wait_ready(timeout_s=60)
+        assert node.http_url.startswith("http://127.0.0.1:")
+        health = httpx.get(node.http_url + "/health", timeout=10)
+        assert health.status_code == 503 and health.json()["models"] == {}
+    finally:
+        assert node.stop(timeout_s=30) == 0, node.stderr_tail()
+    refused = NodeProcess(["--no-model", "--no-mdns", "--http-port", "0", "--http-host", "0.0.0.0"])
+    assert refused.proc.wait(30) == 2 and "api_key_file" in refused.stderr_tail()
