@@ -185,6 +185,8 @@ async def test_client_disconnect_mid_stream_aborts_the_generations(tmp_path, mon
         assert engine.aborted
         stats = await (await node.gateway.pool.get(node.url)).stats()
         assert stats.in_flight == 0 and stats.engine_running == 0 and stats.requests_cancelled >= 1
+        async with httpx.AsyncClient(timeout=10) as http:  # and the API's slot was given back
+            assert (await http.get(node.http_url + "/health")).json()["in_flight"] == {"node": 0, "api": 0}
     finally:
         await node.close(0)
 
@@ -255,6 +257,11 @@ async def test_too_many_requests_get_429_with_retry_after(tmp_path, monkeypatch)
                 second = await http.post(url + "/v1/chat/completions", json=body)
                 assert_error(second, 429, "rate_limit_exceeded")
                 assert second.headers["retry-after"] == "1"
+            async with asyncio.timeout(5):  # the closed stream gave its slot back
+                while (await http.get(url + "/health")).json()["in_flight"]["api"]:
+                    await asyncio.sleep(0.05)
+            body["stream"], body["max_tokens"] = False, 2
+            assert (await http.post(url + "/v1/chat/completions", json=body)).status_code == 200
     finally:
         await node.close(0)
 

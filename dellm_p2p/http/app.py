@@ -43,6 +43,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..client import PeerError
@@ -249,8 +250,8 @@ class _Api:
                 400, f"{param}: {first['msg']}" if param else first["msg"], param=param, code="invalid_parameter"
             ) from None
 
-    def admit(self) -> None:
-        """Take a slot of ``max_concurrent``; 429 with ``Retry-After`` when none is free (release with :meth:`done`)."""
+    def admit(self) -> _Slot:
+        """Take one of ``max_concurrent`` slots; 429 with ``Retry-After`` when none is free."""
         if self.active >= self.settings.max_concurrent:
             raise ApiError(
                 429,
@@ -262,8 +263,9 @@ class _Api:
             )
         self.active += 1
         self.metrics.in_flight.inc()
+        return _Slot(self)
 
-    def done(self) -> None:
+    def _release(self) -> None:
         self.active -= 1
         self.metrics.in_flight.dec()
 
@@ -339,14 +341,16 @@ class _Api:
         prompt: str | None = None,
     ) -> Response:
         """Both completion endpoints: pick the door (pipeline or one peer model), stream or not."""
-        self.admit()
+        slot = self.admit()
         streaming = False
         try:
             if body.model == DELLM_MODEL:
-                response = await self._pipeline(request, body, endpoint, messages, prompt)
+                response = await self._pipeline(request, body, endpoint, messages, prompt, slot)
             else:
-                response = await self._direct(request, body, endpoint, messages, prompt)
-            streaming = isinstance(response, StreamingResponse)  # the stream releases the slot itself
+                response = await self._direct(request, body, endpoint, messages, prompt, slot)
+            if isinstance(response, StreamingResponse):
+                # The stream releases the slot when it ends; the background task too, in case it never started.
+                streaming, response.background = True, BackgroundTask(slot.release)
             self.metrics.requests.labels(endpoint, "200").inc()
             return response
         except ClientGone:
@@ -362,7 +366,7 @@ class _Api:
             raise
         finally:
             if not streaming:
-                self.done()
+                slot.release()
 
     # model: dellm.
 
@@ -395,6 +399,7 @@ class _Api:
         endpoint: str,
         messages: list[dict[str, str]] | None,
         prompt: str | None,
+        slot: _Slot,
     ) -> Response:
         options = self._options(body)
         if messages is not None:
@@ -411,7 +416,7 @@ class _Api:
             except BaseException:
                 await events.aclose()
                 raise
-            sse = self._sse_pipeline(events, first, body, endpoint, rid, started)
+            sse = self._sse_pipeline(events, first, body, endpoint, rid, started, slot)
             return StreamingResponse(sse, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             answer, first_token = await self.guarded(request, _final(events))
@@ -458,6 +463,7 @@ class _Api:
         endpoint: str,
         rid: str,
         started: float,
+        slot: _Slot,
     ) -> AsyncIterator[str]:
         """The pipeline's answer as SSE: a role chunk, the synthesis text as it streams, the trace last."""
         chunk = _chunker(endpoint, rid, DELLM_MODEL)
@@ -496,7 +502,7 @@ class _Api:
             outcome = "failed"
             yield _sse(api_error(exc).body())
         finally:  # bookkeeping first: under a disconnect every await here is cancelled again
-            self.done()
+            slot.release()
             if outcome != "answered":
                 self.metrics.questions.labels("dellm", outcome).inc()
             await events.aclose()  # type: ignore[attr-defined]
@@ -511,6 +517,7 @@ class _Api:
         endpoint: str,
         messages: list[dict[str, str]] | None,
         prompt: str | None,
+        slot: _Slot,
     ) -> Response:
         try:
             params = SamplingParams(
@@ -540,7 +547,7 @@ class _Api:
             except BaseException:
                 await items.aclose()  # type: ignore[attr-defined]
                 raise
-            sse = self._sse_direct(items, first.item, body, endpoint, rid, started)
+            sse = self._sse_direct(items, first.item, body, endpoint, rid, started, slot)
             return StreamingResponse(sse, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             texts, done, first_token = await self.guarded(request, _collect(items, body.n))
@@ -583,6 +590,7 @@ class _Api:
         endpoint: str,
         rid: str,
         started: float,
+        slot: _Slot,
     ) -> AsyncIterator[str]:
         """A peer's token stream as SSE, one choice per sample; usage last when asked for."""
         chunk = _chunker(endpoint, rid, body.model)
@@ -611,11 +619,23 @@ class _Api:
             outcome = "failed"
             yield _sse(api_error(exc).body())
         finally:  # bookkeeping first: under a disconnect every await here is cancelled again
-            self.done()
+            slot.release()
             if outcome != "answered":
                 self.metrics.questions.labels("peer", outcome).inc()
             await items.aclose()  # type: ignore[attr-defined]
         yield "data: [DONE]\n\n"
+
+
+class _Slot:
+    """One admitted completion request; :meth:`release` frees it once, however often it is called."""
+
+    def __init__(self, api: _Api):
+        self._api: _Api | None = api
+
+    def release(self) -> None:
+        if self._api is not None:
+            self._api._release()
+            self._api = None
 
 
 def _kind(model: str) -> str:
