@@ -385,3 +385,35 @@ def test_dellm_node_prints_where_the_api_listens(tmp_path):
         assert node.stop(timeout_s=30) == 0, node.stderr_tail()
     refused = NodeProcess(["--no-model", "--no-mdns", "--http-port", "0", "--http-host", "0.0.0.0"])
     assert refused.proc.wait(30) == 2 and "api_key_file" in refused.stderr_tail()
+
+
+async def test_a_no_model_node_is_a_gateway_to_its_peers(tmp_path, monkeypatch):
+    engine = SimulatedEngine(token_interval_s=0.001)
+    engine.replies = dict(REPLIES)
+    worker = await start_node(tmp_path / "worker", monkeypatch, engine, name="sim-worker", http_port=None)
+    gateway = await start_node(tmp_path / "gateway", monkeypatch, None, name="gateway", peers=[worker.url])
+    try:
+        async with asyncio.timeout(10):
+            while not gateway.gateway.serving():
+                await asyncio.sleep(0.05)
+        api = client(gateway)
+        assert [m.id for m in (await api.models.list()).data] == ["dellm", "simulated"]
+        reply = await api.chat.completions.create(
+            model="dellm", messages=[{"role": "user", "content": "What is the capital of France?"}]
+        )
+        assert reply.choices[0].message.content == REPLIES["capital"]
+        assert reply.model_extra["dellm"]["chunks"][0]["candidates"][0]["peer_id"] == worker.node_id
+    finally:
+        await gateway.close(0)
+        await worker.close(0)
+
+
+def test_http_settings_come_from_toml_and_environment(tmp_path, monkeypatch):
+    path = tmp_path / "node.toml"
+    path.write_text('[node]\nname = "n"\nhttp_port = 8080\nhttp_host = "0.0.0.0"\nhttp_insecure = true\n')
+    config = load_config(path)
+    assert (config.http_port, config.http_host, config.http_insecure) == (8080, "0.0.0.0", True)
+    monkeypatch.setenv("DELLM_API_KEY_FILE", str(tmp_path / "key"))
+    monkeypatch.setenv("DELLM_HTTP_PORT", "0")
+    config = load_config(path)
+    assert config.api_key_file == tmp_path / "key" and config.http_port == 0
