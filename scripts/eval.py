@@ -106,11 +106,12 @@ from dellm_p2p.coordinator.decompose import (  # noqa: E402
     decompose,
     render_chunk_prompt,
 )
-from dellm_p2p.coordinator.extract import ANSWER_SUFFIX, extract_answer, extract_number, fold  # noqa: E402
-from dellm_p2p.coordinator.pipeline import AskOptions  # noqa: E402
+from dellm_p2p.coordinator.extract import ANSWER_SUFFIX, extract_number, fold  # noqa: E402
+from dellm_p2p.coordinator.pipeline import AskOptions, with_anchor  # noqa: E402
+from dellm_p2p.coordinator.program import candidate_answer  # noqa: E402
 from dellm_p2p.coordinator.route import route  # noqa: E402
 from dellm_p2p.coordinator.types import Candidate, Chunk, VoteResult  # noqa: E402
-from dellm_p2p.coordinator.vote import STRATEGIES, judge_vote, vote  # noqa: E402
+from dellm_p2p.coordinator.vote import STRATEGIES, apply_anchor, judge_vote, vote  # noqa: E402
 from dellm_p2p.protocol import SamplingParams, Token  # noqa: E402
 from dellm_p2p.security import cluster_key_from_env  # noqa: E402
 
@@ -244,15 +245,17 @@ def mcnemar_p(b: int, c: int) -> float:
 
 # --------------------------------------------------------------------------- methods and summary (pure)
 
-PROMPTS = ("pipeline", "suffix", "raw")
+PROMPTS = ("pipeline", "plain", "suffix", "raw")
 
 
 def question_prompt(chunk: Chunk, kind: str) -> str:
     """The user message for one-node and swarm samples: ``pipeline`` = what the coordinator
-    sends (:func:`~dellm_p2p.coordinator.decompose.chunk_prompt`), ``suffix`` = the chunk text
-    + ``ANSWER_SUFFIX`` whatever its operation, ``raw`` = the chunk text alone."""
-    if kind == "pipeline":
-        return chunk_prompt(chunk, {})
+    sends (:func:`~dellm_p2p.coordinator.decompose.chunk_prompt`, program-aided for one-sentence
+    MATH), ``plain`` = the same without program aid (the chunk text, + ``ANSWER_SUFFIX`` for
+    MATH: how one node is asked), ``suffix`` = the chunk text + ``ANSWER_SUFFIX`` whatever its
+    operation, ``raw`` = the chunk text alone."""
+    if kind in ("pipeline", "plain"):
+        return chunk_prompt(chunk, {}, program_aided=kind == "pipeline")
     text = render_chunk_prompt(chunk, {})
     return f"{text}\n{ANSWER_SUFFIX}" if kind == "suffix" else text
 
@@ -260,14 +263,13 @@ def question_prompt(chunk: Chunk, kind: str) -> str:
 BASELINES = ("greedy", "sample")
 
 
-def method_ids(ks: Sequence[int], strategies: Sequence[str], ask: tuple[int, str] | None) -> list[str]:
+def method_ids(ks: Sequence[int], strategies: Sequence[str], ask_ks: Sequence[int] = ()) -> list[str]:
     """Row ids in table order."""
     ids = list(BASELINES)
     for k in ks:
         ids += [f"swarm/k{k}/{s}" for s in strategies]
         ids.append(f"pass@{k}")
-    if ask is not None:
-        ids.append(f"ask/k{ask[0]}/{ask[1]}")
+    ids += [f"ask/k{k}" for k in ask_ks]
     return ids
 
 
@@ -280,11 +282,14 @@ def method_label(method: str, temperature: float) -> tuple[str, str]:
     if method in labels:
         return labels[method]
     if method.startswith("pass@"):
-        return ("pass@k (any sample right)", method[5:])
-    kind, k, strategy = method.split("/")
-    if kind == "ask":
-        return (f"swarm.ask end to end, {strategy}", k[1:])
-    return (f"swarm {strategy}", k[1:])
+        return ("pass@k (greedy or any sample right)", method[5:])
+    if method.startswith("ask/"):
+        k = method.split("/")[1][1:]
+        default = AskOptions()
+        label = "swarm.ask, default options" if int(k) == default.redundancy else "swarm.ask, defaults but k"
+        return (f"{label} ({default.strategy}, anchored)", k)
+    _, k, strategy = method.split("/")
+    return (f"swarm {strategy}, anchored", k[1:])
 
 
 def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -315,6 +320,7 @@ def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list
                 ),
                 "mean_latency_ms": sum(latencies) / len(latencies) if latencies else None,
                 "p95_latency_ms": percentile(latencies, 95),
+                "vs_greedy": None if method == "greedy" else paired(records, method, "greedy"),
             }
         )
     return rows
@@ -331,15 +337,19 @@ def _secs(ms: float | None) -> str:
 def markdown_table(rows: Sequence[dict[str, Any]], temperature: float) -> str:
     """The summary rows as a markdown table."""
     lines = [
-        "| method | k | accuracy | 95% CI | agreement | unanimous | mean latency | p95 latency | failed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | k | accuracy | 95% CI | vs greedy: only this / only greedy, McNemar p "
+        "| agreement | unanimous | mean latency | p95 latency | failed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         label, k = method_label(row["method"], temperature)
         low, high = row["ci95"]
+        cmp = row.get("vs_greedy")
+        versus = "–" if not cmp else f"+{cmp['only_a_right']} / −{cmp['only_b_right']}, p={cmp['mcnemar_p']:.2g}"
         lines.append(
             f"| {label} | {k} | {_pct(row['accuracy'])} ({row['correct']}/{row['n']}) "
-            f"| {100 * low:.1f}–{100 * high:.1f} | {_pct(row['mean_agreement'])} | {_pct(row['unanimous_rate'])} "
+            f"| {100 * low:.1f}–{100 * high:.1f} | {versus} | {_pct(row['mean_agreement'])} "
+            f"| {_pct(row['unanimous_rate'])} "
             f"| {_secs(row['mean_latency_ms'])} | {_secs(row['p95_latency_ms'])} | {row['failed']} |"
         )
     return "\n".join(lines)
@@ -557,9 +567,9 @@ class Evaluator:
         try:
             async with asyncio.timeout(args.question_timeout):
                 await self._swarm_methods(item, chunk, prompt, record)
-                if args.ask_k:
-                    await self._ask(item, record)
-                await self._baselines(item, prompt, node_url, record)
+                for k in args.ask_ks:
+                    await self._ask(item, record, k)
+                await self._baselines(item, question_prompt(chunk, args.baseline_prompt), node_url, record)
         except TimeoutError:
             reason = f"question deadline ({args.question_timeout:g} s) passed"
             for method in self.methods:
@@ -572,8 +582,7 @@ class Evaluator:
 
     @property
     def methods(self) -> list[str]:
-        ask = (self.args.ask_k, self.args.ask_strategy) if self.args.ask_k else None
-        return method_ids(self.args.ks, self.args.strategies, ask)
+        return method_ids(self.args.ks, self.args.strategies, self.args.ask_ks)
 
     async def _baselines(self, item: Item, prompt: str, url: str, record: dict[str, Any]) -> None:
         args = self.args
@@ -616,7 +625,11 @@ class Evaluator:
                 sent = time.perf_counter()
                 client = await self.connections.get(a.url)
                 params = SamplingParams(
-                    max_tokens=args.max_tokens, temperature=args.temperature, n=a.samples, logprobs=True
+                    max_tokens=args.max_tokens,
+                    temperature=0.0 if a.greedy else args.temperature,
+                    top_p=1.0 if a.greedy else args.top_p,
+                    n=a.samples,
+                    logprobs=True,
                 )
                 messages = [{"role": "user", "content": prompt}]
                 async for tok in client.generate(messages=messages, params=params, timeout_s=args.request_timeout):
@@ -634,7 +647,7 @@ class Evaluator:
             out = []
             for index in range(a.samples):
                 text = "".join(texts.get(index, []))
-                key, display = extract_answer(text, chunk.operation, chunk.text)
+                key, display, expression = candidate_answer(text, chunk, program_aided=args.prompt == "pipeline")
                 candidate = Candidate(
                     peer_id=a.peer_id,
                     text=text,
@@ -644,21 +657,24 @@ class Evaluator:
                     latency_ms=round(latency, 3),
                     fitness=self.swarm.fitness.fitness(a.peer_id),
                     sample=index,
+                    greedy=a.greedy,
+                    expression=expression,
                 )
                 out.append((candidate, last.get(index, end)))
             return out
 
-        async def assign(wanted: int, exclude: set[str]):
+        async def assign(wanted: int, exclude: set[str], greedy: bool = False):
             while True:  # all peers at capacity: wait (the question deadline bounds this)
                 try:
-                    return route(chunk, self._peers(), redundancy=wanted, load=self.load, exclude=exclude)
+                    chosen = route(chunk, self._peers(), redundancy=wanted, load=self.load, exclude=exclude)
+                    return with_anchor(chosen) if greedy else chosen
                 except Exception as exc:  # NoPeersError
                     if not self._peers() or exclude >= {p.node_id for p in self._peers()}:
                         raise PeerError("no_peers", str(exc)) from None
                     await asyncio.sleep(0.2)
 
         slots: list[list[tuple[Candidate, float]]] = []
-        pending = [(await assign(self.kmax, set()), 0)]
+        pending = [(await assign(self.kmax, set(), greedy=args.anchor), 0)]
         while pending:
             assignments, reroutes = pending.pop()
             outcomes = await asyncio.gather(*(request(a) for a in assignments), return_exceptions=True)
@@ -670,10 +686,11 @@ class Evaluator:
                     failed.add(a.peer_id)
                     if reroutes < 3:
                         with contextlib.suppress(PeerError):
-                            pending.append((await assign(a.samples, failed), reroutes + 1))
+                            pending.append((await assign(a.samples, failed, greedy=a.greedy), reroutes + 1))
                     continue
                 slots.append(outcome)
         ordered = interleave(slots)
+        ordered.sort(key=lambda pair: not pair[0].greedy)  # the anchor first: prefix k = anchor + k - 1 samples
         return [c for c, _ in ordered], [t for _, t in ordered], failures
 
     async def _swarm_methods(self, item: Item, chunk: Chunk, prompt: str, record: dict[str, Any]) -> None:
@@ -693,6 +710,8 @@ class Evaluator:
                 "text": c.text,
                 "key": c.answer,
                 "display": c.display,
+                "greedy": c.greedy,
+                "expression": c.expression,
                 "confidence": None if c.confidence is None else round(c.confidence, 4),
                 "fitness": round(c.fitness, 4),
                 "finish_ms": round(t, 1),
@@ -721,6 +740,8 @@ class Evaluator:
                     result, extra_ms = await self._judge(prefix, item, record, k)
                 else:
                     result = vote(prefix, strategy)
+                if args.anchor:
+                    result = apply_anchor(result, prefix)
                 record["methods"][method] = self._vote_entry(result, candidates, right, latency + extra_ms, error)
 
     def _vote_entry(
@@ -737,6 +758,7 @@ class Evaluator:
             "unanimous": result.agreement >= 1.0,
             "latency_ms": round(latency, 1),
             "strategy": result.strategy,
+            "anchored": result.anchored,
         }
         if winner is None:
             entry["reason"] = "no sample committed to an answer"
@@ -761,18 +783,17 @@ class Evaluator:
         result = await judge_vote(prefix, item.question, ask)
         return result, spent
 
-    async def _ask(self, item: Item, record: dict[str, Any]) -> None:
+    async def _ask(self, item: Item, record: dict[str, Any], k: int) -> None:
+        """``swarm.ask`` with the default options (redundancy ``k``; ``--max-tokens`` and the script's
+        deadlines, which a loaded 2-core machine needs): the product path as a user runs it."""
         args = self.args
-        method = f"ask/k{args.ask_k}/{args.ask_strategy}"
+        method = f"ask/k{k}"
         t0 = time.perf_counter()
         try:
             answer = await self.swarm.ask(
                 item.question,
-                strategy=args.ask_strategy,
-                redundancy=args.ask_k,
-                temperature=args.temperature,
+                redundancy=k,
                 max_tokens=args.max_tokens,
-                synthesize=False,
                 timeout_s=args.request_timeout * 2,
                 chunk_timeout_s=args.request_timeout,
             )
@@ -796,6 +817,9 @@ class Evaluator:
             "unanimous": bool(agreements) and all(a >= 1.0 for a in agreements),
             "latency_ms": round(answer.total_ms, 1),
             "rewards": len(answer.rewards),
+            "anchored": [c.vote.anchored for c in answer.chunks if c.vote is not None],
+            "confidence": answer.confidence,
+            "notes": answer.notes,
         }
 
 
@@ -869,7 +893,7 @@ async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[s
     from dellm_p2p.swarm import Swarm
 
     items = load_items(args.dataset, args.data_dir, args.limit)
-    options = AskOptions(temperature=args.temperature, max_tokens=args.max_tokens, synthesize=False)
+    options = AskOptions(max_tokens=args.max_tokens)
     started = time.time()
     key = cluster_key_from_env()  # nodes this script starts inherit DELLM_CLUSTER_KEY_FILE
     async with Swarm(
@@ -965,7 +989,11 @@ async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[s
         "max_tokens": args.max_tokens,
         "ks": args.ks,
         "strategies": args.strategies,
-        "ask": {"k": args.ask_k, "strategy": args.ask_strategy} if args.ask_k else None,
+        "ask_ks": args.ask_ks,
+        "ask_options": dataclasses.asdict(AskOptions(max_tokens=args.max_tokens)),
+        "anchor": args.anchor,
+        "top_p": args.top_p,
+        "baseline_prompt": args.baseline_prompt,
         "concurrency": args.concurrency,
         "model": sorted(m for m in models if m),
         "peers": urls,
@@ -1062,8 +1090,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help=f"default {DATA_DIR}")
     parser.add_argument("--ks", type=_ks, default=[1, 3, 5, 7], help="redundancies k (default 1,3,5,7)")
     parser.add_argument("--strategies", type=_strategies, default=list(STRATEGIES), help="default: all five")
-    parser.add_argument("--temperature", type=float, default=0.7, help="the swarm's sampling temperature")
-    parser.add_argument("--max-tokens", type=int, default=None, help="default 64 (capitals, addition), 256 (gsm8k)")
+    defaults = AskOptions()
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        help="the sampled answers' temperature (default: the coordinator's)",
+    )
+    parser.add_argument(
+        "--top-p", type=float, default=defaults.top_p, help="the sampled answers' top-p (default: the coordinator's)"
+    )
+    parser.add_argument(
+        "--no-anchor", dest="anchor", action="store_false", help="offline rows without the greedy anchor (samples only)"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help=f"default {defaults.max_tokens} (the coordinator's), 256 for gsm8k"
+    )
     parser.add_argument("--nodes", type=int, default=3, help="nodes to start when no --peer (default 3)")
     parser.add_argument("--peer", action="append", default=[], help="use this running node (repeatable)")
     parser.add_argument("--concurrency", type=int, default=4, help="questions in flight (default 4)")
@@ -1071,12 +1113,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--prompt",
         choices=PROMPTS,
         default="pipeline",
-        help="prompt of the one-node and swarm samples: the coordinator's (chunk_prompt, default), the question "
-        "+ ANSWER_SUFFIX, or the bare question (experiments; the swarm.ask row always runs the coordinator's)",
+        help="prompt of the offline swarm samples: the coordinator's (chunk_prompt, default), the same without "
+        "program aid, the question + ANSWER_SUFFIX, or the bare question (swarm.ask rows: always the coordinator's)",
     )
-    parser.add_argument("--ask-k", type=int, default=3, help="redundancy of the swarm.ask row; 0 = no such row")
     parser.add_argument(
-        "--ask-strategy", choices=STRATEGIES, default=AskOptions().strategy, help="default: the coordinator's"
+        "--baseline-prompt", choices=PROMPTS, default="plain", help="prompt of the one-node rows (default: plain)"
+    )
+    parser.add_argument(
+        "--ask-ks",
+        type=lambda text: [] if text.strip() in ("", "0") else _ks(text),
+        default=[defaults.redundancy, 7],
+        help=f"redundancies of the swarm.ask rows, other options default (default {defaults.redundancy},7; 0 = none)",
     )
     parser.add_argument("--request-timeout", type=float, default=180.0, help="one request's deadline [s]")
     parser.add_argument("--question-timeout", type=float, default=900.0, help="one question's deadline [s]")
@@ -1085,15 +1132,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="default bench-results/eval-<dataset>.json")
     args = parser.parse_args(argv)
     if args.max_tokens is None:
-        args.max_tokens = 256 if args.dataset == "gsm8k" else 64
+        args.max_tokens = 256 if args.dataset == "gsm8k" else defaults.max_tokens
     if args.json is None:
         args.json = REPO / "bench-results" / f"eval-{args.dataset}.json"
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     if not 0 <= args.temperature <= 2:
         parser.error("--temperature must be in [0, 2]")
-    if not 0 <= args.ask_k <= 16:
-        parser.error("--ask-k must be in [0, 16]")
+    if not 0 < args.top_p <= 1:
+        parser.error("--top-p must be in (0, 1]")
     return args
 
 

@@ -27,7 +27,11 @@ class SimulatedEngine(Engine):
     A prompt containing ``FAIL`` (or any prompt once ``broken`` is set)
     raises :class:`EngineError` mid-stream; one longer than
     ``max_model_len`` words raises :class:`PromptTooLongError`. ``replies``
-    maps a prompt substring to the reply used for prompts containing it.
+    maps a prompt substring to the reply used for prompts containing it;
+    ``sampled_replies`` does the same for requests with temperature > 0 and
+    is looked at first (sample ``i`` of ``n`` takes the ``i``-th of a
+    ``|``-separated list, cycling), so a test can make greedy and sampled
+    answers differ.
     """
 
     def __init__(
@@ -41,7 +45,9 @@ class SimulatedEngine(Engine):
         self.aborted: list[str] = []
         self.broken = False
         self.replies: dict[str, str] = {}
+        self.sampled_replies: dict[str, str] = {}
         self.prompts: list[str] = []
+        self.temperatures: list[float] = []
 
     @property
     def info(self) -> ModelInfo:
@@ -57,7 +63,13 @@ class SimulatedEngine(Engine):
             raise PromptTooLongError(prompt_tokens, self.max_model_len)
         p = request.params
         self.prompts.append(text)
+        self.temperatures.append(p.temperature)
         reply = next((r.split(" ") for key, r in self.replies.items() if key in text), self.reply)
+        sampled = next((r.split("|") for key, r in self.sampled_replies.items() if key in text), None)
+        per_sample = [reply] * p.n
+        if sampled and p.temperature > 0:
+            per_sample = [sampled[i % len(sampled)].strip().split(" ") for i in range(p.n)]
+        reply = max(per_sample, key=len)
         words = reply[: p.max_tokens]
         self.counters.requests_total += 1
         self.running.add(request_id)
@@ -70,10 +82,12 @@ class SimulatedEngine(Engine):
                 last = position == len(words) - 1
                 reason = None if not last else ("stop" if len(words) == len(reply) else "length")
                 for index in range(p.n):
+                    if position >= len(per_sample[index]):
+                        continue  # this sample's reply is shorter
                     self.counters.tokens_generated += 1
                     yield Delta(
                         index=index,
-                        text=(" " if position else "") + word,
+                        text=(" " if position else "") + per_sample[index][position],
                         tokens=1,
                         logprobs=[-0.5] if p.logprobs else None,
                         finish_reason=reason,

@@ -127,8 +127,8 @@ def _record(methods):
 
 
 def test_summary_counts_missing_and_failed_results_as_wrong():
-    ids = ev.method_ids([1, 3], ["majority"], (3, "majority"))
-    assert ids == [*ev.BASELINES, "swarm/k1/majority", "pass@1", "swarm/k3/majority", "pass@3", "ask/k3/majority"]
+    ids = ev.method_ids([1, 3], ["majority"], [3, 7])
+    assert ids == [*ev.BASELINES, "swarm/k1/majority", "pass@1", "swarm/k3/majority", "pass@3", "ask/k3", "ask/k7"]
     records = [
         _record(
             {
@@ -153,8 +153,10 @@ def test_summary_counts_missing_and_failed_results_as_wrong():
     assert rows["pass@1"]["failed"] == 2 and rows["pass@1"]["accuracy"] == 0.0  # no result at all
     table = ev.markdown_table(list(rows.values()), 0.7)
     assert table.splitlines()[0].startswith("| method | k | accuracy |")
-    assert "| swarm majority | 3 | 50.0% (1/2) |" in table
+    assert "| swarm majority, anchored | 3 | 50.0% (1/2) |" in table
     assert "| node greedy | 1 | 50.0% (1/2) |" in table
+    assert "| +0 / −0, p=1 |" in table  # the swarm row against greedy
+    assert rows["greedy"]["vs_greedy"] is None
     assert ev.best_swarm_row(list(rows.values()))["method"] == "swarm/k3/majority"
     cmp = ev.paired(records, "swarm/k3/majority", "greedy")
     assert (cmp["only_a_right"], cmp["only_b_right"]) == (0, 0)
@@ -185,15 +187,19 @@ def test_fitness_change_is_the_mean_over_nodes_read_twice():
 
 def test_arguments_and_their_defaults():
     args = ev.parse_args([])
-    assert (args.dataset, args.limit, args.ks, args.temperature, args.max_tokens) == (
+    defaults = AskOptions()
+    assert (args.dataset, args.limit, args.ks, args.temperature, args.top_p, args.max_tokens) == (
         "capitals",
         None,
         [1, 3, 5, 7],
-        0.7,
-        64,
+        defaults.temperature,
+        defaults.top_p,
+        defaults.max_tokens,
     )
     assert args.strategies == ["majority", "weighted", "borda", "ranking", "judge"]
     assert (args.nodes, args.concurrency, args.peer, args.prompt) == (3, 4, [], "pipeline")
+    assert (args.baseline_prompt, args.ask_ks, args.anchor) == ("plain", [defaults.redundancy, 7], True)
+    assert ev.parse_args(["--ask-ks", "0", "--no-anchor"]).ask_ks == []
     assert args.json == REPO / "bench-results" / "eval-capitals.json"
     gsm = ev.parse_args(["--dataset", "gsm8k", "--ks", "3,1", "--strategies", "majority,judge", "--peer", "ws://x:1"])
     assert (gsm.max_tokens, gsm.ks, gsm.strategies, gsm.peer) == (256, [1, 3], ["majority", "judge"], ["ws://x:1"])
@@ -236,23 +242,23 @@ def test_eval_script_runs_on_a_tiny_input(vllm_node, tmp_path):
     command = [
         sys.executable, str(SCRIPT),
         "--limit", "3", "--ks", "1,3", "--strategies", "majority,weighted",
-        "--peer", vllm_node.url, "--concurrency", "2", "--json", str(out),
+        "--peer", vllm_node.url, "--concurrency", "2", "--json", str(out), "--ask-ks", "3",
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| method | k | accuracy |" in proc.stdout
-    for label in ("node greedy", "swarm majority", "swarm weighted", "pass@k", "swarm.ask end to end"):
+    for label in ("node greedy", "swarm majority, anchored", "swarm weighted", "pass@k", "swarm.ask, default options"):
         assert f"| {label}" in proc.stdout, proc.stdout
     assert "mean fitness change of the peers" in proc.stdout
     result = json.loads(out.read_text())
     assert result["dataset"] == "capitals" and result["questions"] == 3 and result["limit"] == 3
     assert result["ks"] == [1, 3] and result["strategies"] == ["majority", "weighted"]
-    assert result["model"] and result["temperature"] == 0.7 and result["date"]
+    assert result["model"] and result["temperature"] == AskOptions().temperature and result["date"]
     methods = {row["method"] for row in result["rows"]}
-    default = AskOptions().strategy  # the swarm.ask row uses the coordinator's default strategy
-    assert {"greedy", "sample", "swarm/k3/weighted", "pass@3", f"ask/k3/{default}"} <= methods
+    assert {"greedy", "sample", "swarm/k3/weighted", "pass@3", "ask/k3"} <= methods
     for record in result["records"]:
         assert len(record["candidates"]) == 3, record.get("collect_failures")
+        assert [c["greedy"] for c in record["candidates"]] == [True, False, False]  # the anchor first
         assert all(c["confidence"] is not None for c in record["candidates"]), "weighted needs real logprobs"
         assert not any(v.get("error") for v in record["methods"].values()), record["methods"]
     assert result["fitness"]["rewards_issued"] > 0

@@ -71,7 +71,9 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
                     err.print(f"[yellow]peer {peer[:8]} failed on {cid}: {reason}[/]")
                 case ChunkVoted(chunk_id=cid, result=result):
                     board.rows[cid]["vote"] = (result.winner.display if result.winner else "(none)")[:40]
-                    board.rows[cid]["agreement"] = f"{result.agreement:.0%}"
+                    board.rows[cid]["agreement"] = f"{result.agreement:.0%}" + (" (greedy)" if result.anchored else "")
+                    if (warning := low_agreement(cid, result)) is not None:
+                        err.print(f"[yellow]{warning}[/]", highlight=False)
                 case SynthesisToken(text=text):
                     if not streaming:
                         live.stop()
@@ -91,6 +93,23 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
                         out.print(answer.text, markup=False)
                     _summary(answer, err)
             live.update(board.table())
+
+
+#: Below this share of agreeing answers ``dellm ask`` warns on stderr.
+LOW_AGREEMENT = 0.5
+
+
+def low_agreement(chunk_id: str, result) -> str | None:
+    """``"low agreement on c1: 1 of 3 answers agree"`` when under :data:`LOW_AGREEMENT` of a chunk's answers
+    back its winner (``None`` otherwise); says when the greedy anchor decided."""
+    total = len(result.candidate_scores)
+    if not total or result.agreement >= LOW_AGREEMENT:
+        return None
+    agreeing = round(result.agreement * total)
+    line = f"low agreement on {chunk_id}: {agreeing} of {total} answers agree"
+    if result.anchored:
+        line += "; the greedy answer was kept"
+    return line
 
 
 class _NoLive:

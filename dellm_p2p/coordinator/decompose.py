@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError, field_validator
 
 from .extract import ANSWER_SUFFIX
+from .program import program_prompt, uses_program
 from .types import Chunk, Operation
 
 __all__ = [
@@ -273,6 +274,7 @@ def decompose(question: str, *, max_chunks: int = 8) -> list[Chunk]:
 
     spans = _merge_headers(text, spans)
     spans = _merge_short(text, spans)
+    spans = _merge_statements(text, masked, spans)
     if len(spans) > max_chunks:
         spans = [*spans[: max_chunks - 1], (spans[max_chunks - 1][0], spans[-1][1])]
 
@@ -318,9 +320,13 @@ def render_chunk_prompt(chunk: Chunk, answers: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def chunk_prompt(chunk: Chunk, answers: dict[str, str]) -> str:
+def chunk_prompt(chunk: Chunk, answers: dict[str, str], *, program_aided: bool = False) -> str:
     """The user message the coordinator sends for ``chunk``: :func:`render_chunk_prompt`,
     plus :data:`~dellm_p2p.coordinator.extract.ANSWER_SUFFIX` on a new line for MATH chunks only.
+
+    With ``program_aided`` a MATH chunk is instead wrapped in
+    :func:`~dellm_p2p.coordinator.program.program_prompt` (asking for the
+    arithmetic expression that answers it; see :func:`~dellm_p2p.coordinator.program.uses_program`).
 
     Why only MATH: on ../shared/data/capitals.jsonl (194 questions, default
     135M model) the suffix made one sample at T=0.7 right 21.6% of the time
@@ -330,6 +336,8 @@ def chunk_prompt(chunk: Chunk, answers: dict[str, str]) -> str:
     and the ``Answer:`` line is where the model states it.
     """
     prompt = render_chunk_prompt(chunk, answers)
+    if uses_program(chunk, program_aided):
+        return program_prompt(prompt)
     return f"{prompt}\n{ANSWER_SUFFIX}" if chunk.operation is Operation.MATH else prompt
 
 
@@ -715,6 +723,55 @@ def _merge_short(text: str, spans: list[Span]) -> list[Span]:
             pending, pending_words = (s, e), words
     if pending is not None:  # every piece was short: one piece
         out.append(pending)
+    return out
+
+
+_LINE_START = re.compile(r"[:;\n]")
+_STEP_NUMBER = re.compile(r"\s*(?:step\s*)?\d{1,2}\s*[.):]\s+", re.IGNORECASE)
+
+
+def _asks(text: str, masked: str, s: int, e: int) -> bool:
+    """Does the piece ask for something: a "?", or an instruction or wh-clause where it or one of its lines starts?
+
+    Openers ("First,", bullets, "1.", "please") are skipped; a list header
+    ("Do the following:") counts through the line after it.
+    """
+    if "?" in masked[s:e]:
+        return True
+    for start in (s, *(s + m.end() for m in _LINE_START.finditer(masked, s, e))):
+        pos = _skip_leading(text, start, e)
+        if step := _STEP_NUMBER.match(text, pos, e):
+            pos = _skip_leading(text, step.end(), e)
+        if polite := _POLITE.match(text, pos, e):
+            pos = polite.end()
+        if _CLAUSE_START.match(text, pos, e):
+            return True
+    return False
+
+
+def _merge_statements(text: str, masked: str, spans: list[Span]) -> list[Span]:
+    """A piece that asks for nothing is context, not a task: join it to the next piece (the last one: to the previous).
+
+    "Josh buys a house for $80,000 and then puts in $50,000 in repairs. How
+    much profit did he make?" stays one chunk: its first piece only states a
+    fact, and a peer asked it alone has nothing to answer (measured: the rules
+    had split 14 of the first 100 GSM8K word problems this way).
+    """
+    if len(spans) < 2:
+        return spans
+    out: list[Span] = []
+    start: int | None = None  # start of statements waiting for the next piece
+    for s, e in spans:
+        if _asks(text, masked, s, e):
+            out.append((s if start is None else start, e))
+            start = None
+        elif start is None:
+            start = s
+    if start is not None:  # trailing statements belong to the last task (or are the whole question)
+        if out:
+            out[-1] = (out[-1][0], spans[-1][1])
+        else:
+            out.append((start, spans[-1][1]))
     return out
 
 

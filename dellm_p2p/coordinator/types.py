@@ -53,6 +53,8 @@ class Assignment:
         samples: completions asked of this peer in one request (vLLM's
             ``n``): more than 1 when fewer peers than the redundancy exist.
         score: the routing score that chose it (lower is better).
+        greedy: the chunk's greedy anchor (temperature 0, one sample), see
+            :func:`~dellm_p2p.coordinator.vote.apply_anchor`.
     """
 
     chunk_id: str
@@ -60,6 +62,7 @@ class Assignment:
     url: str
     samples: int = 1
     score: float = 0.0
+    greedy: bool = False
 
 
 @dataclass
@@ -77,6 +80,10 @@ class Candidate:
         first_token_ms: time to first token seen by the coordinator [ms].
         fitness: the peer's fitness when the vote ran, in [0, 1].
         sample: index of the sample within its request.
+        greedy: this is the chunk's greedy anchor reply (temperature 0).
+        expression: for a program-aided MATH reply, the arithmetic expression
+            whose value is ``answer`` (:mod:`~dellm_p2p.coordinator.program`);
+            ``None`` otherwise.
     """
 
     peer_id: str
@@ -88,6 +95,8 @@ class Candidate:
     first_token_ms: float | None = None
     fitness: float = 0.5
     sample: int = 0
+    greedy: bool = False
+    expression: str | None = None
 
     @property
     def confidence(self) -> float | None:
@@ -110,6 +119,8 @@ class VoteResult:
         scores: score per answer key (strategy-specific scale; higher wins).
         candidate_scores: score per candidate, in input order.
         decided: True when no outstanding candidate could change the winner.
+        anchored: True when the greedy anchor decided because no answer had a
+            strict plurality (see :func:`~dellm_p2p.coordinator.vote.apply_anchor`).
     """
 
     strategy: str
@@ -119,3 +130,4 @@ class VoteResult:
     scores: dict[str, float] = field(default_factory=dict)
     candidate_scores: list[float] = field(default_factory=list)
     decided: bool = True
+    anchored: bool = False

@@ -1,0 +1,140 @@
+"""Program-aided MATH answers: the safe arithmetic evaluator and reading expressions out of replies."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dellm_p2p.coordinator.decompose import chunk_prompt, decompose
+from dellm_p2p.coordinator.program import (
+    MAX_EXPRESSION_CHARS,
+    ExpressionError,
+    evaluate,
+    find_expression,
+    format_number,
+    program_answer,
+    program_prompt,
+    uses_program,
+)
+from dellm_p2p.coordinator.types import Chunk, Operation
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [
+        ("98 + 45", 143),
+        ("17 - 25", -8),
+        ("(3 + 4) * 2", 14),
+        ("7 / 2", Fraction(7, 2)),
+        ("0.1 * 3", Fraction(3, 10)),  # exact, not 0.30000000000000004
+        ("10% * 1000", 100),
+        ("1,000 x 3", 3000),
+        ("12 × 7", 84),
+        ("84 ÷ 4", 21),
+        ("2^10", 1024),
+        ("2 ** -2", Fraction(1, 4)),
+        ("-5 + 2", -3),
+        ("$80,000 + $50,000", 130000),
+        ("7 // 2", 3),
+    ],
+)
+def test_valid_expressions(expression, value):
+    assert evaluate(expression) == value
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "",
+        "abc",
+        "1 +",
+        "(1 + 2",
+        "__import__('os').system('true')",
+        "len([1, 2])",
+        "x + 1",
+        "1 if 1 else 2",
+        "[1, 2]",
+        "'a' * 3",
+        "1 < 2",
+        "True + 1",
+        "1 % 2 % ",
+    ],
+)
+def test_malformed_expressions_raise_expression_error(expression):
+    with pytest.raises(ExpressionError):
+        evaluate(expression)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["5 / 0", "5 // 0", "0 ** -1", "2 ** 1000", "9 ** 9 ** 9", "10 ** 16", "2 ** 0.5", "99999999 * 99999999"],
+)
+def test_division_by_zero_and_huge_values_raise_expression_error(expression):
+    with pytest.raises(ExpressionError):
+        evaluate(expression)
+
+
+def test_long_and_deep_expressions_are_refused():
+    with pytest.raises(ExpressionError):
+        evaluate("1 + " * MAX_EXPRESSION_CHARS + "1")
+    assert evaluate("(" * 60 + "1" + ")" * 60) == 1  # parentheses alone add no depth
+    with pytest.raises(ExpressionError):
+        evaluate("-" * 60 + "1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789+-*/^%().,x× \n=abc", max_size=80))
+def test_evaluator_never_raises_anything_else(text):
+    try:
+        value = evaluate(text)
+    except ExpressionError:
+        return
+    assert isinstance(value, Fraction)
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [(Fraction(143), "143"), (Fraction(-3), "-3"), (Fraction(1, 2), "0.5"), (Fraction(1, 3), "0.333333")],
+)
+def test_format_number(value, key):
+    assert format_number(value) == key
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer"),
+    [
+        ("98 + 45 = 193", ("143", "143", "98 + 45")),  # the model's own arithmetic after "=" is ignored
+        ("17 - 14 = 17 + 14 = 22", ("3", "3", "17 - 14")),
+        ("```\n12 * 7\n```", ("84", "84", "12 * 7")),
+        ("15% of 80 is 0.15 * 80 = 1.15 * 80 = 9.25.", ("12", "12", "15% * 80")),
+        ("The answer is 29.", ("29", "29", None)),  # no expression: the number it states
+        ("5 / 0", (None, "", None)),  # division by zero: no vote
+        ("2 ** 1000", (None, "", None)),  # out of bounds: no vote, not some other number
+        ("I don't know.", (None, "", None)),
+        ("", (None, "", None)),
+    ],
+)
+def test_program_answer(reply, answer):
+    assert program_answer(reply) == answer
+
+
+def test_find_expression_skips_prose_and_lone_numbers():
+    assert find_expression("There are 3 apples.\nSo 3 + 4 = 8") == ("3 + 4", Fraction(7))
+    assert find_expression("Question 1: 42") is None
+
+
+def test_only_one_sentence_math_chunks_are_program_aided():
+    direct = Chunk("c1", "What is 98 plus 45?", Operation.MATH)
+    word_problem = Chunk("c1", "Janet has 16 eggs. She eats 3. How many are left?", Operation.MATH)
+    lookup = Chunk("c1", "What is the capital of France?", Operation.LOOKUP)
+    assert uses_program(direct) and not uses_program(direct, program_aided=False)
+    assert not uses_program(word_problem) and not uses_program(lookup)
+    assert chunk_prompt(direct, {}, program_aided=True) == program_prompt("What is 98 plus 45?")
+    assert "math expression" not in chunk_prompt(word_problem, {}, program_aided=True)
+    # A dependency's answer is part of the question the expression is asked for.
+    first, second = decompose("Calculate 10% of 1000, then multiply that by 3")
+    prompt = chunk_prompt(second, {"c1": "100"}, program_aided=True)
+    assert prompt.startswith("Question: Earlier result (c1): 100\n") and "math expression" in prompt
