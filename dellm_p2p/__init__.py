@@ -14,9 +14,14 @@ for the command-line programs, which import only what they need.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Library code logs and never prints: without this, a program that has not configured logging
+# would get our warnings on stderr through logging's last-resort handler.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Public name -> the module that defines it.
 _EXPORTS = {

@@ -252,7 +252,10 @@ class FitnessBook:
         key = (reason, record.issuer)
         if key not in self._warned and len(self._warned) < 1024:
             self._warned.add(key)
-            log.warning(
+            # An unknown issuer is routine (a coordinator that left and was forgotten, or one whose
+            # member entry has not arrived yet); a bad signature, a replay or a skewed clock is not.
+            log.log(
+                logging.INFO if reason == "non_member" else logging.WARNING,
                 "dropping reward record %s from issuer %s: %s (further ones are only counted in stats)",
                 record.id[:64],
                 record.issuer[:64],

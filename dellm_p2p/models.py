@@ -100,6 +100,17 @@ def resolve_model(model: str | None) -> ResolvedModel:
     return ResolvedModel(model, model.rsplit("/", 1)[-1])
 
 
+def default_model_dir(target_root: Path | None = None) -> Path:
+    """Where the converted default model lives (``<cache>/models/<name>-f32-v<version>``), ready or not."""
+    root = (target_root or cache_dir() / "models").expanduser()
+    return root / f"{DEFAULT_MODEL_NAME}-f32-v{_CONVERSION_VERSION}"
+
+
+def default_model_ready(target_root: Path | None = None) -> bool:
+    """Whether the default model is already converted (so starting a node converts nothing)."""
+    return (default_model_dir(target_root) / _READY_MARKER).is_file()
+
+
 def ensure_default_model(target_root: Path | None = None) -> Path:
     """Return the converted default model directory, converting it if needed.
 
@@ -110,8 +121,8 @@ def ensure_default_model(target_root: Path | None = None) -> Path:
     Raises:
         ModelError: the GGUF is missing or the conversion failed.
     """
-    root = (target_root or cache_dir() / "models").expanduser()
-    target = root / f"{DEFAULT_MODEL_NAME}-f32-v{_CONVERSION_VERSION}"
+    target = default_model_dir(target_root)
+    root = target.parent
     if (target / _READY_MARKER).is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)

@@ -50,10 +50,10 @@ def build_engine(config: NodeConfig, progress: ProgressCallback) -> Engine | Non
             max_model_len=config.max_model_len,
         )
     from .engine.vllm_engine import VllmEngine
-    from .models import resolve_model
+    from .models import cache_dir, default_model_ready, resolve_model
 
-    if config.model is None:
-        progress("preparing the embedded default model (first run converts it, about 30 s)")
+    if config.model is None and not default_model_ready():
+        progress(f"converting the embedded default model once into {cache_dir() / 'models'} (about 30 s)")
     resolved = resolve_model(config.model)
     return VllmEngine(
         resolved.path,

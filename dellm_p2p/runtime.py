@@ -5,10 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import warnings
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Set by quiet_third_party(); processes spawned from ours (vLLM's engine core) inherit it.
+_QUIET_ENV = "DELLM_QUIET_THIRD_PARTY"
+# PyTorch deprecation that vLLM's Triton dispatcher trips over on import: not ours to fix.
+_REDUCE_OP_WARNING = "`torch.distributed.reduce_op` is deprecated"
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -37,4 +44,41 @@ def setup_logging(verbose: int) -> None:
         for noisy in ("transformers", "websockets", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if verbose <= 0:  # e.g. "Triton is installed, but doesn't include CPU backend" on every start
-        logging.getLogger("vllm").setLevel(logging.ERROR)
+        quiet_third_party()
+
+
+def quiet_third_party() -> None:
+    """Silence what vLLM, PyTorch, transformers and tqdm print on every start at default verbosity.
+
+    Progress bars (weight loading, model conversion), PyTorch's C++
+    warnings (e.g. "NUMA binding: Using MEMBIND policy") and a PyTorch
+    deprecation warning raised inside vLLM. Set through the environment as
+    well, because vLLM spawns its engine core as a fresh interpreter: that
+    process imports our main module again (without running it), and
+    :func:`_quiet_this_process` then runs there on import of this module,
+    before vLLM logs its first warning. Variables the user set win.
+    """
+    for key, value in {
+        "TQDM_DISABLE": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TORCH_CPP_LOG_LEVEL": "ERROR",
+        _QUIET_ENV: "1",
+    }.items():
+        os.environ.setdefault(key, value)
+    env_filter = f"ignore:{_REDUCE_OP_WARNING}:FutureWarning"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if env_filter not in current:
+        os.environ["PYTHONWARNINGS"] = f"{current},{env_filter}" if current else env_filter
+    _quiet_this_process()
+
+
+def _quiet_this_process() -> None:
+    warnings.filterwarnings("ignore", message=re.escape(_REDUCE_OP_WARNING), category=FutureWarning)
+    # Before vLLM configures its logger (from VLLM_LOGGING_LEVEL), import-time warnings would reach
+    # logging's last-resort handler on stderr.
+    logging.getLogger("vllm").setLevel(logging.ERROR)
+
+
+if os.environ.get(_QUIET_ENV) == "1":  # a process started by a quiet one (multiprocessing's
+    _quiet_this_process()  # parent_process() is not set yet while a spawned child imports its main module)

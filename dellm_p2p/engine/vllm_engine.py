@@ -26,6 +26,9 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
+# Time the engine core gets beyond its worker's shutdown budget before vLLM kills it [s].
+_SHUTDOWN_MARGIN_S = 3.0
+
 
 class VllmEngine(Engine):
     """Serve one local model with ``vllm.v1.engine.async_llm.AsyncLLM``.
@@ -109,7 +112,8 @@ class VllmEngine(Engine):
             max_model_len=self._max_model_len,
             enforce_eager=True,
             disable_log_stats=False,  # keeps per-request queue/first-token metrics
-            **self._engine_kwargs,
+            # The weight-loading progress bar only with -v: the node prints its own progress lines.
+            **{"use_tqdm_on_load": log.isEnabledFor(logging.INFO), **self._engine_kwargs},
         )
         return AsyncLLM.from_engine_args(args)
 
@@ -211,9 +215,25 @@ class VllmEngine(Engine):
         )
 
     async def close(self) -> None:
+        """Shut the engine processes down, waiting for them to exit on their own.
+
+        vLLM's default gives its engine core 5 s before killing it, but the
+        core itself waits up to ``VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS`` (5 s)
+        for its worker and 4 s more after a SIGTERM; a core killed in
+        between never unlinks its shared-memory queues ("resource_tracker:
+        There appear to be 1 leaked shared_memory objects"), which happened
+        whenever a request was cancelled at shutdown. So the core gets the
+        worker's whole budget plus a margin [s].
+        """
         llm, self._llm = self._llm, None
         if llm is not None:
-            await asyncio.to_thread(llm.shutdown)
+            # vLLM cancels its output handler only after the core has exited; meanwhile the
+            # handler would see the core go and log an EngineDeadError traceback.
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:
+                handler.cancel()
+            worker_s = float(os.environ.get("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "5"))
+            await asyncio.to_thread(llm.shutdown, worker_s + 4 + _SHUTDOWN_MARGIN_S)
             # AsyncLLM.__del__ calls shutdown() again, at interpreter exit when
             # the object outlives us, and then fails on torn-down module
             # globals with a printed TypeError. Once is enough.
