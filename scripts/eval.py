@@ -110,6 +110,7 @@ from dellm_p2p.coordinator.extract import ANSWER_SUFFIX, extract_number, fold  #
 from dellm_p2p.coordinator.pipeline import AskOptions, with_anchor  # noqa: E402
 from dellm_p2p.coordinator.program import candidate_answer  # noqa: E402
 from dellm_p2p.coordinator.route import route  # noqa: E402
+from dellm_p2p.coordinator.synthesize import reply_text  # noqa: E402
 from dellm_p2p.coordinator.types import Candidate, Chunk, VoteResult  # noqa: E402
 from dellm_p2p.coordinator.vote import STRATEGIES, apply_anchor, judge_vote, vote  # noqa: E402
 from dellm_p2p.protocol import SamplingParams, Token  # noqa: E402
@@ -269,7 +270,8 @@ def method_ids(ks: Sequence[int], strategies: Sequence[str], ask_ks: Sequence[in
     for k in ks:
         ids += [f"swarm/k{k}/{s}" for s in strategies]
         ids.append(f"pass@{k}")
-    ids += [f"ask/k{k}" for k in ask_ks]
+    for k in ask_ks:
+        ids += [f"ask/k{k}", f"askpass/k{k}"]
     return ids
 
 
@@ -283,6 +285,8 @@ def method_label(method: str, temperature: float) -> tuple[str, str]:
         return labels[method]
     if method.startswith("pass@"):
         return ("pass@k (greedy or any sample right)", method[5:])
+    if method.startswith("askpass/"):
+        return ("pass@k of swarm.ask's own answers (any right)", method.split("/")[1][1:])
     if method.startswith("ask/"):
         k = method.split("/")[1][1:]
         default = AskOptions()
@@ -798,11 +802,12 @@ class Evaluator:
                 chunk_timeout_s=args.request_timeout,
             )
         except Exception as exc:  # SwarmError and friends: wrong, with the reason
-            record["methods"][method] = {
-                "correct": False,
-                "error": f"{type(exc).__name__}: {exc}",
-                "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
-            }
+            for failed in (method, f"askpass/k{k}"):
+                record["methods"][failed] = {
+                    "correct": False,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
+                }
             return
         self.rewards_issued += len(answer.rewards)
         votes = [c.vote for c in answer.chunks if c.vote is not None]
@@ -820,6 +825,13 @@ class Evaluator:
             "anchored": [c.vote.anchored for c in answer.chunks if c.vote is not None],
             "confidence": answer.confidence,
             "notes": answer.notes,
+        }
+        # The ceiling of this row's own vote: any answer it collected right (stragglers it cancelled are not in).
+        texts = [reply_text(c) for trace in answer.chunks for c in trace.candidates]
+        record["methods"][f"askpass/k{k}"] = {
+            "correct": any(score(args.dataset, text, item.gold) for text in texts),
+            "n": len(texts),
+            "latency_ms": round(answer.total_ms, 1),
         }
 
 

@@ -163,6 +163,8 @@ def test_open_ended_answers_are_not_checked():
     essay = Candidate("p", "x", answer="a long answer about savings accounts and rates", display="long answer about it")
     votes = {"c2": voted("c2", essay)}
     assert unkept_answers("Something else entirely.", CHUNKS[1:], votes) == []
+    phrase = Candidate("p", "x", answer="often determined by a", display="often determined by a")
+    assert unkept_answers("Something else entirely.", CHUNKS[1:], {"c2": voted("c2", phrase)}) == []
 
 
 def test_fallback_composes_one_section_per_chunk_without_echo_or_numbering():

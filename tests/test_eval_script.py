@@ -128,7 +128,10 @@ def _record(methods):
 
 def test_summary_counts_missing_and_failed_results_as_wrong():
     ids = ev.method_ids([1, 3], ["majority"], [3, 7])
-    assert ids == [*ev.BASELINES, "swarm/k1/majority", "pass@1", "swarm/k3/majority", "pass@3", "ask/k3", "ask/k7"]
+    assert ids == [
+        *ev.BASELINES, "swarm/k1/majority", "pass@1", "swarm/k3/majority", "pass@3",
+        "ask/k3", "askpass/k3", "ask/k7", "askpass/k7",
+    ]  # fmt: skip
     records = [
         _record(
             {

@@ -111,6 +111,8 @@ def test_format_number(value, key):
         ("```\n12 * 7\n```", ("84", "84", "12 * 7")),
         ("15% of 80 is 0.15 * 80 = 1.15 * 80 = 9.25.", ("12", "12", "15% * 80")),
         ("The answer is 29.", ("29", "29", None)),  # no expression: the number it states
+        ("144 divided by 12 equals 1.5.", ("12", "12", "144 / 12")),  # operators in words
+        ("7 times 8 plus 1", ("57", "57", "7 * 8 + 1")),
         ("5 / 0", (None, "", None)),  # division by zero: no vote
         ("2 ** 1000", (None, "", None)),  # out of bounds: no vote, not some other number
         ("I don't know.", (None, "", None)),

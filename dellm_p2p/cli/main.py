@@ -68,6 +68,48 @@ def _security_options(f):
     )(f)
 
 
+def _answer_options(f):
+    """The :class:`~dellm_p2p.coordinator.pipeline.AskOptions` flags of ``ask`` and ``chat``, with its defaults."""
+    from ..coordinator.pipeline import AskOptions
+
+    d = AskOptions()
+    for option in reversed(
+        [
+            click.option("--strategy", type=click.Choice(STRATEGIES), default=d.strategy, show_default=True),
+            click.option(
+                "--redundancy", "-k", type=click.IntRange(1, 16), default=d.redundancy, show_default=True,
+                help="Answers per chunk, the greedy anchor included (1 = one greedy node).",
+            ),
+            click.option(
+                "--temperature", type=click.FloatRange(0, 2), default=d.temperature, show_default=True,
+                help="Temperature of the sampled answers.",
+            ),
+            click.option(
+                "--top-p", type=click.FloatRange(0, 1, min_open=True), default=d.top_p, show_default=True,
+                help="Top-p of the sampled answers.",
+            ),
+            click.option(
+                "--anchor/--no-anchor", default=d.anchor, show_default=True,
+                help="One answer per chunk is the best peer's greedy reply, kept when no answer has a plurality.",
+            ),
+            click.option(
+                "--program-aided/--no-program-aided", default=d.program_aided, show_default=True,
+                help="One-sentence math: peers write the expression, the coordinator computes it.",
+            ),
+            click.option("--max-tokens", type=click.IntRange(1, 4096), default=d.max_tokens, show_default=True),
+            click.option(
+                "--decompose", type=click.Choice(["rules", "llm", "none"]), default=d.decompose, show_default=True
+            ),
+            click.option(
+                "--timeout", type=click.FloatRange(0, min_open=True), default=d.timeout_s, show_default=True,
+                help="Seconds.",
+            ),
+        ]
+    ):  # fmt: skip
+        f = option(f)
+    return f
+
+
 def _security(cluster_key_file: str | None, tls_ca: str | None) -> dict[str, Any]:
     """``cluster_key`` and ``ssl_context`` keyword arguments from the options; a bad file is a usage error."""
     try:
@@ -213,12 +255,7 @@ async def _stats(peer: str, as_json: bool, security: dict[str, Any]) -> int:
 @click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap node ws://host:port (repeatable).")
 @click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
 @click.option("--no-mdns", is_flag=True, help="Do not browse mDNS (use --peer).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="weighted", show_default=True)
-@click.option("--redundancy", "-k", type=click.IntRange(1, 16), default=3, show_default=True, help="Answers per chunk.")
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(1, 4096), default=160, show_default=True)
-@click.option("--decompose", type=click.Choice(["rules", "llm", "none"]), default="rules", show_default=True)
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=180.0, show_default=True, help="Seconds.")
+@_answer_options
 @click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the full trace as JSON.")
 @_security_options
@@ -277,12 +314,7 @@ def ask(
 @click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
 @click.option("--no-mdns", is_flag=True, help="Do not browse mDNS (use --peer).")
 @click.option("--system", metavar="TEXT", help="A system message that starts the conversation.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="weighted", show_default=True)
-@click.option("--redundancy", "-k", type=click.IntRange(1, 16), default=3, show_default=True, help="Answers per chunk.")
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(1, 4096), default=160, show_default=True)
-@click.option("--decompose", type=click.Choice(["rules", "llm", "none"]), default="rules", show_default=True)
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=180.0, show_default=True, help="Seconds.")
+@_answer_options
 @click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True)
 @_security_options
 def chat(peers, interfaces, no_mdns: bool, system: str | None, discover_timeout: float, **opts) -> None:

@@ -182,12 +182,16 @@ _RUN = re.compile(r"(?<![\w.])-?[\d(][\d\s.,+\-*/×÷·^()%$€£]*(?![A-Za-z])"
 _OPERATOR = re.compile(r"[+\-*/×÷·^]")
 # "15% of 80" is a product.
 _PERCENT_OF = re.compile(r"(\d\s*%)\s+of\s+(?=[\d$€£(])", re.IGNORECASE)
+# Operators written as words between two numbers ("144 divided by 12").
+_WORD_OPERATORS = {"plus": "+", "minus": "-", "times": "*", "multiplied by": "*", "divided by": "/"}
+_WORD_OPERATOR = re.compile(r"(?<=\d)\s+(plus|minus|times|multiplied\s+by|divided\s+by)\s+(?=[\d$€£(])", re.IGNORECASE)
 
 
 def _candidates(segment: str) -> list[str]:
     """Expression-looking runs of one segment, each also with unbalanced edges and dangling operators trimmed."""
     out = []
     segment = _PERCENT_OF.sub(r"\1 * ", _TIMES.sub(" * ", segment))
+    segment = _WORD_OPERATOR.sub(lambda m: f" {_WORD_OPERATORS[' '.join(m.group(1).lower().split())]} ", segment)
     for match in _RUN.finditer(segment):
         run = match.group().strip().rstrip(".,")
         while run and run[-1] in "+-*/×÷·^(":
@@ -209,8 +213,9 @@ def find_expression(text: str) -> tuple[str, Fraction] | None:
     the "="); a segment's runs of number-and-operator characters (not glued to
     letters, so "1e308" or "x2" are not runs) are tried in order, and only runs
     with a binary operator count (a lone "42" or "15%" is a stated number, see
-    :func:`program_answer`); "15% of 80" reads as "15% * 80". Code fences and
-    backticks are ignored.
+    :func:`program_answer`); "15% of 80" reads as "15% * 80", and "plus",
+    "minus", "times", "multiplied by" and "divided by" between two numbers as
+    their symbols. Code fences and backticks are ignored.
 
     Returns:
         ``(expression, value)``, or ``None`` when no run evaluates.

@@ -89,11 +89,12 @@ def unkept_answers(text: str, chunks: Sequence[Chunk], votes: dict[str, VoteResu
 
     A numeric answer must appear among the text's numbers ("100" in "… is
     $100."; "1,000" and "1000" are equal); an entity of at most
-    :data:`MAX_CHECKED_WORDS` words (its display and its vote key) must
-    appear as whole words of the folded text (case, accents and punctuation
-    ignored). Open-ended answers (longer keys) and chunks without a winning
-    answer are not checked: a paraphrase cannot be told from a contradiction
-    by rules.
+    :data:`MAX_CHECKED_WORDS` words (its display and its vote key) that is
+    a name (shown with a capital letter) must appear as whole words of the
+    folded text (case, accents and punctuation ignored). Open-ended answers
+    (longer keys, or a lower-case phrase cut from running text) and chunks
+    without a winning answer are not checked: a paraphrase cannot be told
+    from a contradiction by rules.
 
     Returns:
         Ids in chunk order; empty when every checkable answer is kept.
@@ -113,6 +114,8 @@ def unkept_answers(text: str, chunks: Sequence[Chunk], votes: dict[str, VoteResu
         key = fold(shown)
         if not key or len(key.split()) > MAX_CHECKED_WORDS or len(vote.answer.split()) > MAX_CHECKED_WORDS:
             continue
+        if not shown.strip()[:1].isupper():
+            continue  # not a name ("often determined by a"): a phrase cut from open-ended text, not checkable
         if f" {key} " not in folded:
             missing.append(chunk.id)
     return missing
