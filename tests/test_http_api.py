@@ -67,8 +67,21 @@ async def serve(node: Node, **settings):
         await server.close(1.0)
 
 
+_clients: list[openai.AsyncOpenAI] = []
+
+
 def client(node: Node, key: str = "unused") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=node.http_url + "/v1", api_key=key, max_retries=0, timeout=30)
+    """An async openai client for the node's API, closed after the test (in its loop)."""
+    api = openai.AsyncOpenAI(base_url=node.http_url + "/v1", api_key=key, max_retries=0, timeout=30)
+    _clients.append(api)
+    return api
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients():
+    yield
+    while _clients:
+        await _clients.pop().close()
 
 
 async def test_models_list_the_pipeline_and_the_network_models(sim):
@@ -241,9 +254,11 @@ async def test_api_key_is_required_and_checked(sim):
         good = {"Authorization": "Bearer s3cret-key"}
         assert (await http.get(url + "/v1/models", headers=good)).status_code == 200
         assert (await http.get(url + "/health")).status_code == 200  # open for load balancers
-        with pytest.raises(openai.AuthenticationError):
-            await openai.AsyncOpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
-        models = await openai.AsyncOpenAI(base_url=url + "/v1", api_key="s3cret-key", max_retries=0).models.list()
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0) as api:
+            with pytest.raises(openai.AuthenticationError):
+                await api.models.list()
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="s3cret-key", max_retries=0) as api:
+            models = await api.models.list()
         assert models.data[0].id == "dellm"
 
 
@@ -368,10 +383,10 @@ async def test_an_app_around_a_swarm(sim):
         server = HttpServer(create_app(Gateway.for_swarm(swarm)), "127.0.0.1", 0)
         url = await server.start()
         try:
-            api = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-            reply = await api.chat.completions.create(
-                model="dellm", messages=[{"role": "user", "content": "What is the capital of France?"}]
-            )
+            async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as api:
+                reply = await api.chat.completions.create(
+                    model="dellm", messages=[{"role": "user", "content": "What is the capital of France?"}]
+                )
             assert reply.choices[0].message.content == REPLIES["capital"]
         finally:
             await server.close()

@@ -22,12 +22,30 @@ MODEL = "SmolLM2-135M-Instruct"
 QUICK = {"dellm": {"redundancy": 2, "decompose": "none"}}  # extra_body: two samples, one chunk
 
 
+_clients: list = []
+
+
 def sync_client(node) -> openai.OpenAI:
-    return openai.OpenAI(base_url=node.http_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    api = openai.OpenAI(base_url=node.http_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    _clients.append(api)
+    return api
 
 
 def async_client(node) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=node.http_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    api = openai.AsyncOpenAI(base_url=node.http_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    _clients.append(api)
+    return api
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients():
+    """Close the test's clients in its own loop (an async client collected later fails on a closed loop)."""
+    yield
+    while _clients:
+        api = _clients.pop()
+        result = api.close()
+        if asyncio.iscoroutine(result):
+            await result
 
 
 async def node_stats(node):
