@@ -19,11 +19,13 @@ from dellm_p2p.swarm import Swarm, SwarmError
 
 async def main(question: str, peers: list[str]) -> None:
     async with Swarm(peers=peers, mdns_interfaces=["127.0.0.1"], cluster_key=cluster_key_from_env()) as swarm:
-        answer = await swarm.ask(question, strategy="majority", redundancy=3)
+        answer = await swarm.ask(question)  # the default options; e.g. redundancy=7, strategy="weighted"
         print(f"answer: {answer.text}")
+        print(f"confidence (the lowest chunk agreement): {answer.confidence:.0%}")
         for trace in answer.chunks:
             vote = trace.vote
-            print(f"  {trace.chunk.id} {trace.chunk.operation}: {vote.answer!r}, agreement {vote.agreement:.0%}")
+            kept = " (no plurality: the greedy reply was kept)" if vote.anchored else ""
+            print(f"  {trace.chunk.id} {trace.chunk.operation}: {vote.answer!r}, agreement {vote.agreement:.0%}{kept}")
 
         async for event in swarm.stream(question):
             if isinstance(event, ChunkPlanned):
