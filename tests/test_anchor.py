@@ -196,3 +196,62 @@ def test_low_agreement_line():
     agreeing = [cand("paris", greedy=True), cand("paris"), cand("nice")]
     assert low_agreement("c1", apply_anchor(majority(agreeing), agreeing)) is None
     assert low_agreement("c2", majority([cand("a"), cand("b"), cand("c"), cand("d")])).endswith("1 of 4 answers agree")
+
+
+# ------------------------------------------- end to end over real websockets (SIMULATED engines)
+
+from .test_swarm import cluster  # noqa: E402, F401  (the three-node fixture)
+
+
+async def _ask(bootstrap: str, question: str, **options):
+    from dellm_p2p.swarm import Swarm
+
+    async with Swarm(peers=[bootstrap], mdns=False) as swarm:
+        return await swarm.ask(question, **options)
+
+
+async def test_swarm_keeps_the_greedy_reply_when_the_samples_all_differ(cluster):  # noqa: F811
+    nodes, bootstrap = cluster
+    for node, cities in zip(nodes, ("Lyon.|Nice.", "Brest.|Lille.", "Metz.|Tours."), strict=True):
+        node.engine.replies = {"capital": "The capital of France is Paris."}
+        node.engine.sampled_replies = {"capital": "|".join(f"It is {c}" for c in cities.split("|"))}
+    answer = await _ask(bootstrap, "What is the capital of France?", redundancy=5)
+    trace = answer.chunks[0]
+    assert len(trace.candidates) == 5 and sum(c.greedy for c in trace.candidates) == 1
+    assert trace.vote.anchored and trace.vote.answer == "paris"
+    assert answer.text == "The capital of France is Paris." and answer.synthesizer is None
+    assert answer.confidence == pytest.approx(0.2) and answer.agreements == {"c1": pytest.approx(0.2)}
+    temperatures = [t for node in nodes for t in node.engine.temperatures]
+    assert temperatures.count(0.0) == 1 and all(t == AskOptions().temperature for t in temperatures if t)
+
+
+async def test_swarm_follows_a_strict_plurality_of_samples_against_the_greedy_reply(cluster):  # noqa: F811
+    nodes, bootstrap = cluster
+    for node in nodes:
+        node.engine.replies = {"capital": "The capital of France is Paris."}
+        node.engine.sampled_replies = {"capital": "It is Lyon."}
+    answer = await _ask(bootstrap, "What is the capital of France?", redundancy=5)
+    vote = answer.chunks[0].vote
+    assert not vote.anchored and vote.answer == "lyon" and answer.text == "It is Lyon."
+
+
+async def test_with_k_1_the_swarm_is_one_greedy_node(cluster):  # noqa: F811
+    nodes, bootstrap = cluster
+    for node in nodes:
+        node.engine.replies = {"capital": "The capital of France is Paris."}
+        node.engine.sampled_replies = {"capital": "It is Lyon."}
+    answer = await _ask(bootstrap, "What is the capital of France?", redundancy=1)
+    assert [c.greedy for c in answer.chunks[0].candidates] == [True]
+    assert answer.text == "The capital of France is Paris."
+    assert [t for node in nodes for t in node.engine.temperatures] == [0.0]
+
+
+async def test_program_aided_math_votes_on_the_computed_value(cluster):  # noqa: F811
+    nodes, bootstrap = cluster
+    for node in nodes:
+        node.engine.replies = {"math expression": "17 + 25 = 32"}  # right expression, wrong arithmetic
+    answer = await _ask(bootstrap, "What is 17 + 25?")
+    vote = answer.chunks[0].vote
+    assert vote.answer == "42" and vote.agreement == 1.0
+    assert answer.text == "17 + 25 = 42"
+    assert all("Write this as a math expression" in p for node in nodes for p in node.engine.prompts)
