@@ -108,10 +108,10 @@ from dellm_p2p.coordinator.decompose import (  # noqa: E402
 )
 from dellm_p2p.coordinator.extract import ANSWER_SUFFIX, extract_number, fold  # noqa: E402
 from dellm_p2p.coordinator.pipeline import AskOptions, with_anchor  # noqa: E402
-from dellm_p2p.coordinator.program import candidate_answer  # noqa: E402
+from dellm_p2p.coordinator.program import candidate_answer, program_answer, program_prompt  # noqa: E402
 from dellm_p2p.coordinator.route import route  # noqa: E402
 from dellm_p2p.coordinator.synthesize import reply_text  # noqa: E402
-from dellm_p2p.coordinator.types import Candidate, Chunk, VoteResult  # noqa: E402
+from dellm_p2p.coordinator.types import Candidate, Chunk, Operation, VoteResult  # noqa: E402
 from dellm_p2p.coordinator.vote import STRATEGIES, apply_anchor, judge_vote, vote  # noqa: E402
 from dellm_p2p.protocol import SamplingParams, Token  # noqa: E402
 from dellm_p2p.security import cluster_key_from_env  # noqa: E402
@@ -246,17 +246,21 @@ def mcnemar_p(b: int, c: int) -> float:
 
 # --------------------------------------------------------------------------- methods and summary (pure)
 
-PROMPTS = ("pipeline", "plain", "suffix", "raw")
+PROMPTS = ("pipeline", "plain", "program", "suffix", "raw")
 
 
 def question_prompt(chunk: Chunk, kind: str) -> str:
     """The user message for one-node and swarm samples: ``pipeline`` = what the coordinator
     sends (:func:`~dellm_p2p.coordinator.decompose.chunk_prompt`, program-aided for one-sentence
     MATH), ``plain`` = the same without program aid (the chunk text, + ``ANSWER_SUFFIX`` for
-    MATH: how one node is asked), ``suffix`` = the chunk text + ``ANSWER_SUFFIX`` whatever its
-    operation, ``raw`` = the chunk text alone."""
+    MATH: how one node is asked), ``program`` = the program-aided prompt for every MATH chunk,
+    word problems too (an experiment: the coordinator asks only one-sentence MATH chunks so),
+    ``suffix`` = the chunk text + ``ANSWER_SUFFIX`` whatever its operation, ``raw`` = the chunk
+    text alone."""
     if kind in ("pipeline", "plain"):
         return chunk_prompt(chunk, {}, program_aided=kind == "pipeline")
+    if kind == "program" and chunk.operation is Operation.MATH:
+        return program_prompt(chunk.text)
     text = render_chunk_prompt(chunk, {})
     return f"{text}\n{ANSWER_SUFFIX}" if kind == "suffix" else text
 
@@ -651,7 +655,10 @@ class Evaluator:
             out = []
             for index in range(a.samples):
                 text = "".join(texts.get(index, []))
-                key, display, expression = candidate_answer(text, chunk, program_aided=args.prompt == "pipeline")
+                if args.prompt == "program" and chunk.operation is Operation.MATH:
+                    key, display, expression = program_answer(text)
+                else:
+                    key, display, expression = candidate_answer(text, chunk, program_aided=args.prompt == "pipeline")
                 candidate = Candidate(
                     peer_id=a.peer_id,
                     text=text,
