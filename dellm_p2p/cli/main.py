@@ -35,6 +35,7 @@ from ..security import (
     write_key_file,
 )
 from .progress import show_progress
+from .up import down, up
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -517,6 +518,10 @@ def _peer_table(rows: list[dict], url: str, hidden: int = 0) -> Table:
         table.add_row(r["name"], r["node_id"], r["url"] or "(coordinator)", r["model"] or "(none)", str(r["capacity"]),
                       str(r["in_flight"]), rtt, f"{r['fitness']:.3f}", f"{r['last_seen_s']:.1f}", state)  # fmt: skip
     return table
+
+
+main.add_command(up)
+main.add_command(down)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""``dellm up`` / ``dellm down``: a local swarm in one command (coordinator-only nodes, so it is fast)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DELLM = [sys.executable, "-m", "dellm_p2p.cli.main"]
+
+
+def dellm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*DELLM, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def pids(swarm: Path) -> list[int]:
+    return [int(p.read_text()) for p in sorted(swarm.glob("*/node.pid"))]
+
+
+def running(pid: int) -> bool:
+    try:
+        return b"dellm_p2p.cli.node" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_up_detached_then_down(tmp_path):
+    swarm = tmp_path / "swarm"
+    started = dellm("up", "--nodes", "2", "--no-model", "--http-port", "0", "--detach", "--dir", str(swarm))
+    try:
+        assert started.returncode == 0, started.stderr
+        lines = started.stdout.splitlines()
+        assert [line.split()[0] for line in lines] == ["local-1", "local-2"]
+        assert all("ws://127.0.0.1:" in line and "http://127.0.0.1:" in line for line in lines), lines
+        assert "dellm down" in started.stderr
+        node_pids = pids(swarm)
+        assert len(node_pids) == 2 and all(running(pid) for pid in node_pids)
+        assert (swarm / "local-1" / "node_key.pem").exists()  # its own state directory
+
+        again = dellm("up", "--nodes", "1", "--no-model", "--detach", "--dir", str(swarm))
+        assert again.returncode == 1 and "already running" in again.stderr and again.stderr.count("\n") == 1
+
+        stopped = dellm("down", "--dir", str(swarm))
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.splitlines() == [f"local-{i} (pid {pid}) stopped" for i, pid in enumerate(node_pids, 1)]
+        assert not any(running(pid) for pid in node_pids) and pids(swarm) == []
+        assert "shutting down" in (swarm / "local-1" / "node.log").read_text()  # SIGTERM: a clean stop
+    finally:
+        for pid in pids(swarm):
+            if running(pid):
+                os.killpg(pid, signal.SIGKILL)
+    nothing = dellm("down", "--dir", str(swarm))
+    assert nothing.returncode == 0 and "no local swarm running" in nothing.stderr
+
+
+def test_up_in_the_foreground_stops_every_node_on_ctrl_c(tmp_path):
+    swarm = tmp_path / "swarm"
+    proc = subprocess.Popen(
+        [*DELLM, "up", "--nodes", "2", "--no-model", "--dir", str(swarm)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = [proc.stdout.readline() for _ in range(2)]
+        assert all("ws://127.0.0.1:" in line for line in ready), (ready, proc.stderr.read() if proc.poll() else "")
+        node_pids = pids(swarm)
+        assert len(node_pids) == 2 and all(running(pid) for pid in node_pids)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert not any(running(pid) for pid in node_pids) and pids(swarm) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in pids(swarm):
+            if running(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def test_up_refuses_conflicting_options(tmp_path):
+    both = dellm("up", "--model", "x", "--no-model", "--dir", str(tmp_path))
+    assert both.returncode == 2 and both.stderr.startswith("dellm: error: ") and both.stderr.count("\n") == 1
+
+
+def test_a_node_that_fails_to_start_stops_the_rest_and_shows_its_log(tmp_path):
+    failed = dellm("up", "--nodes", "2", "--model", "/nonexistent/model", "--dir", str(tmp_path / "swarm"))
+    assert failed.returncode == 1
+    assert "exited with code 1 while starting" in failed.stderr
+    assert "model directory not found: /nonexistent/model" in failed.stderr
+    assert pids(tmp_path / "swarm") == []
