@@ -42,6 +42,7 @@ _EXPORTS = {
     "QuestionError": "dellm_p2p.coordinator.errors",
     "NoPeersError": "dellm_p2p.coordinator.errors",
     "AllPeersFailedError": "dellm_p2p.coordinator.errors",
+    "DeadlineError": "dellm_p2p.coordinator.errors",
     "PeerClient": "dellm_p2p.client",
     "PeerError": "dellm_p2p.client",
     "load_cluster_key": "dellm_p2p.security",
@@ -56,6 +57,7 @@ __all__ = [  # a literal list, for linters and type checkers; a test checks it m
     "ChunkRouted",
     "ChunkTrace",
     "ChunkVoted",
+    "DeadlineError",
     "Event",
     "Final",
     "NoPeersError",
@@ -75,7 +77,7 @@ __all__ = [  # a literal list, for linters and type checkers; a test checks it m
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
     from .client import PeerClient, PeerError
-    from .coordinator.errors import AllPeersFailedError, NoPeersError, QuestionError, SwarmError
+    from .coordinator.errors import AllPeersFailedError, DeadlineError, NoPeersError, QuestionError, SwarmError
     from .coordinator.events import (
         CandidateReady,
         ChunkPlanned,

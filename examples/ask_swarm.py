@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from dellm_p2p.coordinator.events import ChunkPlanned, ChunkVoted, Final, SynthesisToken
+from dellm_p2p import ChunkPlanned, ChunkVoted, Final, Swarm, SwarmError, SynthesisToken
 from dellm_p2p.runtime import run
 from dellm_p2p.security import cluster_key_from_env
-from dellm_p2p.swarm import Swarm, SwarmError
 
 
 async def main(question: str, peers: list[str]) -> None:
