@@ -16,7 +16,6 @@ swarm's view as is.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -296,9 +295,3 @@ class Gateway:
                     if not self.load[peer.node_id]:
                         del self.load[peer.node_id]
         raise AllPeersFailedError("; ".join(failures) or "no peer answered")
-
-
-async def aclose_quietly(iterator: AsyncIterator[Any]) -> None:
-    """Close an async generator, ignoring what its cleanup raises (the caller is already failing)."""
-    with contextlib.suppress(Exception):
-        await iterator.aclose()  # type: ignore[attr-defined]
