@@ -437,3 +437,15 @@ def test_http_settings_come_from_toml_and_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DELLM_HTTP_PORT", "0")
     config = load_config(path)
     assert config.api_key_file == tmp_path / "key" and config.http_port == 0
+
+
+async def test_peer_model_caps_max_tokens_and_a_prompt_too_long_is_400(sim):
+    node, _ = sim
+    url = node.http_url + "/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=10) as http:
+        body = {"model": "simulated", "max_tokens": 100_000, "messages": [{"role": "user", "content": "river?"}]}
+        reply = await http.post(url, json=body)  # more than the 4,096-token window: capped, not refused
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == REPLIES["river"]
+        body["messages"][0]["content"] = "word " * 5000
+        error = assert_error(await http.post(url, json=body), 400)
+        assert "prompt_too_long" in error["message"]

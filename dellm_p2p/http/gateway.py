@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..client import PeerClient, PeerError
-from ..coordinator.errors import AllPeersFailedError, NoPeersError
+from ..coordinator.errors import AllPeersFailedError, NoPeersError, QuestionError
 from ..coordinator.events import Event
 from ..coordinator.pipeline import AskOptions
 from ..coordinator.route import eligible_peers, score_peers
 from ..coordinator.stream import stream_question
 from ..peer_table import PeerRecord, PeerState
-from ..protocol import Done, SamplingParams, Token
+from ..protocol import Done, ErrorCode, SamplingParams, Token
 
 if TYPE_CHECKING:
     from ..fitness import FitnessBook
@@ -260,27 +260,33 @@ class Gateway:
         A peer that fails before its first token hands over to the next best
         (up to :data:`DIRECT_TRIES` peers); after a token was yielded, its
         failure ends the stream (the text cannot be taken back).
+        ``params.max_tokens`` is capped at each peer's context window (its
+        hello), as clients often ask for more than a small model has.
 
         Raises:
             UnknownModelError: no alive peer serves ``model``.
             NoPeersError: every peer serving it is at capacity.
-            AllPeersFailedError: every peer tried failed (the last reason in ``str``).
+            QuestionError: every peer refused the request itself (prompt too
+                long for its context window, parameters out of range).
+            AllPeersFailedError: every peer tried failed (the reasons in ``str``).
             TimeoutError: ``timeout_s`` [s] passed.
         """
         ranked = self.ranked(model)
         if not ranked:
             raise NoPeersError(f"every peer serving {model} is at capacity")
         failures: list[str] = []
+        refused = 0  # peers that refused the request itself, not for their own trouble
         async with asyncio.timeout(timeout_s):
             for peer in ranked[:DIRECT_TRIES]:
                 started = False
                 self.load[peer.node_id] = self.load.get(peer.node_id, 0) + 1
                 try:
                     client = await self.pool.get(peer.url)  # type: ignore[arg-type]
+                    window = client.remote.max_model_len or params.max_tokens
                     async for item in client.generate(
                         messages=list(messages) if messages is not None else None,
                         prompt=prompt,
-                        params=params,
+                        params=params.model_copy(update={"max_tokens": min(params.max_tokens, window)}),
                         timeout_s=timeout_s,
                     ):
                         started = True
@@ -290,8 +296,11 @@ class Gateway:
                     if started:
                         raise AllPeersFailedError(f"{peer.node_id} failed mid-answer: {exc}") from None
                     failures.append(f"{peer.node_id}: {exc}")
+                    refused += exc.code in (ErrorCode.PROMPT_TOO_LONG, ErrorCode.INVALID_PARAMS)
                 finally:
                     self.load[peer.node_id] -= 1
                     if not self.load[peer.node_id]:
                         del self.load[peer.node_id]
+        if failures and refused == len(failures):
+            raise QuestionError(f"every peer serving {model} refused the request: {'; '.join(failures)}")
         raise AllPeersFailedError("; ".join(failures) or "no peer answered")
