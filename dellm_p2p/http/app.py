@@ -79,6 +79,9 @@ T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)
 
 DEFAULT_PEER_MAX_TOKENS = 256  # max_tokens of a peer-model request that gives none [tokens]
+# Longest `model: dellm` answer [tokens]: the synthesis prompt (question and chunk answers) must fit
+# beside it in a default 2,048-token window, and clients often send max_tokens far above that.
+MAX_DELLM_ANSWER_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -376,7 +379,7 @@ class _Api:
         if body.temperature is not None:
             changes["temperature"] = body.temperature
         if (limit := body.token_limit()) is not None:
-            changes["synthesis_max_tokens"] = limit
+            changes["synthesis_max_tokens"] = min(limit, MAX_DELLM_ANSWER_TOKENS)
             changes["max_tokens"] = min(self.gateway.options.max_tokens, limit)
         if body.dellm is not None:
             changes |= body.dellm.model_dump(exclude_none=True)
