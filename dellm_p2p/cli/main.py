@@ -166,7 +166,7 @@ def generate(
         raise click.BadParameter("the question is empty", param_hint="QUESTION")
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=n, logprobs=as_json)
     security = _security(cluster_key_file, tls_ca)
-    sys.exit(run(_generate(peer, question, params, timeout, as_json, security)))
+    sys.exit(_run_interruptible(lambda: _generate(peer, question, params, timeout, as_json, security)))
 
 
 async def _generate(
