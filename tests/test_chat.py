@@ -102,3 +102,46 @@ async def test_dellm_chat_repl_keeps_the_history_and_resets(tmp_path, monkeypatc
         assert "capital of France" not in questions[1]  # after /reset it did not
     finally:
         await node.close(0)
+
+
+async def test_dellm_chat_on_a_terminal_cancels_with_ctrl_c_and_quits_with_ctrl_d(tmp_path, monkeypatch):
+    import pty
+    import signal
+
+    engine = SimulatedEngine(" ".join(f"w{i}" for i in range(2000)), token_interval_s=0.01, max_model_len=4096)
+    engine.replies = {"capital": REPLIES["capital"]}
+    node = await start_node(tmp_path, monkeypatch, engine, http_port=None)
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dellm_p2p.cli.main", "chat", "--peer", node.url, "--no-mdns", "-k", "1",
+            stdin=slave, stdout=slave, stderr=slave, env={**os.environ, "COLUMNS": "120", "TERM": "dumb"},
+        )  # fmt: skip
+        os.close(slave)
+        seen = bytearray()
+
+        async def until(text: str) -> None:
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(30):
+                while text.encode() not in seen:
+                    seen.extend(await loop.run_in_executor(None, os.read, master, 4096))
+
+        await until("you> ")
+        os.write(master, b"Tell me a long story\n")
+        async with asyncio.timeout(20):  # the peer is generating
+            while not engine.running:
+                await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        await until("answer cancelled")
+        async with asyncio.timeout(10):  # and the peer aborted it
+            while engine.running:
+                await asyncio.sleep(0.02)
+        assert engine.aborted
+        os.write(master, b"What is the capital of France?\n")
+        await until(REPLIES["capital"])
+        os.write(master, b"\x04")  # Ctrl-D at the prompt
+        async with asyncio.timeout(20):
+            assert await proc.wait() == 0
+    finally:
+        os.close(master)
+        await node.close(0)
