@@ -201,6 +201,15 @@ async def test_client_disconnect_mid_stream_aborts_the_generations(tmp_path, mon
         assert stats.in_flight == 0 and stats.engine_running == 0 and stats.requests_cancelled >= 1
         async with httpx.AsyncClient(timeout=10) as http:  # and the API's slot was given back
             assert (await http.get(node.http_url + "/health")).json()["in_flight"] == {"node": 0, "api": 0}
+        # Not streaming: a client that gives up waiting cancels the question too.
+        aborted = len(engine.aborted)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=1.0)) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post(node.http_url + "/v1/chat/completions", json=body | {"stream": False})
+        async with asyncio.timeout(5):
+            while engine.running or node.server.in_flight:
+                await asyncio.sleep(0.02)
+        assert len(engine.aborted) > aborted
     finally:
         await node.close(0)
 
