@@ -6,8 +6,8 @@ Endpoints (OpenAI API reference shapes):
   alive peer serves now.
 * ``POST /v1/chat/completions`` and ``POST /v1/completions``: ``model:
   dellm`` runs the pipeline (decompose the last user message, route, vote,
-  synthesize, reward), with its trace in an extra ``dellm`` field (of the
-  last chunk when streaming); a peer model name goes to the best-ranked
+  synthesize, reward), with its trace in an extra ``dellm`` field (when
+  streaming, of the chunk carrying ``finish_reason``, the last with a choice); a peer model name goes to the best-ranked
   peer serving it, failing over to the next before its first token, no
   vote. Streaming is server-sent events ending with ``data: [DONE]``.
 * ``GET /health``: 200 while at least one alive peer serves a model, else 503.
