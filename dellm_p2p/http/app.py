@@ -378,6 +378,8 @@ class _Api:
         changes: dict[str, Any] = {}
         if body.temperature is not None:
             changes["temperature"] = body.temperature
+        if body.top_p is not None:
+            changes["top_p"] = body.top_p
         if (limit := body.token_limit()) is not None:
             changes["synthesis_max_tokens"] = min(limit, MAX_DELLM_ANSWER_TOKENS)
             changes["max_tokens"] = min(self.gateway.options.max_tokens, limit)

@@ -68,6 +68,8 @@ class DellmOptions(_Request):
     redundancy: Annotated[int, Field(ge=1, le=16)] | None = None
     decompose: Literal["rules", "llm", "none"] | None = None
     synthesize: bool | None = None
+    anchor: bool | None = None
+    program_aided: bool | None = None
     timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
     chunk_timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
 
