@@ -116,7 +116,9 @@ def test_default_score_normalizes_rtt_by_at_least_the_scale():
     scores = score_peers(peers)  # RouteWeights(): rtt_scale_ms = 100
     assert scores["a"] == pytest.approx(0.7 * 0.01 + 0.3 * 0.5)
     assert scores["b"] == pytest.approx(0.7 * 0.02 + 0.3 * 0.5)
-    assert scores["c"] == scores["b"], "an unmeasured peer counts as the slowest measured one"
+    assert scores["c"] == pytest.approx(0.7 * 0.015 + 0.3 * 0.5), "an unmeasured peer counts as a typical one"
+    assert score_peers(peers, DELLM)["c"] == pytest.approx(0.7 * 1.0 + 0.3 * 0.5), "the DELLM rule: as the slowest"
+    assert score_peers([peer("x", rtt=None)])["x"] == pytest.approx(0.7 + 0.3 * 0.5), "nobody measured"
     far = [peer("a", rtt=100.0), peer("b", rtt=400.0)]
     assert score_peers(far)["a"] == pytest.approx(0.7 * 0.25 + 0.3 * 0.5), "beyond the scale: the largest RTT"
 

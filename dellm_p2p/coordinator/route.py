@@ -5,11 +5,12 @@ Base score (the DELLM routing rule, lower is better)::
     base = w_rtt × normalized RTT + w_fitness × (1 − fitness)
 
 with weights 0.7 and 0.3 and normalized RTT = RTT / max(largest RTT among
-the candidates, ``rtt_scale_ms``) (a peer not yet measured counts as the
-slowest). The scale (default 100 ms) keeps round-trip jitter that is small
-against an answer's generation time from outweighing fitness: divided by the
-largest RTT alone, 0.3 ms against 3 ms counts as much as 30 ms against
-300 ms, and on a LAN the base score was the ping jitter (bench_scale).
+the candidates, ``rtt_scale_ms``); a peer not yet measured counts as a
+typical one, the mean measured RTT (see :func:`_rtt_normalization`). The
+scale (default 100 ms) keeps round-trip jitter that is small against an
+answer's generation time from outweighing fitness: divided by the largest
+RTT alone, 0.3 ms against 3 ms counts as much as 30 ms against 300 ms, and
+on a LAN the base score was the ping jitter (bench_scale).
 
 Load and spreading (:class:`RouteWeights`)::
 
@@ -124,15 +125,28 @@ class RouteWeights:
 
 def score_peers(peers: Sequence[PeerRecord], weights: RouteWeights = RouteWeights()) -> dict[str, float]:
     """Base score per node id (lower is better): the DELLM rule, see the module docstring."""
-    slowest = max((p.rtt_ms for p in peers if p.rtt_ms is not None and p.rtt_ms > 0), default=0.0)
-    scale = max(slowest, weights.rtt_scale_ms) or 1.0
-    unmeasured = slowest / scale if slowest > 0 else 1.0
+    scale, unmeasured = _rtt_normalization(peers, weights)
     w_rtt, w_fitness = weights.rtt, weights.fitness
     return {
-        p.node_id: w_rtt * (unmeasured if p.rtt_ms is None or p.rtt_ms >= slowest else p.rtt_ms / scale)
-        + w_fitness * (1.0 - p.fitness)
+        p.node_id: w_rtt * (unmeasured if p.rtt_ms is None else p.rtt_ms / scale) + w_fitness * (1.0 - p.fitness)
         for p in peers
     }
+
+
+def _rtt_normalization(peers: Sequence[PeerRecord], weights: RouteWeights) -> tuple[float, float]:
+    """``(scale [ms], normalized RTT of an unmeasured peer)``: normalized RTT = RTT / scale, in [0, 1].
+
+    scale = max(largest measured RTT, ``rtt_scale_ms``). A peer not measured yet counts as the slowest
+    in the DELLM rule, and as a typical one (the mean measured RTT) when routing is adaptive: a
+    coordinator pings one gossip partner a round in a large network, so at N = 500 most peers are
+    never measured, and counting them as the slowest kept them from ever getting work (bench_scale).
+    """
+    measured = [p.rtt_ms for p in peers if p.rtt_ms is not None and p.rtt_ms > 0]
+    if not measured:
+        return max(weights.rtt_scale_ms, 1e-9), 1.0
+    slowest = max(measured)
+    scale = max(slowest, weights.rtt_scale_ms)
+    return scale, (math.fsum(measured) / len(measured) if weights.adaptive else slowest) / scale
 
 
 def eligible_peers(
@@ -249,9 +263,7 @@ def _choose_adaptive(
     load = load or {}
     assigned = assigned or {}
     rand = (rng or _RNG).random
-    slowest = max((p.rtt_ms for p in candidates if p.rtt_ms is not None and p.rtt_ms > 0), default=0.0)
-    scale = max(slowest, weights.rtt_scale_ms) or 1.0
-    unmeasured = slowest / scale if slowest > 0 else 1.0
+    scale, unmeasured = _rtt_normalization(candidates, weights)
     w_rtt, w_fit, w_load, spread = weights.rtt, weights.fitness, weights.load, weights.spread
     a0, b0, explore = weights.prior_agree, weights.prior_disagree, weights.explore
     table, size = _NORMAL_QUANTILES, len(_NORMAL_QUANTILES)
@@ -261,7 +273,7 @@ def _choose_adaptive(
     # greedy = base + load and spread terms, explore = the same with the draw θ in place of fitness.
     rows = [
         (
-            (latency := w_rtt * (unmeasured if (rtt := p.rtt_ms) is None or rtt >= slowest else rtt / scale))
+            (latency := w_rtt * (unmeasured if (rtt := p.rtt_ms) is None else rtt / scale))
             + (
                 extra := w_load
                 * (
