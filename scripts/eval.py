@@ -714,7 +714,8 @@ class Evaluator:
                     record["methods"][method] = {"correct": False, "error": str(exc)}
             return
         record["collect_failures"] = failures
-        right = [score(args.dataset, c.text, item.gold) for c in candidates]
+        # Scored as the coordinator would show each reply (a program-aided one as "expression = value").
+        right = [score(args.dataset, reply_text(c), item.gold) for c in candidates]
         record["candidates"] = [
             {
                 "peer": c.peer_id,
