@@ -62,6 +62,21 @@ def cpu_list(cores: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def parse_cpu_list(spec: str) -> list[int] | None:
+    """Core numbers of a ``--cpu-bind`` list such as ``"0-2,5"``; ``None`` for anything else (``auto``, ``nobind``)."""
+    cores: set[int] = set()
+    try:
+        for part in spec.split(","):
+            first, _, last = part.strip().partition("-")
+            low, high = int(first), int(last or first)
+            if low < 0 or high < low or high - low > 4096:
+                return None
+            cores.update(range(low, high + 1))
+    except ValueError:
+        return None
+    return sorted(cores)
+
+
 class CoreClaim:
     """Cores held by this process until :meth:`release` (or until the process exits).
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import NodeConfig
-from .cores import CoreClaim, CoreClaimError, claim_cores
+from .cores import CoreClaim, CoreClaimError, claim_cores, parse_cpu_list
 from .discovery import MdnsDiscovery
 from .engine import Engine
 from .fitness import FitnessBook
@@ -97,15 +97,21 @@ def _vllm_on_cpu() -> bool:
 
 
 def claim_cpu_cores(config: NodeConfig) -> CoreClaim | None:
-    """Claim cores for a CPU vLLM engine when ``config.cpu_bind`` is not set; ``None`` when nothing to claim.
+    """Claim cores for a CPU vLLM engine; ``None`` when there is nothing to claim.
 
-    A claim that fails (unwritable runtime directory) is logged and leaves
-    vLLM's default binding: a node should still start.
+    Without ``config.cpu_bind``: ``config.cpu_cores`` cores no other node
+    holds. With an explicit core list: those cores (so nodes that pick
+    their own avoid them); ``auto`` or ``nobind`` claims nothing. A claim
+    that fails (unwritable runtime directory) is logged and leaves vLLM's
+    default binding: a node should still start.
     """
-    if config.engine != "vllm" or config.cpu_bind is not None or not _vllm_on_cpu():
+    if config.engine != "vllm" or not _vllm_on_cpu():
         return None
     try:
-        return claim_cores(config.cpu_cores)
+        if config.cpu_bind is None:
+            return claim_cores(config.cpu_cores)
+        given = parse_cpu_list(config.cpu_bind)
+        return claim_cores(len(given), available=given) if given else None
     except CoreClaimError as exc:
         log.warning("%s; vLLM binds its default cores (set --cpu-bind)", exc)
         return None
@@ -169,7 +175,7 @@ class Node:
         self.identity = await asyncio.to_thread(load_identity, config.resolved_state_dir)
         self.node_id = self.identity.node_id
         self.cores = await asyncio.to_thread(claim_cpu_cores, config)
-        if self.cores is not None:
+        if self.cores is not None and config.cpu_bind is None:
             config = config.model_copy(update={"cpu_bind": self.cores.spec})
             shared = " (shared with another node: more nodes than cores)" if any(self.cores.slots) else ""
             self.progress(f"vLLM's CPU worker runs on core {self.cores.spec}{shared}; --cpu-bind overrides")

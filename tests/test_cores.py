@@ -10,13 +10,16 @@ import textwrap
 
 import pytest
 
-from dellm_p2p.cores import CoreClaimError, claim_cores, cpu_list, runtime_dir
+from dellm_p2p.cores import CoreClaimError, claim_cores, cpu_list, parse_cpu_list, runtime_dir
 
 
-def test_cpu_list_formats_ranges():
+def test_cpu_list_formats_and_parses_ranges():
     assert cpu_list([0]) == "0"
     assert cpu_list([3, 0, 1, 2, 5]) == "0-3,5"
     assert cpu_list([1, 3]) == "1,3"
+    assert parse_cpu_list("0-3,5") == [0, 1, 2, 3, 5] and parse_cpu_list("1") == [1]
+    for other in ("auto", "nobind", "", "3-1", "-1", "0-2|3-5"):
+        assert parse_cpu_list(other) is None, other
 
 
 def test_claims_spread_over_cores_then_share(tmp_path):
@@ -96,7 +99,12 @@ def test_node_claims_a_core_only_for_a_cpu_vllm_engine_without_cpu_bind(tmp_path
     claim = node.claim_cpu_cores(load_config(cpu_cores=1))
     assert claim is not None and (tmp_path / "dellm" / "cores" / f"core-{claim.cores[0]}.0").exists()
     claim.release()
-    assert node.claim_cpu_cores(load_config(cpu_bind="1")) is None
+    explicit = node.claim_cpu_cores(load_config(cpu_bind="0"))  # an explicit core is claimed too ...
+    assert explicit is not None and explicit.spec == "0"
+    with claim_cores(directory=tmp_path / "dellm" / "cores", available=[0, 1]) as auto:
+        assert auto.spec == "1"  # ... so a node that picks its own avoids it
+    explicit.release()
+    assert node.claim_cpu_cores(load_config(cpu_bind="auto")) is None
     assert node.claim_cpu_cores(load_config(engine="none")) is None
     monkeypatch.setattr(node, "_vllm_on_cpu", lambda: False)
     assert node.claim_cpu_cores(load_config()) is None  # a GPU box: vLLM's CPU binding does not apply
