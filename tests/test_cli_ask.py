@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,15 +82,26 @@ async def test_question_problems_are_one_line_with_exit_2(tmp_path):
 
 
 def test_ctrl_c_exits_130():
-    proc = subprocess.Popen(
-        [*DELLM, "ask", "What is 2+2?", "--no-mdns", "--peer", "ws://127.0.0.1:9", "--discover-timeout", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(4)  # inside the event loop by then, re-dialing the bootstrap peer
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    with socket.socket() as listener:  # a "peer" that accepts and says nothing: dellm is then inside its event loop
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(60)
+        peer = f"ws://127.0.0.1:{listener.getsockname()[1]}"
+        proc = subprocess.Popen(
+            [*DELLM, "ask", "What is 2+2?", "--no-mdns", "--peer", peer, "--discover-timeout", "60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            conn, _ = listener.accept()
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+            conn.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "dellm: interrupted"
     assert "Traceback" not in err and "Aborted" not in err
