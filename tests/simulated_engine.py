@@ -75,7 +75,7 @@ class SimulatedEngine(Engine):
         self.running.add(request_id)
         completed = False
         try:
-            for position, word in enumerate(words):
+            for position in range(len(words)):
                 await asyncio.sleep(self.token_interval_s)
                 if ("FAIL" in text or self.broken) and position == 1:
                     raise EngineError("simulated engine failure")

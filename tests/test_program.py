@@ -137,6 +137,6 @@ def test_only_one_sentence_math_chunks_are_program_aided():
     assert chunk_prompt(direct, {}, program_aided=True) == program_prompt("What is 98 plus 45?")
     assert "math expression" not in chunk_prompt(word_problem, {}, program_aided=True)
     # A dependency's answer is part of the question the expression is asked for.
-    first, second = decompose("Calculate 10% of 1000, then multiply that by 3")
+    _, second = decompose("Calculate 10% of 1000, then multiply that by 3")
     prompt = chunk_prompt(second, {"c1": "100"}, program_aided=True)
     assert prompt.startswith("Question: Earlier result (c1): 100\n") and "math expression" in prompt
