@@ -619,6 +619,11 @@ def bench_routing(n: int, iterations: int) -> dict[str, Any]:
         route(chunk, peers, redundancy=3, load=load, assigned=assigned)
         t1 = clock()
         route_ns.append(t1 - t0)
+    dellm, dellm_ns = RouteWeights.dellm(), []
+    for chunk in chunks:  # the rule before issue 17, timed in the same conditions
+        t0 = clock()
+        route(chunk, peers, redundancy=3, load=load, assigned=assigned, weights=dellm)
+        dellm_ns.append(clock() - t0)
     for chunk in chunks:  # what QuestionRun._collect.dispatch does per chunk
         t0 = clock()
         alive = table.alive()
@@ -627,6 +632,7 @@ def bench_routing(n: int, iterations: int) -> dict[str, Any]:
         dispatch_ns.append(clock() - t0)
     route_ns.sort()
     dispatch_ns.sort()
+    dellm_ns.sort()
     return {
         "iterations": iterations,
         "route_us_p50": pct(route_ns, 50) / 1000,
@@ -634,6 +640,8 @@ def bench_routing(n: int, iterations: int) -> dict[str, Any]:
         "route_us_max": route_ns[-1] / 1000,
         "dispatch_us_p50": pct(dispatch_ns, 50) / 1000,
         "dispatch_us_p99": pct(dispatch_ns, 99) / 1000,
+        "route_dellm_us_p50": pct(dellm_ns, 50) / 1000,
+        "route_dellm_us_p99": pct(dellm_ns, 99) / 1000,
     }
 
 
@@ -1520,6 +1528,14 @@ def detail_lines(results: dict[str, Any]) -> list[str]:
     for r in results["runs"]:
         n = r["n"]
         conv, gossip, thr = r.get("membership") or {}, r.get("gossip") or {}, r.get("throughput") or {}
+        routing = r.get("routing") or {}
+        if "route_dellm_us_p50" in routing:
+            lines.append(
+                f"N={n} routing: default rule p50 {routing['route_us_p50']:.0f} µs, p99 "
+                f"{routing['route_us_p99']:.0f} µs; "
+                f"the DELLM rule alone (before issue 17) p50 {routing['route_dellm_us_p50']:.0f} µs, p99 "
+                f"{routing['route_dellm_us_p99']:.0f} µs, same process and moment"
+            )
         if conv:
             links = conv["links"]
             lines.append(
@@ -1653,8 +1669,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.route_iterations = min(args.route_iterations, 1000)
         args.gossip_reps, args.duration_s, args.concurrency = 1, 2.0, min(args.concurrency, 8)
         args.settle_s, args.converge_timeout_s = 0.5, min(args.converge_timeout_s, 30.0)
-        args.learn_questions, args.learn_concurrency = min(args.learn_questions, 60), min(args.learn_concurrency, 4)
-        args.learn_pause_s, args.offline_seeds = min(args.learn_pause_s, 1.0), min(args.offline_seeds, 1)
+        args.learn_questions, args.learn_concurrency = min(args.learn_questions, 40), min(args.learn_concurrency, 4)
+        args.learn_pause_s, args.offline_seeds = min(args.learn_pause_s, 0.5), min(args.offline_seeds, 1)
     return args
 
 
