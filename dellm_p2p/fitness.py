@@ -181,6 +181,9 @@ class FitnessBook:
         self._saved_counts: dict[str, tuple[int, int]] = {}  # their (agreed, rewards)
         self._tasks: set[asyncio.Task] = set()
         self._dirty = False
+        # Called as listener(record, old_fitness, new_fitness) after each applied record (the HTTP
+        # dashboard's fitness-over-time series); a listener must be quick and must not raise.
+        self.listeners: list[Callable[[RewardRecord, float, float], None]] = []
         self.load()
         table.initial_fitness = self._initial_fitness
         table.initial_counts = self._initial_counts
@@ -286,7 +289,8 @@ class FitnessBook:
         if len(self._seen) > self.remember:
             self._seen.popitem(last=False)
         self._recent.append((time.monotonic(), record))
-        new = apply_reward(self.fitness(record.node_id), record.reward)
+        old = self.fitness(record.node_id)
+        new = apply_reward(old, record.reward)
         agreed, rewards = self.counts(record.node_id)
         counts = (agreed + (record.reward > 0), rewards + 1)
         if record.node_id == self.node_id:
@@ -299,6 +303,8 @@ class FitnessBook:
             self._saved_counts[record.node_id] = counts
         self.applied += 1
         self._dirty = True
+        for listener in self.listeners:
+            listener(record, old, new)
         return True
 
     def receive(self, records: Iterable[RewardRecord]) -> list[RewardRecord]:
