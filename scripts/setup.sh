@@ -7,6 +7,19 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${DELLM_VENV:-.venv}
 stamp="$VENV/.dellm-setup"
+# The dashboard's browser tests drive the system's Chromium (Playwright's own browser download is
+# not used). Installed when missing and we may (root with apt-get); checked on every run, since it
+# lives outside the virtualenv.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (apt-get) for the dashboard's browser tests" >&2
+    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } ||
+      echo "setup: could not install chromium: the dashboard's browser tests will be skipped" >&2
+  else
+    echo "setup: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get):" \
+      "the dashboard's browser tests will be skipped" >&2
+  fi
+fi
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0

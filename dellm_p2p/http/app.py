@@ -24,6 +24,9 @@ the peers abort their generations.
 ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <key>`` when the
 settings hold a key (compared in constant time); ``/health`` is open, for
 load balancers.
+
+``GET /`` is the live dashboard (:mod:`.dashboard`): the page is open, its
+data endpoints (``/dashboard/api/*``) need the key like ``/v1/*``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -52,6 +56,7 @@ from ..coordinator.events import Event, Final, PeerFailed, SwarmAnswer, Synthesi
 from ..coordinator.history import split_conversation
 from ..coordinator.pipeline import AskOptions, check_question
 from ..protocol import Done, SamplingParams, Token
+from .dashboard import Dashboard, add_dashboard
 from .gateway import Gateway, UnknownModelError
 from .metrics import ApiMetrics
 from .schemas import (
@@ -194,6 +199,9 @@ def create_app(gateway: Gateway, settings: ApiSettings | None = None) -> FastAPI
     app.add_api_route("/v1/completions", api.completions, methods=["POST"], dependencies=auth)
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/metrics", api.metrics_text, methods=["GET"], dependencies=auth)
+    too_many = partial(ApiError, 429, type="rate_limit_error", code="too_many_streams")
+    add_dashboard(app, api.dashboard, api.authorize, too_many)
+    app.state.on_close = [api.dashboard.close]  # HttpServer.close ends the dashboard's endless streams
     return app
 
 
@@ -206,6 +214,7 @@ class _Api:
         self.metrics = ApiMetrics(gateway)
         self.active = 0
         self.started = int(time.time())
+        self.dashboard = Dashboard(gateway)  # records the questions answered through the pipeline
 
     def error_response(self, exc: ApiError) -> JSONResponse:
         self.metrics.errors.labels(str(exc.status)).inc()
@@ -413,8 +422,10 @@ class _Api:
             question, history = prompt or "", []
         question = check_question(question, options.max_question_chars)
         started = time.perf_counter()
-        events = aiter(self.gateway.stream(question, history=history, options=options))
         rid = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        events = aiter(
+            self.dashboard.track(rid, question, self.gateway.stream(question, history=history, options=options))
+        )
         if body.stream:
             try:
                 first = await self.guarded(request, _next(events))  # errors before any event get their status

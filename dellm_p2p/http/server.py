@@ -37,6 +37,7 @@ class HttpServer:
 
     def __init__(self, app: Any, host: str, port: int, *, log_level: str = "warning"):
         self.host = host
+        self._app = app
         config = uvicorn.Config(
             app,
             host=host,
@@ -84,6 +85,9 @@ class HttpServer:
         """Stop accepting, let open responses end (streams are cut after ``timeout_s`` [s]). Idempotent."""
         if self._task is None:
             return
+        # Endless responses (the dashboard's event streams) end now, not after the shutdown's grace period.
+        for hook in getattr(getattr(self._app, "state", None), "on_close", ()):
+            hook()
         self._server.should_exit = True
         try:
             async with asyncio.timeout(timeout_s):

@@ -1,0 +1,206 @@
+"""The dashboard in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
+
+Three in-process nodes with SIMULATED engines on 127.0.0.1 (see
+test_dashboard); the page is served by the first. Screenshots are saved in
+``bench-results/screenshots/`` (git-ignored). With ``DELLM_DOCS_SCREENSHOT=1``
+the first test also writes the README's ``docs/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.async_api", reason="playwright is not installed (the test extra)")
+async_playwright, expect = playwright.async_playwright, playwright.expect
+
+from .test_dashboard import QUESTION, dashboard_of, start_swarm  # noqa: E402
+from .test_http_api import REPLIES, serve  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "bench-results" / "screenshots"
+LAPTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> Answer: <b>bold</b>'
+
+pytestmark = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing (scripts/setup.sh installs it as root)"
+)
+
+
+@pytest.fixture
+async def browser():
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def swarm3(tmp_path, monkeypatch):
+    nodes = await start_swarm(tmp_path, monkeypatch)
+    yield nodes
+    for node in reversed(nodes):
+        await node.close(0)
+
+
+async def open_page(browser, url: str, *, viewport=LAPTOP, scheme="light"):
+    """A new page at ``url``; page errors collect in ``page.errors`` (the tests expect none)."""
+    context = await browser.new_context(viewport=viewport, color_scheme=scheme)
+    page = await context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    await page.goto(url)
+    return page
+
+
+async def shot(page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+async def test_the_page_shows_the_swarm_asks_it_and_sees_a_node_go(browser, swarm3):
+    gw, c = swarm3[0], swarm3[2]
+    page = await open_page(browser, gw.http_url + "/")
+    rows = page.locator("#peers tbody tr")
+    await expect(rows).to_have_count(3)
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    assert sorted(await page.locator("#peers .peer-name").all_text_contents()) == ["b", "c", "gw"]
+    for node in swarm3:
+        await expect(page.locator(f'tr[data-node-id="{node.node_id}"]')).to_have_attribute("data-state", "alive")
+    await expect(page.locator("#legend li")).to_have_count(3)
+
+    # Ask in the ask box: the answer streams in, the chunks show their votes, the question is listed.
+    await page.fill("#question", QUESTION)
+    await page.click("#ask-btn")
+    await expect(page.locator("#answer")).to_have_text(REPLIES["Question:"], timeout=20_000)
+    await expect(page.locator("#live-chunks li")).to_have_count(2)
+    await expect(page.locator('#live-chunks li[data-state="voted"]')).to_have_count(2)
+    await expect(page.locator("#live-chunks li").first).to_contain_text("voted 100")
+    await expect(page.locator("#answer-meta")).to_contain_text("agreement")
+    question = page.locator("details.question")
+    await expect(question).to_have_count(1)
+    await expect(question).to_have_attribute("data-status", "answered")
+    await question.locator("summary").click()
+    math = question.locator('section.chunk[data-chunk="c1"]')
+    await expect(math.locator(".vote")).to_contain_text("majority")
+    await expect(math.locator(".vote")).to_contain_text("agreement 100 %")
+    await expect(math.locator("tr.winner")).to_have_count(1)
+    await expect(math.locator(".rewards")).to_contain_text("+")
+    # Rewards reached the chart as markers.
+    await expect(page.locator("#chart circle.mark").first).to_be_visible()
+    if os.environ.get("DELLM_DOCS_SCREENSHOT"):
+        await docs_screenshot(page, gw)
+    await shot(page, "dashboard-laptop-light")
+
+    # Kill c: its row turns left (it said goodbye) or suspect/dead (it did not).
+    await c.close(0)
+    row = page.locator(f'tr[data-node-id="{c.node_id}"]')
+    await expect(row).to_have_attribute("data-state", re.compile("left|suspect|dead"), timeout=15_000)
+    await expect(page.locator("#peer-count")).to_have_text("2 alive of 3")
+    await shot(page, "dashboard-node-gone")
+    assert page.errors == []
+
+    # A closed tab costs the node nothing: its stream ends.
+    await page.context.close()
+    async with asyncio.timeout(5):
+        while dashboard_of(gw).streams:
+            await asyncio.sleep(0.05)
+    assert dashboard_of(gw)._ticker is None
+
+
+async def docs_screenshot(page, gw) -> None:
+    """The README's picture: a few more questions, so the fitness lines part, then the laptop view."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=gw.http_url, timeout=30) as http:
+        for q in ("What is the capital of France?", "Which river flows through Paris?", QUESTION):
+            await http.post(
+                "/v1/chat/completions", json={"model": "dellm", "messages": [{"role": "user", "content": q}]}
+            )
+            await asyncio.sleep(0.6)
+    await page.wait_for_timeout(800)
+    await page.locator("details.question summary").first.click()
+    await page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=True)
+
+
+async def test_model_output_is_shown_as_text_never_as_html(browser, tmp_path, monkeypatch):
+    nodes = await start_swarm(tmp_path, monkeypatch, names=("gw", "b"))
+    try:
+        for node in nodes:
+            engine = node.engine
+            engine.replies = {"html": EVIL}
+        page = await open_page(browser, nodes[0].http_url + "/")
+        await expect(page.locator("#peers tbody tr")).to_have_count(2)
+        await page.fill("#question", "Show me some html please")
+        await page.click("#ask-btn")
+        await expect(page.locator("#answer")).to_contain_text("<script>", timeout=20_000)
+        await expect(page.locator("#answer")).to_contain_text("<b>bold</b>")
+        question = page.locator("details.question")
+        await expect(question).to_have_attribute("data-status", "answered")
+        await question.locator("summary").click()
+        await expect(question.locator(".q-body > .answer")).to_contain_text("<script>window.__pwned = 1</script>")
+        assert await page.evaluate("window.__pwned") is None
+        assert await page.locator("#main script, #main img, #main b").count() == 0
+        await shot(page, "dashboard-script-as-text")
+        assert page.errors == []
+    finally:
+        for node in reversed(nodes):
+            await node.close(0)
+
+
+async def test_with_a_key_the_page_asks_for_it_once_and_keeps_it_out_of_urls(browser, swarm3):
+    gw = swarm3[0]
+    async with serve(gw, api_key="s3cret-key") as url:
+        page = await open_page(browser, url + "/")
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        await expect(page.locator("#keyform")).to_be_visible()
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "locked")
+        await page.fill("#key", "wrong")
+        await page.click("#keyform button")
+        await expect(page.locator("#key-msg")).to_contain_text("refused")
+        await page.fill("#key", "s3cret-key")
+        await page.click("#keyform button")
+        await expect(page.locator("#peers tbody tr")).to_have_count(3)
+        await expect(page.locator("#keyform")).to_be_hidden()
+        # Kept for the session: a reload connects without asking.
+        await page.reload()
+        await expect(page.locator("#peers tbody tr")).to_have_count(3)
+        await expect(page.locator("#keyform")).to_be_hidden()
+        assert await page.evaluate("sessionStorage.getItem('dellm-api-key')") == "s3cret-key"
+        assert not any("s3cret" in u for u in urls)
+        assert page.errors == []
+        await page.context.close()
+
+
+async def test_readable_on_a_phone_in_the_dark(browser, swarm3):
+    gw = swarm3[0]
+    page = await open_page(browser, gw.http_url + "/", viewport=PHONE, scheme="dark")
+    await expect(page.locator("#peers tbody tr")).to_have_count(3)
+    # Nothing wider than the screen but the tables, which scroll inside their cards.
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(15, 18, 23)"  # the dark palette
+    await shot(page, "dashboard-phone-dark")
+    assert page.errors == []
+    await page.context.close()
