@@ -298,7 +298,10 @@ def _choose_adaptive(
     best_greedy = min(rows, key=itemgetter(1))[1]
     # First slot: the least loaded of the near-best by greedy score, ties at random.
     limit = best_greedy + weights.near
-    first = min((row for row in rows if row[1] <= limit), key=lambda row: (row[2], rand()))
-    rest = heapq.nsmallest(k - 1, (row for row in rows if row is not first), key=itemgetter(0)) if k > 1 else []
-    chosen = [first, *rest]
+    near = [row for row in rows if row[1] <= limit]
+    least = min(row[2] for row in near)
+    ties = [row for row in near if row[2] == least]
+    first = ties[int(rand() * len(ties))]
+    best = heapq.nsmallest(k, rows, key=itemgetter(0)) if k > 1 else []
+    chosen = [first, *[row for row in best if row is not first][: k - 1]]
     return [row[4] for row in chosen], [row[3] for row in chosen]
