@@ -2,8 +2,8 @@
 
 Three in-process nodes with SIMULATED engines on 127.0.0.1 (see
 test_dashboard); the page is served by the first. Screenshots are saved in
-``bench-results/screenshots/`` (git-ignored). With ``DELLM_DOCS_SCREENSHOT=1``
-the first test also writes the README's ``docs/dashboard.png``.
+``bench-results/screenshots/`` (git-ignored). ``DELLM_DOCS_SCREENSHOT=1``
+runs one more test, which writes the README's ``docs/dashboard.png``.
 """
 
 from __future__ import annotations
@@ -108,8 +108,6 @@ async def test_the_page_shows_the_swarm_asks_it_and_sees_a_node_go(browser, swar
     await expect(math.locator(".rewards")).to_contain_text("+")
     # Rewards reached the chart as markers.
     await expect(page.locator("#chart circle.mark").first).to_be_visible()
-    if os.environ.get("DELLM_DOCS_SCREENSHOT"):
-        await docs_screenshot(page, gw)
     await shot(page, "dashboard-laptop-light")
 
     # Kill c: its row turns left (it said goodbye) or suspect/dead (it did not).
@@ -126,21 +124,6 @@ async def test_the_page_shows_the_swarm_asks_it_and_sees_a_node_go(browser, swar
         while dashboard_of(gw).streams:
             await asyncio.sleep(0.05)
     assert dashboard_of(gw)._ticker is None
-
-
-async def docs_screenshot(page, gw) -> None:
-    """The README's picture: a few more questions, so the fitness lines part, then the laptop view."""
-    import httpx
-
-    async with httpx.AsyncClient(base_url=gw.http_url, timeout=30) as http:
-        for q in ("What is the capital of France?", "Which river flows through Paris?", QUESTION):
-            await http.post(
-                "/v1/chat/completions", json={"model": "dellm", "messages": [{"role": "user", "content": q}]}
-            )
-            await asyncio.sleep(0.6)
-    await page.wait_for_timeout(800)
-    await page.locator("details.question summary").first.click()
-    await page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=True)
 
 
 async def test_model_output_is_shown_as_text_never_as_html(browser, tmp_path, monkeypatch):
@@ -204,3 +187,49 @@ async def test_readable_on_a_phone_in_the_dark(browser, swarm3):
     await shot(page, "dashboard-phone-dark")
     assert page.errors == []
     await page.context.close()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DELLM_DOCS_SCREENSHOT"), reason="DELLM_DOCS_SCREENSHOT=1 makes the README's PNG"
+)
+async def test_readme_screenshot(browser, tmp_path, monkeypatch):
+    """docs/dashboard.png: a swarm that has answered a few questions, some peers now and then wrong."""
+    import httpx
+
+    nodes = await start_swarm(tmp_path, monkeypatch, names=("desk", "laptop", "mini-pc"))
+    desk, laptop, mini = nodes
+    try:
+        # Sampled answers differ now and then, so votes are split and the fitness lines part.
+        laptop.engine.sampled_replies = {
+            "capital": "The capital of France is Lyon.|The capital of France is Paris.",
+            "Calculate": "10% of 1000 is 10. Answer: 10|10% of 1000 is 100. Answer: 100",
+        }
+        mini.engine.sampled_replies = {"river": "The Loire flows through Paris.|The Seine flows through Paris."}
+        page = await open_page(browser, desk.http_url + "/", viewport={"width": 1280, "height": 1040})
+        await expect(page.locator("#peers tbody tr")).to_have_count(3)
+        questions = [
+            "What is the capital of France?",
+            "Which river flows through Paris?",
+            QUESTION,
+            "What is the capital of France?",
+            "Which river flows through Paris?",
+        ]
+        async with httpx.AsyncClient(base_url=desk.http_url, timeout=30) as http:
+            for q in questions:
+                reply = await http.post(
+                    "/v1/chat/completions", json={"model": "dellm", "messages": [{"role": "user", "content": q}]}
+                )
+                assert reply.status_code == 200
+                await asyncio.sleep(1.0)
+        await page.fill("#question", QUESTION)
+        await page.click("#ask-btn")
+        await expect(page.locator("#answer")).to_have_text(REPLIES["Question:"], timeout=20_000)
+        await expect(page.locator("details.question")).to_have_count(len(questions) + 1)
+        await page.locator("details.question summary").nth(2).click()  # the capital: a split vote
+        await page.wait_for_timeout(600)
+        await page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=False)
+        await shot(page, "readme")
+        assert page.errors == []
+    finally:
+        for node in reversed(nodes):
+            await node.close(0)

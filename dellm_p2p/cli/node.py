@@ -140,6 +140,7 @@ async def serve(config: NodeConfig) -> int:
     print(f"dellm-node {config.name} ({node.node_id}) serving {model} at {url}", flush=True)
     if node.http_url:
         print(f"http API at {node.http_url}/v1", flush=True)
+        print(f"dashboard at {node.http_url}/", flush=True)
     console.print(f"[dim]dellm-node:[/] ready in {time.monotonic() - started:.1f} s; Ctrl-C stops")
     await stop.wait()
     console.print(f"[dim]dellm-node:[/] shutting down (in-flight requests get {config.grace_period_s:g} s)")
