@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dellm_p2p.coordinator import route as route_module
 from dellm_p2p.coordinator.pipeline import AskOptions
+from dellm_p2p.coordinator.route import RouteWeights
 from dellm_p2p.swarm import Swarm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,12 @@ async def test_a_wrong_slow_node_gets_less_and_less_work(monkeypatch):
         procs.append(b)
         c, _ = start_node("c", "I am not sure what to answer .", 4.0, url_a)
         procs.append(c)
-        options = AskOptions(redundancy=2, decompose="none", synthesize=False, max_tokens=16, timeout_s=20)
+        # On a loaded test machine a ping measures the node's event-loop lag (seconds, at random); the
+        # 10 s RTT scale keeps that noise out, so this test is about what the votes teach routing.
+        weights = RouteWeights(rtt_scale_ms=10_000.0)
+        options = AskOptions(
+            redundancy=2, decompose="none", synthesize=False, max_tokens=16, timeout_s=20, weights=weights
+        )
         async with Swarm(peers=[url_a], mdns=False, options=options, discover_timeout_s=20) as swarm:
             for _ in range(100):  # all three known, RTT measured
                 if len([p for p in swarm.table.alive() if p.rtt_ms is not None]) == 3:
