@@ -50,6 +50,13 @@ def test_no_winner_no_rewards():
     assert chunk_rewards([], VoteResult("majority", "x", None, 0.0)) == {}
 
 
+def test_no_consensus_no_rewards():
+    # All answers distinct: the greedy anchor decided, nobody agreed with a consensus.
+    candidates = [cand("a", "paris", 10), cand("b", "lyon", 20)]
+    kept = VoteResult("majority", "paris", candidates[0], agreement=0.5, anchored=True)
+    assert chunk_rewards(candidates, kept) == {}
+
+
 def test_fitness_rule_is_bounded_ewma():
     assert apply_reward(0.5, 0.07) == pytest.approx(0.9 * 0.5 + 0.1 * 0.57)
     assert apply_reward(0.5, -0.05) == pytest.approx(0.495)

@@ -3,7 +3,10 @@
 A peer whose answer agrees with the consensus earns ``+0.05`` plus a speed
 bonus of up to ``+0.02`` (the fastest agreeing peer gets all of it, the
 slowest none), others ``−0.05``. A peer that gave several samples agrees when
-any of them does. When the vote has no winner nobody is rewarded. The
+any of them does. When the vote has no winner, or the greedy anchor decided
+because no answer had a strict plurality (``VoteResult.anchored``), nobody
+is rewarded: there was no consensus to agree with, and rewarding agreement
+with the greedy reply would only favour the peer that was asked greedily. The
 fitness update itself is :func:`dellm_p2p.fitness.apply_reward`.
 """
 
@@ -27,8 +30,8 @@ SPEED_BONUS = 0.02
 
 
 def chunk_rewards(candidates: Sequence[Candidate], result: VoteResult) -> dict[str, float]:
-    """Reward per peer id for one chunk (see module docstring); empty when there is no winner."""
-    if result.answer is None or not candidates:
+    """Reward per peer id for one chunk (see module docstring); empty without a winner or a consensus."""
+    if result.answer is None or result.anchored or not candidates:
         return {}
     clusters = cluster_keys(candidates)  # the vote counted near-identical long answers as one
 
