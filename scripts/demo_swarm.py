@@ -91,7 +91,8 @@ def main() -> int:
             "fitness changed on all three nodes"
             if changed_everywhere
             else "some fitness did not change: a peer whose answers were all cancelled as stragglers (the vote was "
-            "decided without them) has nothing to judge, so it gets no reward"
+            "decided without them) has nothing to judge, and a chunk without a plurality (the greedy answer was "
+            "kept) rewards nobody"
         )
         console.rule("dellm peers")
         dellm("peers", "--peer", urls[0])
