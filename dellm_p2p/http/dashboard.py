@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.staticfiles import StaticFiles
 
@@ -116,7 +116,8 @@ class _QuestionLog:
     "sample", "greedy", "answer", "expression", "text", "confidence",
     "latency_ms", "first_token_ms", "winner"}], "failures": [[name,
     reason]], "vote": {"strategy", "answer", "winner_peer", "agreement",
-    "anchored"} | null, "rewards": [[name, reward]], "elapsed_ms"}``.
+    "anchored"} | null, "rewards": [[name, reward]], "elapsed_ms",
+    "stragglers_cancelled"}``.
     """
 
     def __init__(self, qid: str, question: str, name: Any):
@@ -151,6 +152,7 @@ class _QuestionLog:
                     "vote": None,
                     "rewards": [],
                     "elapsed_ms": None,
+                    "stragglers_cancelled": 0,
                 }
             case ChunkRouted(chunk_id=cid, assignments=assignments) if cid in self.chunks:
                 chunk = self.chunks[cid]
@@ -167,6 +169,7 @@ class _QuestionLog:
                 chunk = self.chunks[cid]
                 chunk["vote"] = self._vote(result)
                 chunk["state"] = "voted"
+                chunk["stragglers_cancelled"] = event.cancelled_stragglers
                 self._mark_winner(chunk["candidates"], result.winner)
             case SynthesisToken(peer_id=peer, text=text):
                 self.status, self.synthesizer = "synthesizing", peer
@@ -240,6 +243,7 @@ class _QuestionLog:
             "vote": self._vote(trace.vote) if trace.vote is not None else None,
             "rewards": [[self._name(peer), round(r, 3)] for peer, r in trace.rewards.items()],
             "elapsed_ms": round(trace.elapsed_ms, 1),
+            "stragglers_cancelled": trace.stragglers_cancelled,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -472,7 +476,7 @@ class Dashboard:
                 stream.queue.get_nowait()
             stream.queue.put_nowait(_sse("state", self.state()) if line is not None else None)
 
-    async def events(self, request: Request) -> AsyncIterator[str]:
+    async def events(self) -> AsyncIterator[str]:
         """One client's SSE stream: the snapshot, then live updates, until it disconnects or the server stops."""
         stream = self.open_stream()
         try:
@@ -510,12 +514,12 @@ def add_dashboard(app: FastAPI, dashboard: Dashboard, authorize: Any, too_many: 
     async def state() -> JSONResponse:
         return JSONResponse(dashboard.state(), headers={"Cache-Control": "no-store"})
 
-    async def events(request: Request) -> StreamingResponse:
+    async def events() -> StreamingResponse:
         if dashboard.full():
             raise too_many(f"{len(dashboard.streams)} dashboard streams are open; close a tab and retry")
         # The stream is opened inside the generator, so a response that never starts leaves nothing behind.
         return StreamingResponse(
-            dashboard.events(request),
+            dashboard.events(),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

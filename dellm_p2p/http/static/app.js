@@ -212,7 +212,8 @@ function renderPeers() {
     name.querySelector(".swatch").style.setProperty("background", colorOf(p.node_id));
     const bar = el("span");
     bar.style.setProperty("width", Math.round(p.fitness * 100) + "%");
-    const state = p.state + (p.silent_s !== null && p.silent_s !== undefined ? " " + p.silent_s + " s" : "");
+    const silent = (p.state === "suspect" || p.state === "dead") && p.silent_s !== null && p.silent_s !== undefined;
+    const state = p.state + (silent ? " " + p.silent_s + " s" : "");
     return el("tr", { "data-node-id": p.node_id, "data-state": p.state },
       name,
       el("td", { class: "id", title: p.node_id, text: fmt.short(p.node_id) }),
@@ -339,7 +340,10 @@ function chunkView(c) {
   for (const [peer, reason] of c.failures) {
     parts.push(el("p", { class: "error-text", text: `${peer} failed: ${reason}` }));
   }
-  if (c.elapsed_ms !== null && c.elapsed_ms !== undefined) parts.push(el("p", { class: "muted", text: "chunk time " + fmt.ms(c.elapsed_ms) }));
+  const timing = [];
+  if (c.elapsed_ms !== null && c.elapsed_ms !== undefined) timing.push("chunk time " + fmt.ms(c.elapsed_ms));
+  if (c.stragglers_cancelled) timing.push(c.stragglers_cancelled + " unneeded " + (c.stragglers_cancelled === 1 ? "request" : "requests") + " cancelled once the vote was decided");
+  if (timing.length) parts.push(el("p", { class: "muted", text: timing.join(" · ") }));
   return el("section", { class: "chunk", "data-chunk": c.id, "data-state": c.state }, ...parts);
 }
 
