@@ -53,14 +53,6 @@ async def browser():
             await chromium.close()
 
 
-@pytest.fixture
-async def swarm3(tmp_path, monkeypatch):
-    nodes = await start_swarm(tmp_path, monkeypatch)
-    yield nodes
-    for node in reversed(nodes):
-        await node.close(0)
-
-
 async def open_page(browser, url: str, *, viewport=LAPTOP, scheme="light"):
     """A new page at ``url``; page errors collect in ``page.errors`` (the tests expect none)."""
     context = await browser.new_context(viewport=viewport, color_scheme=scheme)
@@ -78,14 +70,23 @@ async def shot(page, name: str) -> Path:
     return path
 
 
-async def test_the_page_shows_the_swarm_asks_it_and_sees_a_node_go(browser, swarm3):
-    gw, c = swarm3[0], swarm3[2]
+async def test_the_page_shows_the_swarm_asks_it_and_sees_nodes_go(browser, tmp_path, monkeypatch):
+    # The dashboard's node declares a silent peer suspect after 1 s and dead after 2.5 s (3 s and 8 s by default).
+    nodes = await start_swarm(tmp_path, monkeypatch, suspect_after_s=1.0, dead_after_s=2.5)
+    try:
+        await see_the_swarm(browser, monkeypatch, *nodes)
+    finally:
+        for node in reversed(nodes):
+            await node.close(0)
+
+
+async def see_the_swarm(browser, monkeypatch, gw, b, c) -> None:
     page = await open_page(browser, gw.http_url + "/")
     rows = page.locator("#peers tbody tr")
     await expect(rows).to_have_count(3)
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
     assert sorted(await page.locator("#peers .peer-name").all_text_contents()) == ["b", "c", "gw"]
-    for node in swarm3:
+    for node in (gw, b, c):
         await expect(page.locator(f'tr[data-node-id="{node.node_id}"]')).to_have_attribute("data-state", "alive")
     await expect(page.locator("#legend li")).to_have_count(3)
 
@@ -120,12 +121,18 @@ async def test_the_page_shows_the_swarm_asks_it_and_sees_a_node_go(browser, swar
     assert phone.errors == []
     await phone.context.close()
 
-    # Kill c: its row turns left (it said goodbye) or suspect/dead (it did not).
+    # Kill c (no goodbye: its heartbeats just stop): its row turns suspect, then dead.
+    monkeypatch.setattr(c.membership, "self_entry", lambda: None)
     await c.close(0)
     row = page.locator(f'tr[data-node-id="{c.node_id}"]')
-    await expect(row).to_have_attribute("data-state", re.compile("left|suspect|dead"), timeout=15_000)
-    await expect(page.locator("#peer-count")).to_have_text("2 alive of 3")
-    await shot(page, "dashboard-node-gone")
+    await expect(row).to_have_attribute("data-state", re.compile("suspect|dead"), timeout=10_000)
+    await expect(row).to_have_attribute("data-state", "dead", timeout=10_000)
+    await expect(row.locator(".state")).to_contain_text(re.compile(r"dead \d+ s"))
+    # b stops cleanly: it says goodbye, and its row turns left at once.
+    await b.close(0)
+    await expect(page.locator(f'tr[data-node-id="{b.node_id}"]')).to_have_attribute("data-state", "left")
+    await expect(page.locator("#peer-count")).to_have_text("1 alive of 3")
+    await shot(page, "dashboard-nodes-gone")
     assert page.errors == []
 
     # A closed tab costs the node nothing: its stream ends.
