@@ -207,3 +207,28 @@ async def test_a_stream_that_falls_behind_gets_a_snapshot_not_a_backlog(swarm3):
     dash.close_stream(stream)
     assert not dash.streams
     await asyncio.sleep(0)
+
+
+async def test_a_question_closed_early_is_recorded_as_cancelled_and_its_pipeline_closed(swarm3):
+    from dellm_p2p.coordinator.events import ChunkPlanned
+    from dellm_p2p.coordinator.types import Chunk, Operation
+
+    dash = Dashboard(swarm3[0].gateway)
+    closed = asyncio.Event()
+
+    async def pipeline():
+        try:
+            yield ChunkPlanned(Chunk("c1", "What is <b>2</b> plus 2?", Operation.MATH))
+            await asyncio.Event().wait()  # a question still running
+            yield None
+        finally:
+            closed.set()
+
+    events = dash.track("chatcmpl-x", "What is <b>2</b> plus 2?", pipeline())
+    await anext(events)
+    (log,) = dash.state()["questions"]
+    assert log["status"] == "running" and log["chunks"][0]["state"] == "planned"
+    await events.aclose()  # the client went away
+    assert closed.is_set()
+    (log,) = dash.state()["questions"]
+    assert log["status"] == "cancelled" and log["chunks"][0]["text"] == "What is <b>2</b> plus 2?"

@@ -324,7 +324,8 @@ class Dashboard:
         now = getattr(table, "clock", time.monotonic)()
         rows = []
         for p in table.records():
-            self._series(p.node_id, p.fitness)
+            if p.node_id not in self.series and len(self.series) < MAX_SERIES:  # rewards alone evict series
+                self._series(p.node_id, p.fitness)
             if p.name:
                 self.names[p.node_id] = p.name
             rows.append(self._row(p, now))
