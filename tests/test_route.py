@@ -181,8 +181,15 @@ def test_exploration_avoids_peers_that_often_disagreed():
     assert picks["a"] + picks["b"] > 0.5 * 600
 
 
-def test_explore_zero_ranks_later_slots_by_score():
-    peers = [peer("a", rtt=1.0, fitness=0.9), peer("b", rtt=1.0, fitness=0.7), peer("c", rtt=1.0, fitness=0.5)]
+def test_explore_zero_ranks_later_slots_by_posterior_mean():
+    peers = [peer("a", rtt=1.0, fitness=0.9), peer("c", rtt=1.0, fitness=0.5), peer("b", rtt=1.0, fitness=0.7)]
+    for p, agreed in zip(peers, (18, 2, 10), strict=True):
+        p.rewards, p.agreed = 20, agreed
     weights = RouteWeights(explore=0.0, near=0.0)
-    assert [a.peer_id for a in route(CHUNK, peers, redundancy=3, weights=weights, rng=seeded())] == ["a", "b", "c"]
+    for seed in range(10):
+        assert [a.peer_id for a in route(CHUNK, peers, redundancy=3, weights=weights, rng=seeded(seed))] == [
+            "a",
+            "b",
+            "c",
+        ]
     assert RouteWeights().adaptive and not DELLM.adaptive

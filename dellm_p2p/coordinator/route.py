@@ -53,7 +53,8 @@ bound, Agrawal and Goyal 2013, "Further optimal regret bounds for Thompson
 sampling", AISTATS), z from a table of 1,024 normal quantiles: an exact
 Beta draw (``random.betavariate``, ~1.3 µs) for 500 peers would spend most
 of the 1 ms routing budget. ``explore`` scales the posterior's spread
-(1 = plain Thompson sampling, 0 = none: every slot by the base score).
+(1 = plain Thompson sampling, 0 = none: the other slots by the posterior
+mean μ).
 
 ``RouteWeights.dellm()`` is the rule before load and exploration (no load
 term, no near-equal spreading, no exploration, normalized by the largest
