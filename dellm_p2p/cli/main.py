@@ -111,6 +111,23 @@ def _answer_options(f):
     return f
 
 
+def _options_and_security(opts: dict[str, Any]):
+    """``(AskOptions, security kwargs)`` from the flags of :func:`_answer_options` and :func:`_security_options`.
+
+    Raises:
+        click.BadParameter: an option value the coordinator refuses (one line).
+    """
+    from ..coordinator.errors import SwarmError
+    from ..coordinator.pipeline import AskOptions
+
+    security = _security(opts.pop("cluster_key_file"), opts.pop("tls_ca"))
+    opts["timeout_s"] = opts.pop("timeout")
+    try:
+        return AskOptions(**opts).checked(), security
+    except SwarmError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _security(cluster_key_file: str | None, tls_ca: str | None) -> dict[str, Any]:
     """``cluster_key`` and ``ssl_context`` keyword arguments from the options; a bad file is a usage error."""
     try:
@@ -277,14 +294,9 @@ def ask(
     is 10,000 characters). Ctrl-C stops the question and exits with 130.
     """
     from ..coordinator.pipeline import check_question
-    from ..swarm import AskOptions, Swarm, SwarmError
+    from ..swarm import Swarm, SwarmError
 
-    security = _security(opts.pop("cluster_key_file"), opts.pop("tls_ca"))
-    opts["timeout_s"] = opts.pop("timeout")
-    try:
-        options = AskOptions(**opts).checked()
-    except SwarmError as exc:
-        raise click.BadParameter(str(exc)) from None
+    options, security = _options_and_security(opts)
     question = _read_question(question, question_file)
     try:
         check_question(question, options.max_question_chars)
@@ -325,15 +337,10 @@ def chat(peers, interfaces, no_mdns: bool, system: str | None, discover_timeout:
     conversation, /exit or Ctrl-D quits, Ctrl-C cancels the answer being
     written (at the prompt it quits).
     """
-    from ..swarm import AskOptions, Swarm, SwarmError
+    from ..swarm import Swarm, SwarmError
     from .chat import repl
 
-    security = _security(opts.pop("cluster_key_file"), opts.pop("tls_ca"))
-    opts["timeout_s"] = opts.pop("timeout")
-    try:
-        options = AskOptions(**opts).checked()
-    except SwarmError as exc:
-        raise click.BadParameter(str(exc)) from None
+    options, security = _options_and_security(opts)
 
     async def go() -> int:
         try:
