@@ -41,7 +41,7 @@ Improves Chain of Thought Reasoning in Language Models": sample several
 replies, keep the most frequent answer) with greedy decoding as the
 fallback where the samples do not agree. With one candidate the swarm is
 exactly one greedy node; measured on capitals, a plurality of samples alone
-scored below one greedy reply at k = 3 (README Results).
+scored below one greedy reply at k = 3 (docs/results.md).
 """
 
 from __future__ import annotations
@@ -541,8 +541,8 @@ def apply_anchor(
 
     Let the anchor be the first candidate with ``greedy=True``; it casts one
     ballot like any other (measured on capitals, 194 questions, k = 3 / 5 /
-    7: counting it as 1.5, 2 or 2.5 ballots was never better than 1, README
-    Results). When one clustered key has strictly more ballots than every
+    7: counting it as 1.5, 2 or 2.5 ballots was never better than 1,
+    docs/results.md). When one clustered key has strictly more ballots than every
     other, the strategy's result stands — the strategy may still prefer
     another key (``weighted``: a confident minority) — except that a
     winning cluster the anchor belongs to is represented by the anchor's own
@@ -558,7 +558,8 @@ def apply_anchor(
         cluster_threshold: see :func:`cluster_keys`.
 
     Returns:
-        A new :class:`VoteResult` (``result`` is not modified).
+        ``result`` itself when the rule changes nothing, else a changed copy
+        (``result`` is never modified).
 
     Raises:
         ValueError: a bad ``cluster_threshold``.
