@@ -85,8 +85,9 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
                     live.update(board.table())
                     if streaming and "".join(streamed).strip() == answer.text:
                         out.print()
-                    elif streaming:  # synthesis failed after streaming: the fallback answer follows
+                    elif streaming:  # synthesis failed or dropped a vote after streaming: the fallback follows
                         out.print()
+                        err.print("[yellow]the synthesized text above is replaced by the voted answers:[/]")
                         out.print(answer.text, markup=False)
                     else:
                         live.stop()
