@@ -245,7 +245,7 @@ def test_eval_script_runs_on_a_tiny_input(vllm_node, tmp_path):
     command = [
         sys.executable, str(SCRIPT),
         "--limit", "3", "--ks", "1,3", "--strategies", "majority,weighted",
-        "--peer", vllm_node.url, "--concurrency", "2", "--json", str(out), "--ask-ks", "3",
+        "--peer", vllm_node.url, "--concurrency", "2", "--json", str(out), "--ask-ks", str(AskOptions().redundancy),
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -258,7 +258,7 @@ def test_eval_script_runs_on_a_tiny_input(vllm_node, tmp_path):
     assert result["ks"] == [1, 3] and result["strategies"] == ["majority", "weighted"]
     assert result["model"] and result["temperature"] == AskOptions().temperature and result["date"]
     methods = {row["method"] for row in result["rows"]}
-    assert {"greedy", "sample", "swarm/k3/weighted", "pass@3", "ask/k3"} <= methods
+    assert {"greedy", "sample", "swarm/k3/weighted", "pass@3", f"ask/k{AskOptions().redundancy}"} <= methods
     for record in result["records"]:
         assert len(record["candidates"]) == 3, record.get("collect_failures")
         assert [c["greedy"] for c in record["candidates"]] == [True, False, False]  # the anchor first
