@@ -117,6 +117,8 @@ def test_default_score_normalizes_rtt_by_at_least_the_scale():
     assert scores["a"] == pytest.approx(0.7 * 0.01 + 0.3 * 0.5)
     assert scores["b"] == pytest.approx(0.7 * 0.02 + 0.3 * 0.5)
     assert scores["c"] == pytest.approx(0.7 * 0.015 + 0.3 * 0.5), "an unmeasured peer counts as a typical one"
+    outlier = [*peers, peer("d", rtt=1.0), peer("e", rtt=90.0)]
+    assert score_peers(outlier)["c"] == pytest.approx(0.7 * 0.015 + 0.3 * 0.5), "typical: the median, not the mean"
     assert score_peers(peers, DELLM)["c"] == pytest.approx(0.7 * 1.0 + 0.3 * 0.5), "the DELLM rule: as the slowest"
     assert score_peers([peer("x", rtt=None)])["x"] == pytest.approx(0.7 + 0.3 * 0.5), "nobody measured"
     far = [peer("a", rtt=100.0), peer("b", rtt=400.0)]

@@ -6,7 +6,7 @@ Base score (the DELLM routing rule, lower is better)::
 
 with weights 0.7 and 0.3 and normalized RTT = RTT / max(largest RTT among
 the candidates, ``rtt_scale_ms``); a peer not yet measured counts as a
-typical one, the mean measured RTT (see :func:`_rtt_normalization`). The
+typical one, the median measured RTT (see :func:`_rtt_normalization`). The
 scale (default 100 ms) keeps round-trip jitter that is small against an
 answer's generation time from outweighing fitness: divided by the largest
 RTT alone, 0.3 ms against 3 ms counts as much as 30 ms against 300 ms, and
@@ -138,16 +138,18 @@ def _rtt_normalization(peers: Sequence[PeerRecord], weights: RouteWeights) -> tu
     """``(scale [ms], normalized RTT of an unmeasured peer)``: normalized RTT = RTT / scale, in [0, 1].
 
     scale = max(largest measured RTT, ``rtt_scale_ms``). A peer not measured yet counts as the slowest
-    in the DELLM rule, and as a typical one (the mean measured RTT) when routing is adaptive: a
+    in the DELLM rule, and as a typical one (the median measured RTT) when routing is adaptive: a
     coordinator pings one gossip partner a round in a large network, so at N = 500 most peers are
     never measured, and counting them as the slowest kept them from ever getting work (bench_scale).
+    The median, not the mean: one ping that waited on a busy event loop (180 ms among 2 ms ones)
+    made every unmeasured peer look slow and routing avoided them (bench_scale, N = 100).
     """
     measured = [p.rtt_ms for p in peers if p.rtt_ms is not None and p.rtt_ms > 0]
     if not measured:
         return max(weights.rtt_scale_ms, 1e-9), 1.0
     slowest = max(measured)
     scale = max(slowest, weights.rtt_scale_ms)
-    return scale, (math.fsum(measured) / len(measured) if weights.adaptive else slowest) / scale
+    return scale, (statistics.median(measured) if weights.adaptive else slowest) / scale
 
 
 def eligible_peers(
