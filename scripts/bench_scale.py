@@ -51,7 +51,7 @@ Figures per N (``--sizes``, default 10,100,500):
   ``dellm`` (``RouteWeights.dellm()``, the rule before issue 17) and
   ``adaptive`` (``RouteWeights()``, the default) — a fresh coordinator with
   neutral fitness asks the questions, ``--learn-concurrency`` at a time, at
-  redundancy 3 with the default (weighted) vote. Figures: distinct peers
+  redundancy 3 with the product's default vote. Figures: distinct peers
   used, the busiest peer's share against the fair 1/N, latency p50/p99
   against the answer time, Spearman(final fitness, hidden accuracy) with
   its ceiling (accuracy has two levels, so even a perfect ordering scores
@@ -1097,7 +1097,7 @@ async def bench_learning(
 
     The coordinator (a :class:`Swarm`) starts from neutral fitness and no evidence for every node (its
     table is reset after joining: the nodes' tables carry the earlier phases' rewards), asks
-    ``--learn-concurrency`` questions at once with the product's default vote (weighted) at
+    ``--learn-concurrency`` questions at once with the product's default vote at
     redundancy 3, and is closed at the end. Every node answers like its hidden accuracy says.
     """
     accuracy = hidden_accuracies(n, args.good_share, args.good_accuracy, args.other_accuracy, args.seed)
@@ -1454,7 +1454,7 @@ def learning_report(results: dict[str, Any], console: Any) -> None:
             f"SIMULATION: {s['good_share']:.0%} of the nodes answer right {s['good_accuracy']:.0%} of the time, "
             f"the rest {s['other_accuracy']:.0%}; right answers agree, wrong ones are drawn from "
             f"{SIM_WRONG_ANSWERS} per question; every answer takes {answer_ms:g} ms. A fresh coordinator per "
-            "policy (neutral fitness, no evidence) asks the questions with the default vote (weighted), k = 3."
+            "policy (neutral fitness, no evidence) asks the questions with the product's default vote, k = 3."
         ),
     )
     table.add_column("figure")
