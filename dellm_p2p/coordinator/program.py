@@ -31,6 +31,7 @@ from .types import Chunk, Operation
 
 __all__ = [
     "MAX_ABS_VALUE",
+    "MAX_BITS",
     "MAX_EXPONENT",
     "MAX_EXPRESSION_CHARS",
     "PROGRAM_PROMPT",
@@ -54,6 +55,9 @@ PROGRAM_PROMPT = (
 MAX_EXPONENT = 64
 #: Largest |value| of any intermediate result; beyond it the expression gets no vote.
 MAX_ABS_VALUE = Fraction(10) ** 15
+#: Largest numerator or denominator of any intermediate value [bits]: bounds the work of exact
+#: arithmetic on replies from untrusted peers ("((1/7)**64)**64…" would otherwise take seconds).
+MAX_BITS = 1024
 #: Longest expression evaluated [characters]; longer runs are prose, not a computation.
 MAX_EXPRESSION_CHARS = 200
 #: Decimals kept when a result is not an integer (as :func:`~dellm_p2p.coordinator.extract.extract_number`
@@ -83,12 +87,10 @@ def _power(base: Fraction, exponent: Fraction) -> Fraction:
         raise ExpressionError(f"exponent {exponent} is beyond ±{MAX_EXPONENT}")
     if base == 0 and exponent < 0:
         raise ExpressionError("division by zero")
-    # Bound the size before computing: |base|**e overflows the bound when e·log10|base| > 15.
-    if (
-        abs(base) > 1
-        and exponent > 0
-        and abs(base.numerator) ** int(exponent) > MAX_ABS_VALUE * abs(base.denominator) ** int(exponent)
-    ):
+    # Bound the work before computing: the result's numerator and denominator have at most
+    # |e| times the bits of the base's (tiny fractions raised again and again would grow without it).
+    bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+    if bits * abs(int(exponent)) > MAX_BITS:
         raise ExpressionError("result too large")
     return base ** int(exponent)
 
@@ -113,7 +115,7 @@ def _walk(node: ast.AST, depth: int = 0) -> Fraction:
             value = _BINARY[type(node.op)](left, right)
         else:
             raise ExpressionError(f"operator {type(node.op).__name__} is not arithmetic here")
-        if abs(value) > MAX_ABS_VALUE:
+        if abs(value) > MAX_ABS_VALUE or value.denominator.bit_length() > MAX_BITS:
             raise ExpressionError("result too large")
         return value
     raise ExpressionError(f"{type(node).__name__} is not a number or an arithmetic operation")
