@@ -422,7 +422,7 @@ class _Api:
             question, history = prompt or "", []
         question = check_question(question, options.max_question_chars)
         started = time.perf_counter()
-        rid = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        rid = _request_id(endpoint)
         events = aiter(
             self.dashboard.track(rid, question, self.gateway.stream(question, history=history, options=options))
         )
@@ -465,11 +465,20 @@ class _Api:
 
     def _record(self, answer: SwarmAnswer, started: float, first_token: float | None) -> None:
         self.metrics.question(answer)
-        self.metrics.questions.labels("dellm", "answered").inc()
-        self.metrics.usage(answer.usage.get("prompt_tokens", 0), answer.usage.get("completion_tokens", 0))
-        self.metrics.latency.labels("dellm").observe(time.perf_counter() - started)
+        usage = (answer.usage.get("prompt_tokens", 0), answer.usage.get("completion_tokens", 0))
+        self._record_answered("dellm", usage, started, first_token)
+
+    def _record_answered(
+        self, kind: str, usage: tuple[int, int] | None, started: float, first_token: float | None
+    ) -> None:
+        """Metrics of one answered request: ``kind`` ``dellm`` or ``peer``, ``usage`` (prompt, completion) tokens,
+        ``started`` / ``first_token`` as ``time.perf_counter()`` readings [s]."""
+        self.metrics.questions.labels(kind, "answered").inc()
+        if usage is not None:
+            self.metrics.usage(*usage)
+        self.metrics.latency.labels(kind).observe(time.perf_counter() - started)
         if first_token is not None:
-            self.metrics.ttft.labels("dellm").observe(first_token - started)
+            self.metrics.ttft.labels(kind).observe(first_token - started)
 
     async def _sse_pipeline(
         self,
@@ -556,7 +565,7 @@ class _Api:
                 body.model, messages=messages, prompt=prompt, params=params, timeout_s=self.settings.request_timeout_s
             )
         )
-        rid = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        rid = _request_id(endpoint)
         if body.stream:
             try:
                 first = await self.guarded(request, _next(items))
@@ -591,12 +600,8 @@ class _Api:
         )
 
     def _record_direct(self, done: Done | None, started: float, first_token: float | None) -> None:
-        self.metrics.questions.labels("peer", "answered").inc()
-        if done is not None:
-            self.metrics.usage(done.usage.prompt_tokens, done.usage.completion_tokens)
-        self.metrics.latency.labels("peer").observe(time.perf_counter() - started)
-        if first_token is not None:
-            self.metrics.ttft.labels("peer").observe(first_token - started)
+        usage = None if done is None else (done.usage.prompt_tokens, done.usage.completion_tokens)
+        self._record_answered("peer", usage, started, first_token)
 
     async def _sse_direct(
         self,
@@ -662,6 +667,11 @@ def _reason(reasons: list[str], index: int) -> str:
     """OpenAI's finish reason for a node's (``stop``, ``length``, ``cancelled``, ``error``)."""
     reason = reasons[index] if index < len(reasons) else "stop"
     return reason if reason in ("stop", "length") else "stop"
+
+
+def _request_id(endpoint: str) -> str:
+    """A response id in OpenAI's style: ``chatcmpl-…`` for chat, ``cmpl-…`` for plain completions."""
+    return ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
 
 
 def _chunker(endpoint: str, rid: str, model: str):
