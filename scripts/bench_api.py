@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_node import questions  # the same question list as bench_node
+from soak import percentile  # linear interpolation, as soak.py reports its latencies
 
 from dellm_p2p.runtime import run, setup_logging
 
@@ -39,17 +40,6 @@ TARGET_RATIO = 1.03
 
 def progress(message: str) -> None:
     print(f"[bench_api {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (linear interpolation), ``None`` for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 async def via_swarm(swarm, question: str, options: dict) -> tuple[float, float | None]:
