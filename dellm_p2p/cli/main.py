@@ -128,6 +128,21 @@ def _options_and_security(opts: dict[str, Any]):
         raise click.BadParameter(str(exc)) from None
 
 
+async def _in_swarm(body, options, discover_timeout_s: float, security: dict[str, Any], **swarm_args: Any) -> int:
+    """Join the network as a :class:`~dellm_p2p.swarm.Swarm` and return ``await body(swarm)`` (an exit code).
+
+    A network that cannot answer (``SwarmError``, ``PeerError``) is one line on stderr and exit code 1.
+    """
+    from ..swarm import Swarm, SwarmError
+
+    try:
+        async with Swarm(options=options, discover_timeout_s=discover_timeout_s, **security, **swarm_args) as swarm:
+            return await body(swarm)
+    except (SwarmError, PeerError) as exc:
+        err.print(f"dellm: error: {exc}", markup=False)
+        return 1
+
+
 def _security(cluster_key_file: str | None, tls_ca: str | None) -> dict[str, Any]:
     """``cluster_key`` and ``ssl_context`` keyword arguments from the options; a bad file is a usage error."""
     try:
@@ -294,7 +309,7 @@ def ask(
     is 10,000 characters). Ctrl-C stops the question and exits with 130.
     """
     from ..coordinator.pipeline import check_question
-    from ..swarm import Swarm, SwarmError
+    from ..swarm import SwarmError
 
     options, security = _options_and_security(opts)
     question = _read_question(question, question_file)
@@ -303,23 +318,16 @@ def ask(
     except SwarmError as exc:
         _exit_usage(str(exc))
 
-    async def go() -> int:
-        try:
-            async with Swarm(
-                peers=peers, mdns=not no_mdns, mdns_interfaces=list(interfaces) or None,
-                options=options, discover_timeout_s=discover_timeout, **security,
-            ) as swarm:  # fmt: skip
-                if as_json:
-                    answer = await swarm.ask(question)
-                    out.print_json(json.dumps(answer.to_dict(), default=str))
-                else:
-                    await show_progress(swarm, question, out, err)
-            return 0
-        except (SwarmError, PeerError) as exc:
-            err.print(f"dellm: error: {exc}", markup=False)
-            return 1
+    async def respond(swarm) -> int:
+        if as_json:
+            answer = await swarm.ask(question)
+            out.print_json(json.dumps(answer.to_dict(), default=str))
+        else:
+            await show_progress(swarm, question, out, err)
+        return 0
 
-    sys.exit(_run_interruptible(go))
+    swarm_args = dict(peers=peers, mdns=not no_mdns, mdns_interfaces=list(interfaces) or None)
+    sys.exit(_run_interruptible(lambda: _in_swarm(respond, options, discover_timeout, security, **swarm_args)))
 
 
 @main.command()
@@ -337,24 +345,16 @@ def chat(peers, interfaces, no_mdns: bool, system: str | None, discover_timeout:
     conversation, /exit or Ctrl-D quits, Ctrl-C cancels the answer being
     written (at the prompt it quits).
     """
-    from ..swarm import Swarm, SwarmError
     from .chat import repl
 
     options, security = _options_and_security(opts)
 
-    async def go() -> int:
-        try:
-            async with Swarm(
-                peers=peers, mdns=not no_mdns, mdns_interfaces=list(interfaces) or None,
-                options=options, discover_timeout_s=discover_timeout, **security,
-            ) as swarm:  # fmt: skip
-                return await repl(swarm, out, err, system=system)
-        except (SwarmError, PeerError) as exc:
-            err.print(f"dellm: error: {exc}", markup=False)
-            return 1
+    async def talk(swarm) -> int:
+        return await repl(swarm, out, err, system=system)
 
+    swarm_args = dict(peers=peers, mdns=not no_mdns, mdns_interfaces=list(interfaces) or None)
     try:
-        code = run(go())
+        code = run(_in_swarm(talk, options, discover_timeout, security, **swarm_args))
     except KeyboardInterrupt:  # while joining, before the REPL took over Ctrl-C
         code = 130
     sys.exit(code)
