@@ -106,11 +106,6 @@ class SwarmAnswer:
         usage: tokens every peer request of the question consumed
             (``prompt_tokens``, ``completion_tokens``; stragglers and failed
             synthesis tries included, see :class:`~.pipeline.QuestionRun`).
-        confidence: one figure for the whole answer, in [0, 1]: the lowest
-            chunk agreement (share of a chunk's answers that back its winner),
-            since the answer is only as sure as its least agreed part; 0.0
-            when no chunk was voted. Each chunk's own agreement is in
-            ``chunks[i].vote.agreement``.
     """
 
     question: str
@@ -122,12 +117,18 @@ class SwarmAnswer:
     total_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
-    confidence: float = 0.0
 
     @property
     def agreements(self) -> dict[str, float]:
         """Agreement per chunk id, in [0, 1] (voted chunks only)."""
         return {t.chunk.id: t.vote.agreement for t in self.chunks if t.vote is not None}
+
+    @property
+    def confidence(self) -> float:
+        """One figure for the whole answer, in [0, 1]: the lowest chunk agreement (share of a chunk's answers
+        that back its winner), since the answer is only as sure as its least agreed part; 0.0 when no chunk
+        was voted."""
+        return min(self.agreements.values(), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready trace (``dellm ask --json``)."""
@@ -141,6 +142,7 @@ class SwarmAnswer:
                 raw_cand.pop("logprobs", None)
         data["rewards"] = [r.model_dump(mode="json") for r in self.rewards]  # signatures as hex
         data["agreements"] = self.agreements
+        data["confidence"] = self.confidence
         return data
 
 

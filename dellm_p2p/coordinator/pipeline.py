@@ -223,7 +223,6 @@ class QuestionRun:
             total_ms=round((time.perf_counter() - started) * 1000, 3),
             notes=list(self.notes),
             usage=dict(self.usage),
-            confidence=min((t.vote.agreement for t in self.traces.values() if t.vote), default=0.0),
         )
 
     # Decompose.
