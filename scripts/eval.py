@@ -279,8 +279,8 @@ def method_ids(ks: Sequence[int], strategies: Sequence[str], ask_ks: Sequence[in
     return ids
 
 
-def method_label(method: str, temperature: float) -> tuple[str, str]:
-    """(row label, k) of a method id."""
+def method_label(method: str, temperature: float, anchored: bool = True) -> tuple[str, str]:
+    """(row label, k) of a method id; ``anchored``: the offline rows ran with the greedy anchor."""
     labels = {
         "greedy": ("node greedy", "1"),
         "sample": (f"node one sample T={temperature:g}", "1"),
@@ -297,7 +297,7 @@ def method_label(method: str, temperature: float) -> tuple[str, str]:
         label = "swarm.ask, default options" if int(k) == default.redundancy else "swarm.ask, defaults but k"
         return (f"{label} ({default.strategy}, anchored)", k)
     _, k, strategy = method.split("/")
-    return (f"swarm {strategy}, anchored", k[1:])
+    return (f"swarm {strategy}, {'anchored' if anchored else 'samples only'}", k[1:])
 
 
 def summarize(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -342,15 +342,15 @@ def _secs(ms: float | None) -> str:
     return "–" if ms is None else f"{ms / 1000:.2f} s"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], temperature: float) -> str:
-    """The summary rows as a markdown table."""
+def markdown_table(rows: Sequence[dict[str, Any]], temperature: float, anchored: bool = True) -> str:
+    """The summary rows as a markdown table (``anchored``: see :func:`method_label`)."""
     lines = [
         "| method | k | accuracy | 95% CI | vs greedy: only this / only greedy, McNemar p "
         "| agreement | unanimous | mean latency | p95 latency | failed |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        label, k = method_label(row["method"], temperature)
+        label, k = method_label(row["method"], temperature, anchored)
         low, high = row["ci95"]
         cmp = row.get("vs_greedy")
         versus = "–" if not cmp else f"+{cmp['only_a_right']} / −{cmp['only_b_right']}, p={cmp['mcnemar_p']:.2g}"
@@ -1050,7 +1050,7 @@ def report(result: dict[str, Any]) -> str:
         f"{len(result['peers'])} node(s) · {result['date']} · {result['machine']['machine']}, "
         f"{result['machine']['cpus']} cores · {result['wall_s']:.0f} s",
         "",
-        markdown_table(rows, result["temperature"]),
+        markdown_table(rows, result["temperature"], result["anchor"]),
         "",
     ]
     by_method = {r["method"]: r for r in rows}
@@ -1058,7 +1058,7 @@ def report(result: dict[str, Any]) -> str:
         best = by_method[result["best_swarm"]]
         k = result["best_swarm"].split("/")[1][1:]
         greedy, ceiling = by_method["greedy"], by_method.get(f"pass@{k}")
-        label, _ = method_label(best["method"], result["temperature"])
+        label, _ = method_label(best["method"], result["temperature"], result["anchor"])
         line = f"best swarm row: {label} k={k} {_pct(best['accuracy'])} vs node greedy {_pct(greedy['accuracy'])}"
         cmp = result["paired"][0]
         line += f" (paired: {cmp['only_a_right']} questions only the swarm got, {cmp['only_b_right']} only greedy"

@@ -160,6 +160,7 @@ def test_summary_counts_missing_and_failed_results_as_wrong():
     assert "| node greedy | 1 | 50.0% (1/2) |" in table
     assert "| +0 / −0, p=1 |" in table  # the swarm row against greedy
     assert rows["greedy"]["vs_greedy"] is None
+    assert "| swarm majority, samples only | 3 |" in ev.markdown_table(list(rows.values()), 0.7, anchored=False)
     assert ev.best_swarm_row(list(rows.values()))["method"] == "swarm/k3/majority"
     cmp = ev.paired(records, "swarm/k3/majority", "greedy")
     assert (cmp["only_a_right"], cmp["only_b_right"]) == (0, 0)
