@@ -16,9 +16,8 @@ from .config import NodeConfig
 from .cores import CoreClaim, CoreClaimError, claim_cores, parse_cpu_list
 from .discovery import MdnsDiscovery
 from .engine import Engine
-from .fitness import FitnessBook
 from .identity import Identity, load_identity
-from .membership import Membership, PeerPool
+from .membership import FitnessBook, Membership, PeerPool
 from .peer_table import PeerTable
 from .security import client_ssl_context, load_cluster_key, server_ssl_context
 from .server import NodeServer

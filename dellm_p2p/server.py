@@ -33,8 +33,7 @@ from .engine import Delta, Engine, EngineError, GenerationRequest, PromptTooLong
 from .identity import Identity, node_id_matches
 
 if TYPE_CHECKING:
-    from .fitness import FitnessBook
-    from .membership import Membership
+    from .membership import FitnessBook, Membership
 
 from .protocol import (
     AUTH_SCHEME,

@@ -37,9 +37,8 @@ from .coordinator.history import check_messages, split_conversation
 from .coordinator.pipeline import AskOptions, check_question
 from .coordinator.stream import stream_question
 from .discovery import MdnsDiscovery
-from .fitness import FitnessBook
 from .identity import Identity
-from .membership import Membership, PeerPool
+from .membership import FitnessBook, Membership, PeerPool
 from .peer_table import PeerTable
 
 log = logging.getLogger(__name__)

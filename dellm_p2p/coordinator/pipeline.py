@@ -25,8 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..client import PeerError
-from ..fitness import FitnessBook
-from ..membership import PeerPool
+from ..membership import FitnessBook, PeerPool
 from ..peer_table import PeerTable
 from ..protocol import Done, SamplingParams, Token
 from .decompose import (

@@ -13,8 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from ..client import PeerError
-from ..fitness import FitnessBook
-from ..membership import PeerPool
+from ..membership import FitnessBook, PeerPool
 from ..peer_table import PeerTable
 from .errors import AllPeersFailedError, DeadlineError, SwarmError
 from .events import Event, Final

@@ -30,8 +30,7 @@ from ..peer_table import PeerRecord, PeerState
 from ..protocol import Done, ErrorCode, SamplingParams, Token
 
 if TYPE_CHECKING:
-    from ..fitness import FitnessBook
-    from ..membership import PeerPool
+    from ..membership import FitnessBook, PeerPool
     from ..node import Node
     from ..peer_table import PeerTable
     from ..swarm import Swarm

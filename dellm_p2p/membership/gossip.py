@@ -36,14 +36,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .client import PeerClient, PeerError
-from .discovery import Announcement
-from .peer_table import Observed, PeerState, PeerTable
-from .protocol import DEFAULT_MAX_FRAME_BYTES, Beat, ErrorCode, Hello, MemberEntry, Members, RewardRecord
+from ..client import PeerClient, PeerError
+from ..discovery import Announcement
+from ..peer_table import Observed, PeerState, PeerTable
+from ..protocol import DEFAULT_MAX_FRAME_BYTES, Beat, ErrorCode, Hello, MemberEntry, Members, RewardRecord
 
 if TYPE_CHECKING:
+    from ..identity import Identity
     from .fitness import FitnessBook
-    from .identity import Identity
 
 log = logging.getLogger(__name__)
 

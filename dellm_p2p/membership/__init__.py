@@ -1,0 +1,18 @@
+"""Membership, failure detection, dissemination and fitness gossip, in one package.
+
+* :mod:`.swim` — the SWIM failure detector with Lifeguard's refinements
+  (Das, Gupta and Motivala 2002; Dadgar et al. 2018), sans-I/O: messages and
+  a clock in, messages and events out; no sockets, no asyncio.
+* :mod:`.signed` — member entries signed by their member (Ed25519).
+* :mod:`.gossip` — the asyncio layer: the connection pool (:class:`PeerPool`)
+  and :class:`Membership`, which keeps a node's peer table current.
+* :mod:`.fitness` — the reward rule and the gossip of signed reward records
+  (:class:`FitnessBook`).
+
+``dellm_p2p.fitness`` re-exports :mod:`.fitness` for older imports.
+"""
+
+from .fitness import NEUTRAL_FITNESS, REJECT_REASONS, FitnessBook, apply_reward
+from .gossip import Membership, PeerPool
+
+__all__ = ["NEUTRAL_FITNESS", "REJECT_REASONS", "FitnessBook", "Membership", "PeerPool", "apply_reward"]
