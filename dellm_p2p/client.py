@@ -50,6 +50,7 @@ from .protocol import (
     Rewards,
     SamplingParams,
     Stats,
+    Sync,
     Token,
     decode,
     encode,
@@ -432,6 +433,15 @@ class PeerClient:
         )
         return await self._request(message, "members", timeout_s)
 
+    async def sync(self, digest: list, changes: list, timeout_s: float = 5.0) -> Sync:
+        """SWIM push-pull: send our digest and changes, return the peer's ``sync`` reply.
+
+        Raises:
+            PeerError: ``timeout`` or ``connection_lost``.
+        """
+        message = Sync.model_construct(nonce=next(self._nonces), reply=False, digest=digest, changes=changes)
+        return await self._request(message, "sync", timeout_s)
+
     async def peers(self, timeout_s: float = 5.0) -> Peers:
         """The node's peer table (``peers`` frame). Raises :class:`PeerError`."""
         return await self._request(GetPeers(nonce=next(self._nonces)), "peers", timeout_s)
@@ -444,7 +454,7 @@ class PeerClient:
         """Send an arbitrary frame (for tests and protocol debugging)."""
         await self._ws.send(frame)
 
-    async def _request(self, message: Ping | GetStats | Members | GetPeers, reply_type: str, timeout_s: float):
+    async def _request(self, message: Ping | GetStats | Members | GetPeers | Sync, reply_type: str, timeout_s: float):
         key = (reply_type, message.nonce)
         future = asyncio.get_running_loop().create_future()
         self._waiters[key] = future
@@ -504,7 +514,7 @@ class PeerClient:
     def _dispatch(self, message) -> None:
         if isinstance(message, Token | Done | Error) and message.id in self._streams:
             self._streams[message.id].put_nowait(message)
-        elif isinstance(message, Pong | Stats | Peers) or (isinstance(message, Members) and message.reply):
+        elif isinstance(message, Pong | Stats | Peers) or (isinstance(message, Members | Sync) and message.reply):
             future = self._waiters.get((message.type, message.nonce))
             if future is not None and not future.done():
                 future.set_result(message)

@@ -58,6 +58,16 @@ class NodeConfig(BaseSettings):
         fanout: peers contacted per gossip round.
         suspect_after_s: heartbeat silence before a peer is suspect [s].
         dead_after_s: heartbeat silence before a peer is dead [s].
+        membership: ``gossip`` (default for now: heartbeat gossip;
+            ``gossip_interval_s``, ``fanout``, ``suspect_after_s`` and
+            ``dead_after_s`` apply to it only) or ``swim`` (issue 14: SWIM
+            failure detection with Lifeguard, probes over UDP on the node's
+            port, signed member entries, see :mod:`dellm_p2p.membership`).
+            All nodes of a network must use the same one.
+        probe_interval_s: SWIM protocol period [s]; suspicion and detection
+            times scale with it (see :class:`dellm_p2p.membership.swim.SwimConfig`).
+        push_pull_interval_s: base interval of SWIM's full-state sync with
+            one random member [s]; it grows with log N beyond 32 members.
         reward_window_s: freshness window of gossiped reward records: a
             record whose timestamp is further than this from our clock is
             rejected as stale [s].
@@ -117,6 +127,9 @@ class NodeConfig(BaseSettings):
     fanout: int = Field(default=3, ge=1, le=64)
     suspect_after_s: float = Field(default=3.0, gt=0)
     dead_after_s: float = Field(default=8.0, gt=0)
+    membership: Literal["swim", "gossip"] = "gossip"
+    probe_interval_s: float = Field(default=0.5, gt=0)
+    push_pull_interval_s: float = Field(default=30.0, gt=0)
     reward_window_s: float = Field(default=120.0, gt=0)
     cluster_key_file: Path | None = None
     tls_cert: Path | None = None

@@ -17,7 +17,7 @@ from .cores import CoreClaim, CoreClaimError, claim_cores, parse_cpu_list
 from .discovery import MdnsDiscovery
 from .engine import Engine
 from .identity import Identity, load_identity
-from .membership import FitnessBook, Membership, PeerPool
+from .membership import FitnessBook, Membership, PeerPool, SwimMembership, membership_for
 from .peer_table import PeerTable
 from .security import client_ssl_context, load_cluster_key, server_ssl_context
 from .server import NodeServer
@@ -139,7 +139,7 @@ class Node:
         self.server: NodeServer | None = None
         self._closing_server: NodeServer | None = None
         self.table: PeerTable | None = None
-        self.membership: Membership | None = None
+        self.membership: Membership | SwimMembership | None = None
         self.mdns: MdnsDiscovery | None = None
         self.fitness: FitnessBook | None = None
         self._saver: asyncio.Task | None = None
@@ -241,7 +241,8 @@ class Node:
         )
         hello = server.hello
         pool.model, pool.capacity = hello.model, hello.capacity
-        self.membership = Membership(
+        self.membership = membership_for(
+            config,
             node_id=self.node_id,
             name=config.name,
             url=self.url,
@@ -249,11 +250,9 @@ class Node:
             capacity=hello.capacity,
             table=self.table,
             pool=pool,
-            bootstrap=config.peers,
             in_flight=lambda: server.in_flight,
-            gossip_interval_s=config.gossip_interval_s,
-            fanout=config.fanout,
             identity=self.identity,
+            cluster_key=self._cluster_key,
         )
         server.membership = self.membership
         self.fitness = FitnessBook(

@@ -167,6 +167,9 @@ class PeerTable:
         # (agreed, rewards) counts a newly known peer starts with (the fitness book restores saved ones).
         self.initial_counts: Callable[[str], tuple[int, int]] = lambda node_id: (0, 0)
         self._peers: dict[str, PeerRecord] = {}
+        # False under SWIM membership: states come from the failure detector
+        # (:meth:`apply_member`), not from heartbeat silence; :meth:`sweep` only forgets.
+        self.detect = True
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -304,6 +307,54 @@ class PeerTable:
             peer.state = PeerState.LEFT
             log.info("peer %s left", node_id)
 
+    def apply_member(
+        self,
+        node_id: str,
+        state: PeerState,
+        *,
+        url: str | None,
+        public_key: bytes,
+        name: str,
+        model: str | None,
+        capacity: int,
+        incarnation: int,
+        source: str = "gossip",
+    ) -> PeerState | None:
+        """Set a member as the SWIM failure detector sees it (its signed entry, checked by the caller).
+
+        Returns the state it had before (``None``: new). A dead or left
+        member's ``last_seen`` is when it became so (:meth:`sweep` forgets it
+        ``forget_after_s`` later).
+        """
+        if node_id == self.self_id:
+            return None
+        now = self.clock()
+        known = self._peers.get(node_id)
+        if known is None:
+            if len(self._peers) >= self.max_peers or state in (PeerState.DEAD, PeerState.LEFT):
+                return None
+            known = self._peers[node_id] = PeerRecord(node_id=node_id, url=url, source=source, last_seen=now)
+            known.fitness = self.initial_fitness(node_id)
+            known.agreed, known.rewards = self.initial_counts(node_id)
+            log.info("peer %s joined at %s (%s)", node_id, url, source)
+            before = None
+        else:
+            before = known.state
+        if known.url != url:
+            known.url, known.rtt_ms = url, None
+        known.public_key, known.name, known.model, known.capacity = public_key, name, model, capacity
+        known.incarnation = incarnation
+        if state is not before:
+            known.state = state
+            if state is PeerState.ALIVE:
+                known.last_seen = now
+            elif state in (PeerState.DEAD, PeerState.LEFT):
+                known.last_seen = min(known.last_seen, now) if state is PeerState.DEAD else now
+            if before is not None:
+                level = logging.WARNING if state is PeerState.DEAD else logging.INFO
+                log.log(level, "peer %s at %s is %s (was %s)", node_id, url, state.value, before.value)
+        return before
+
     def sweep(self) -> list[tuple[str, PeerState]]:
         """Apply timeouts; returns the (node_id, new state) transitions."""
         now = self.clock()
@@ -313,6 +364,8 @@ class PeerTable:
             if peer.state in (PeerState.DEAD, PeerState.LEFT):
                 if silent > self.forget_after_s:
                     del self._peers[node_id]
+                continue
+            if not self.detect:
                 continue
             new = (
                 PeerState.DEAD

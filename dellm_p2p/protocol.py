@@ -1,4 +1,4 @@
-"""The dellm wire protocol, version 2: messages and their encoding.
+"""The dellm wire protocol, version 3: messages and their encoding.
 
 This module is the whole specification; another implementation needs nothing
 else. It does no I/O.
@@ -117,6 +117,17 @@ Messages (fields; units in brackets)
               records, see ``rewards``) carries the sender's recent records:
               anti-entropy, so a record that push gossip missed still
               reaches every node.
+``sync``      nonce (int), reply (bool), digest (list of at most 8192 arrays
+              [node_id, incarnation, state rank: 0 alive, 1 suspect, 2 dead,
+              3 left]: the sender's view, itself included), changes (list
+              of at most 8192 SWIM changes, see ``swim`` below: the entries
+              and claims the receiver's digest lacks). SWIM push-pull
+              (membership version 3): a ``sync`` with reply=false is answered
+              by a ``sync`` with reply=true and the same nonce carrying the
+              replier's digest and the changes newer than the push's digest;
+              the initiator then pushes the changes the reply's digest lacks
+              (a third frame, answered by an empty reply). A dead state from
+              a ``sync`` counts as a suspicion only.
 ``get_peers`` nonce (int). Answered by ``peers``.
 ``peers``     nonce, node_id, fitness (the node's own), peers (rows of the node's peer table: node_id,
               url (nil for a coordinator-only member), name, model, capacity, in_flight, rtt_ms [ms, EWMA of ping
@@ -154,9 +165,38 @@ Messages (fields; units in brackets)
               uptime_s [s], rewards_applied, rewards_duplicate,
               rewards_rejected_signature, rewards_rejected_replay,
               rewards_rejected_stale, rewards_rejected_non_member (reward
-              records since start, see ``rewards``), identity_rejected
-              (hellos and member entries whose node id does not derive from
-              their public key).
+              records since start, see ``rewards``), rewards_duplicate_max
+              (the most copies of one applied record received after the
+              first), identity_rejected (hellos and member entries whose node
+              id does not derive from their public key), member_forged,
+              member_stale, member_replayed (signed member entries dropped:
+              bad signature or another key, an older incarnation than known,
+              an alive entry at the incarnation its member left at or below a
+              forgotten member's last one), member_refuted (suspicions of this
+              node it refuted), swim_probes, swim_probes_failed,
+              swim_awareness (Lifeguard's local health score, 0 = healthy),
+              swim_bad_datagrams (undecodable or unauthenticated).
+
+SWIM datagrams (UDP)
+--------------------
+Membership version 3 probes over UDP on the port of the node's ``ws://``
+URL (same host, same number): no connection per probe, so probing every
+member round-robin costs one datagram each way. Each datagram is one msgpack
+map, prefixed with the first 16 bytes of HMAC-SHA256(K, "dellm-swim/1" ||
+0x00 || payload) when the cluster has a key K (others are dropped). Maps:
+``{"t": "ping", "seq", "from", "to"}`` (answered by ``ack`` to the sender's
+address), ``{"t": "ack", "seq", "from", "load"}`` (load: requests in
+flight), ``{"t": "ping_req", "seq", "from", "target", "url"}`` (probe
+``target`` at ``url`` for the sender: ``ack`` with the sender's seq if it
+answers, else ``nack``), ``{"t": "nack", "seq", "from"}``, ``{"t":
+"gossip", "from"}``; each may carry ``c``, a list of changes:
+``["a", node_id, incarnation, url, public_key (bin), name, model, capacity,
+left, signature (bin)]`` (a member's own entry, signed by it over
+"dellm-member/1" 0x0a then node_id, url, public_key (raw), name, model as
+u16be-length-prefixed UTF-8 (nil as the single byte 0xff), then u64be
+capacity, u64be incarnation, one byte left), ``["s", node_id, incarnation,
+claimant]`` (suspect), ``["d", node_id, incarnation, claimant]`` (dead),
+``["r", reward record map]``. See :mod:`dellm_p2p.membership.swim`.
 
 Identity
 --------
@@ -222,7 +262,9 @@ from pydantic import (
 
 # 2: hello carries the node's Ed25519 public key and member entries require it;
 # reward records are signed and sequenced (version 1 peers cannot verify them).
-PROTOCOL_VERSION = 2
+# 3: SWIM membership (issue 14): signed member entries, ``sync`` push-pull over
+# the websocket, probes and piggybacked changes as ``swim`` datagrams.
+PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 MAX_CHOICES = 16
 MAX_STOP_STRINGS = 8
@@ -410,7 +452,16 @@ class Stats(_Message):
     rewards_rejected_replay: int = 0
     rewards_rejected_stale: int = 0
     rewards_rejected_non_member: int = 0
+    rewards_duplicate_max: int = 0
     identity_rejected: int = 0
+    member_forged: int = 0
+    member_stale: int = 0
+    member_replayed: int = 0
+    member_refuted: int = 0
+    swim_probes: int = 0
+    swim_probes_failed: int = 0
+    swim_awareness: int = 0
+    swim_bad_datagrams: int = 0
 
 
 NodeId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -486,6 +537,19 @@ class Members(_Message):
     rewards: Annotated[list[RewardRecord], Field(max_length=MAX_REWARD_RECORDS)] = []
 
 
+MAX_SYNC_ROWS = 8192
+
+
+class Sync(_Message):
+    """SWIM push-pull (see ``sync`` in the module docstring); digest rows and changes are checked by the SWIM core."""
+
+    type: Literal["sync"] = "sync"
+    nonce: int = 0
+    reply: bool = False
+    digest: Annotated[list[list[Any]], Field(max_length=MAX_SYNC_ROWS)] = []
+    changes: Annotated[list[list[Any]], Field(max_length=MAX_SYNC_ROWS)] = []
+
+
 class PeerRow(_Message):
     """One row of a node's peer table as reported by ``peers``."""
 
@@ -536,6 +600,7 @@ _TYPES = (
     GetPeers,
     Peers,
     Rewards,
+    Sync,
 )
 Message = Annotated[
     Hello
@@ -552,7 +617,8 @@ Message = Annotated[
     | Members
     | GetPeers
     | Peers
-    | Rewards,
+    | Rewards
+    | Sync,
     Field(discriminator="type"),
 ]
 MESSAGE_TYPES = frozenset(m.model_fields["type"].default for m in _TYPES)
@@ -576,6 +642,17 @@ class ProtocolError(ValueError):
 
 def encode(message: _Message) -> bytes:
     """Encode a message as one msgpack map (the payload of one binary frame); bytes fields become bin."""
+    if isinstance(message, Sync):  # raw rows and changes (bytes stay bin), already checked or to be checked
+        return msgpack.packb(
+            {
+                "type": "sync",
+                "nonce": message.nonce,
+                "reply": message.reply,
+                "digest": message.digest,
+                "changes": message.changes,
+            },
+            use_bin_type=True,
+        )
     if isinstance(message, Members) and message.beats:
         # Beats are already plain tuples: dumping hundreds of them through
         # pydantic doubled the cost of every gossip frame (bench_scale, N = 500).

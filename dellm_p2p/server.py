@@ -60,6 +60,7 @@ from .protocol import (
     ProtocolError,
     Rewards,
     Stats,
+    Sync,
     Timings,
     Token,
     Usage,
@@ -218,9 +219,8 @@ class NodeServer:
             requests_failed=self.counters.requests_failed,
             requests_cancelled=self.counters.requests_cancelled,
             tokens_generated=self.counters.tokens_generated,
-            bytes_sent=self.counters.bytes_sent + (self.membership.pool.bytes_sent if self.membership else 0),
-            bytes_received=self.counters.bytes_received
-            + (self.membership.pool.bytes_received if self.membership else 0),
+            bytes_sent=self.counters.bytes_sent + (self.membership.bytes_sent if self.membership else 0),
+            bytes_received=self.counters.bytes_received + (self.membership.bytes_received if self.membership else 0),
             engine_running=engine_running,
             uptime_s=round(time.monotonic() - self._started, 3),
             **self._trust_counters(),
@@ -230,9 +230,11 @@ class NodeServer:
         """Reward records applied, duplicate and rejected (per reason), and identities rejected, for ``stats``."""
         counters = self.fitness.counters() if self.fitness is not None else {}
         rejected = self.identity_rejected
+        swim: dict[str, int] = {}
         if self.membership is not None:
             rejected += self.membership.table.identity_rejected + self.membership.pool.identity_rejected
-        return {**counters, "identity_rejected": rejected}
+            swim = getattr(self.membership, "counters", dict)()
+        return {**counters, **swim, "identity_rejected": rejected}
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish for ``grace_s`` [s], cancel the rest, close.
@@ -373,6 +375,10 @@ class _Session:
                     await self.send(membership.on_members(message))
                 else:
                     await self.send(Members(nonce=message.nonce, reply=True))
+            case Sync() if not message.reply:
+                on_sync = getattr(self.server.membership, "on_sync", None)
+                reply = on_sync(message) if on_sync is not None else Sync(nonce=message.nonce, reply=True)
+                await self.send(reply)
             case GetPeers():
                 membership, fitness = self.server.membership, self.server.fitness
                 rows = membership.table.rows() if membership is not None else []
@@ -383,7 +389,7 @@ class _Session:
                     self.server.fitness.receive(message.records)
             case Error():
                 log.info("peer %s reported %s: %s", self.remote, message.code, message.message)
-            case Pong() | Hello() | Auth() | Members():
+            case Pong() | Hello() | Auth() | Members() | Sync():
                 pass
             case _:
                 await self.send(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -38,7 +39,7 @@ from .coordinator.pipeline import AskOptions, check_question
 from .coordinator.stream import stream_question
 from .discovery import MdnsDiscovery
 from .identity import Identity
-from .membership import FitnessBook, Membership, PeerPool
+from .membership import FitnessBook, Membership, PeerPool, SwimMembership
 from .peer_table import PeerTable
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ class Swarm:
         identity: the key pair that signs this coordinator's reward records
             and gives its node id (e.g. ``load_identity(path)`` to keep one
             across runs); ``None``: a fresh ephemeral one.
+        membership: ``gossip`` or ``swim``: what the network's nodes run
+            (``membership`` in their configuration; default: the
+            ``DELLM_MEMBERSHIP`` environment variable, else ``gossip``).
     """
 
     def __init__(
@@ -87,7 +91,9 @@ class Swarm:
         cluster_key: bytes | None = None,
         ssl_context: ssl.SSLContext | None = None,
         identity: Identity | None = None,
+        membership: str | None = None,
     ):
+        membership = membership or os.environ.get("DELLM_MEMBERSHIP", "gossip")
         self.options = (options or AskOptions()).checked()
         self.identity = identity or Identity.generate()
         self.node_id = self.identity.node_id
@@ -100,18 +106,33 @@ class Swarm:
             ssl_context=ssl_context,
             identity=self.identity,
         )
-        self.membership = Membership(
-            node_id=self.node_id,
-            name="coordinator",
-            url=None,
-            model=None,
-            capacity=0,
-            table=self.table,
-            pool=self.pool,
-            bootstrap=list(peers),
-            gossip_interval_s=0.5,
-            identity=self.identity,
-        )
+        self.membership: Membership | SwimMembership
+        if membership == "swim":
+            self.membership = SwimMembership(
+                node_id=self.node_id,
+                name="coordinator",
+                url=None,
+                model=None,
+                capacity=0,
+                table=self.table,
+                pool=self.pool,
+                bootstrap=list(peers),
+                identity=self.identity,
+                cluster_key=cluster_key,
+            )
+        else:
+            self.membership = Membership(
+                node_id=self.node_id,
+                name="coordinator",
+                url=None,
+                model=None,
+                capacity=0,
+                table=self.table,
+                pool=self.pool,
+                bootstrap=list(peers),
+                gossip_interval_s=0.5,
+                identity=self.identity,
+            )
         self.fitness = FitnessBook(self.node_id, self.table, pool=self.pool, identity=self.identity)
         self.membership.fitness = self.fitness
         self._mdns = (

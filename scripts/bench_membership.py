@@ -32,6 +32,18 @@ Figures per N:
   during the window (sum over nodes, in % of one core; the machine has
   ``nproc`` cores).
 
+* false positives (``--fp-run-s 60`` for issue 14's figure): a steady run in
+  which every node drops ``--drop-rate`` (default 5 %) of its outgoing SWIM
+  datagrams on purpose (``DELLM_BENCH_DROP_RATE``, set for the whole run);
+  the tables are polled in sweeps and every (observer, live node) pair ever
+  seen *dead* counts as a false positive (*suspect* ones are counted apart:
+  a suspicion refuted in time is SWIM working);
+* failure detection (issue 14): one node (not the bootstrap) is SIGKILLed;
+  time until every other node's table lists it *dead* (out of routing:
+  ``PeerTable.alive`` leaves dead rows out), and until the first one does;
+* ``--membership gossip`` runs the heartbeat gossip of before issue 14 for
+  comparison (its failure timeouts are the library's suspect/dead ones).
+
 All nodes are stopped after each N (SIGTERM in parallel, SIGKILL for
 leftovers), also on Ctrl-C, SIGTERM or an error.
 
@@ -39,6 +51,7 @@ Usage::
 
     .venv/bin/python scripts/bench_membership.py [--sizes 10,50,100] [--settle-s 10]
         [--timeout-s 120] [--gossip-interval 0.5] [--fanout 3] [--json out.json]
+        [--membership swim|gossip] [--fp-run-s 60] [--drop-rate 0.05] [--detect-timeout-s 60]
 """
 
 from __future__ import annotations
@@ -437,9 +450,88 @@ async def measure(nodes: list[NodeProcess], args: argparse.Namespace, out: dict)
         # 3. Still converged after the window? (suspect/dead entries show late heartbeats)
         after = await check_tables(prober, expected)
         out["after_window"] = sweep_summary(after)
+        # 4. False positives over a steady run (datagrams dropped on purpose all along, see --drop-rate).
+        if args.fp_run_s > 0:
+            out["false_positives"] = await watch_false_positives(prober, ids, args.fp_run_s, args.poll_interval_s)
+            fp = out["false_positives"]
+            progress(
+                f"N={n}: {args.fp_run_s:g} s steady run with {args.drop_rate:.0%} datagrams dropped: "
+                f"{fp['dead_pairs']} false positives (live node seen dead), {fp['suspect_pairs']} suspect pairs"
+            )
+        # 5. Failure detection: SIGKILL one node, time until every other node marks it dead.
+        if args.detect_timeout_s > 0 and n >= 3:
+            out["detection"] = await detect_failure(nodes, prober, ids, args)
+            d = out["detection"]
+            progress(
+                f"N={n}: SIGKILL of one node -> first dead mark {fmt(d.get('first_dead_s'), '.2f')} s, "
+                f"dead everywhere {fmt(d.get('all_dead_s'), '.2f')} s"
+            )
         out["probe_failures"] = prober.failures
     finally:
         await prober.close()
+
+
+async def watch_false_positives(prober: Prober, ids: list[str], run_s: float, poll_s: float) -> dict[str, Any]:
+    """Poll every table for ``run_s`` [s]; every (observer, subject) pair ever seen dead or suspect (all are live)."""
+    dead: set[tuple[int, str]] = set()
+    suspect: set[tuple[int, str]] = set()
+    end, sweeps = time.monotonic() + run_s, 0
+
+    async def one(i: int) -> None:
+        got = await prober.call(i, "peers")
+        if got is None:
+            return
+        for row in got[0].peers:
+            if row.node_id in ids:
+                if row.state == "dead":
+                    dead.add((i, row.node_id))
+                elif row.state == "suspect":
+                    suspect.add((i, row.node_id))
+
+    while time.monotonic() < end:
+        await asyncio.gather(*(one(i) for i in range(len(ids))))
+        sweeps += 1
+        await asyncio.sleep(poll_s)
+    return {
+        "run_s": run_s,
+        "sweeps": sweeps,
+        "dead_pairs": len(dead),
+        "suspect_pairs": len(suspect),
+        "nodes_seen_dead": len({s for _, s in dead}),
+    }
+
+
+async def detect_failure(
+    nodes: list[NodeProcess], prober: Prober, ids: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """SIGKILL the last node; poll the others until all list it dead; times from the kill [s]."""
+    victim = len(nodes) - 1
+    victim_id = ids[victim]
+    observers = [i for i in range(len(nodes)) if i != victim]
+    marked: dict[int, float] = {}
+    nodes[victim].kill()
+    t_kill = time.monotonic()
+    deadline = t_kill + args.detect_timeout_s
+
+    async def one(i: int) -> None:
+        got = await prober.call(i, "peers")
+        if got is None:
+            return
+        row = next((r for r in got[0].peers if r.node_id == victim_id), None)
+        if row is not None and row.state == "dead" and i not in marked:
+            marked[i] = time.monotonic() - t_kill
+
+    while len(marked) < len(observers) and time.monotonic() < deadline:
+        await asyncio.gather(*(one(i) for i in observers if i not in marked))
+        await asyncio.sleep(args.poll_interval_s)
+    times = sorted(marked.values())
+    return {
+        "observers": len(observers),
+        "marked_dead": len(marked),
+        "first_dead_s": round(times[0], 2) if times else None,
+        "median_dead_s": round(statistics.median(times), 2) if times else None,
+        "all_dead_s": round(times[-1], 2) if len(marked) == len(observers) else None,
+    }
 
 
 def bench_one(n: int, args: argparse.Namespace, env: dict[str, str], out: dict[str, Any]) -> None:
@@ -479,10 +571,16 @@ def report(results: dict[str, Any]) -> None:
 
     s, m = results["settings"], results["machine"]
     table = Table(
-        title=f"membership gossip benchmark, {results['date']}",
+        title=f"membership gossip benchmark ({s['membership']}), {results['date']}",
         caption=(
-            f"gossip interval {s['gossip_interval_s']:g} s, fanout {s['fanout']}, "
-            f"suspect after {s['suspect_after_s']:g} s, dead after {s['dead_after_s']:g} s, mDNS off; "
+            f"membership {s['membership']}: "
+            + (
+                f"probe interval {s['probe_interval_s']:g} s, push-pull {s['push_pull_interval_s']:g} s × log scale; "
+                if s["membership"] == "swim"
+                else f"gossip interval {s['gossip_interval_s']:g} s, fanout {s['fanout']}, "
+                f"suspect after {s['suspect_after_s']:g} s, dead after {s['dead_after_s']:g} s; "
+            )
+            + f"{s['drop_rate']:.0%} of SWIM datagrams dropped on purpose, mDNS off; "
             f"window {s['settle_s']:g} s after {s['warmup_s']:g} s warm-up | "
             f"{m['nproc']} cores, {m['mem_gib']:.0f} GiB, Python {m['python']}, {m['platform']}, "
             f"dellm_p2p {results['code']}"
@@ -498,6 +596,9 @@ def report(results: dict[str, Any]) -> None:
         ("gossip rounds/s\nper node mean", "right"),
         ("RSS per node\nmean (MiB)", "right"),
         ("node CPU in window\nsum (% of 1 core)", "right"),
+        ("node CPU\nmean (%)", "right"),
+        ("false positives\n(dead pairs)", "right"),
+        ("SIGKILL -> dead\neverywhere (s)", "right"),
     ]
     for name, justify in columns:
         table.add_column(name, justify=justify)
@@ -519,6 +620,9 @@ def report(results: dict[str, Any]) -> None:
             fmt(st.get("rounds_per_s_mean"), ".1f"),
             fmt(st.get("rss_mib_mean"), ".1f"),
             fmt((st.get("cpu") or {}).get("sum_pct"), ".0f"),
+            fmt((st.get("cpu") or {}).get("mean_pct"), ".2f"),
+            fmt((r.get("false_positives") or {}).get("dead_pairs"), "d"),
+            fmt((r.get("detection") or {}).get("all_dead_s"), ".2f"),
         )
     Console(highlight=False, width=max(120, Console().width)).print(table)
     print(
@@ -613,6 +717,33 @@ def parse_args() -> argparse.Namespace:
         default=NodeConfig.model_fields["fanout"].default,
         help="DELLM_FANOUT (default %(default)s)",
     )
+    parser.add_argument(
+        "--membership", choices=("swim", "gossip"), default="swim", help="DELLM_MEMBERSHIP (default swim)"
+    )
+    parser.add_argument(
+        "--probe-interval",
+        type=float,
+        default=NodeConfig.model_fields["probe_interval_s"].default,
+        help="DELLM_PROBE_INTERVAL_S, SWIM's protocol period [s] (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fp-run-s",
+        type=float,
+        default=0.0,
+        help="steady run watched for false positives [s] (issue 14's benchmark: 60; default 0: skip)",
+    )
+    parser.add_argument(
+        "--drop-rate",
+        type=float,
+        default=0.05,
+        help="share of SWIM datagrams every node drops on purpose, the whole run (default 0.05)",
+    )
+    parser.add_argument(
+        "--detect-timeout-s",
+        type=float,
+        default=60.0,
+        help="deadline for the SIGKILLed node to be dead everywhere [s] (0: skip; default 60)",
+    )
     parser.add_argument("--suspect-after-s", type=float, help="DELLM_SUSPECT_AFTER_S (default: the library's)")
     parser.add_argument("--dead-after-s", type=float, help="DELLM_DEAD_AFTER_S (default: the library's)")
     parser.add_argument(
@@ -642,7 +773,13 @@ def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGTERM, _on_sigterm)
     defaults = NodeConfig.model_fields
-    env = {"DELLM_GOSSIP_INTERVAL_S": f"{args.gossip_interval:g}", "DELLM_FANOUT": str(args.fanout)}
+    env = {
+        "DELLM_GOSSIP_INTERVAL_S": f"{args.gossip_interval:g}",
+        "DELLM_FANOUT": str(args.fanout),
+        "DELLM_MEMBERSHIP": args.membership,
+        "DELLM_PROBE_INTERVAL_S": f"{args.probe_interval:g}",
+        "DELLM_BENCH_DROP_RATE": f"{args.drop_rate:g}",
+    }
     if args.suspect_after_s is not None:
         env["DELLM_SUSPECT_AFTER_S"] = f"{args.suspect_after_s:g}"
     if args.dead_after_s is not None:
@@ -658,6 +795,11 @@ def main() -> int:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {
+            "membership": args.membership,
+            "probe_interval_s": args.probe_interval,
+            "push_pull_interval_s": effective("push_pull_interval_s"),
+            "drop_rate": args.drop_rate,
+            "fp_run_s": args.fp_run_s,
             "gossip_interval_s": args.gossip_interval,
             "fanout": args.fanout,
             "suspect_after_s": effective("suspect_after_s"),

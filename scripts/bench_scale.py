@@ -109,7 +109,8 @@ from dellm_p2p.coordinator.vote import vote
 from dellm_p2p.engine import Delta, Engine, EngineStats, GenerationRequest, ModelInfo, PromptTooLongError
 from dellm_p2p.fitness import FitnessBook, apply_reward
 from dellm_p2p.identity import Identity
-from dellm_p2p.membership import Membership, PeerPool
+from dellm_p2p.membership import Membership, PeerPool, SwimMembership
+from dellm_p2p.membership.swim import SwimConfig
 from dellm_p2p.peer_table import PeerRecord, PeerState, PeerTable
 from dellm_p2p.protocol import MemberEntry, Members, RewardRecord, decode, encode
 from dellm_p2p.runtime import run
@@ -317,11 +318,19 @@ class SimNode:
         )
         hello = server.hello
         pool.model, pool.capacity = hello.model, hello.capacity
-        self.membership = Membership(
-            node_id=self.node_id, name=self.name, url=url, model=hello.model, capacity=hello.capacity,
-            table=self.table, pool=pool, bootstrap=bootstrap, in_flight=lambda: server.in_flight,
-            gossip_interval_s=s["gossip_interval_s"], fanout=s["fanout"], identity=self.identity,
-        )  # fmt: skip
+        if s["membership"] == "swim":
+            swim = SwimConfig(probe_interval_s=s["probe_interval_s"], probe_timeout_s=s["probe_interval_s"] / 2)
+            self.membership = SwimMembership(
+                node_id=self.node_id, name=self.name, url=url, model=hello.model, capacity=hello.capacity,
+                table=self.table, pool=pool, bootstrap=bootstrap, in_flight=lambda: server.in_flight,
+                identity=self.identity, config=swim, drop_rate=0.0,
+            )  # fmt: skip
+        else:
+            self.membership = Membership(
+                node_id=self.node_id, name=self.name, url=url, model=hello.model, capacity=hello.capacity,
+                table=self.table, pool=pool, bootstrap=bootstrap, in_flight=lambda: server.in_flight,
+                gossip_interval_s=s["gossip_interval_s"], fanout=s["fanout"], identity=self.identity,
+            )  # fmt: skip
         self.fitness = _TimedFitnessBook(
             self.node_id, self.table, pool=pool, fanout=s["fanout"], max_hops=s["reward_max_hops"], index=self.index,
             identity=self.identity,
@@ -336,6 +345,28 @@ class SimNode:
             await self.membership.close(goodbye_timeout_s=0.5)
             await self.fitness.close()
         await self.server.shutdown(0)
+
+    async def crash(self) -> None:
+        """Stop as a SIGKILL would: no goodbye, sockets closed, every task gone."""
+        membership = self.membership
+        if isinstance(membership, SwimMembership):
+            if membership._transport is not None:
+                membership._transport.abort()
+            for task in list(membership._tasks):
+                task.cancel()
+        else:
+            if membership._task is not None:
+                membership._task.cancel()
+        self.server.cancel_in_flight()
+        if self.server._server is not None:
+            self.server._server.close()  # also drops open websockets: peers see the connection reset
+        with contextlib.suppress(Exception):
+            await membership.pool.close()
+
+    def bytes_total(self) -> int:
+        """Payload bytes this node sent and received: its server, its pool, SWIM datagrams [bytes]."""
+        m = self.membership
+        return self.server.counters.bytes_sent + self.server.counters.bytes_received + m.bytes_sent + m.bytes_received
 
 
 # ---------------------------------------------------------------------------
@@ -443,6 +474,66 @@ class _Worker:
             **counts,
         }
 
+    async def cmd_steady_start(self, drop_rate: float) -> dict:
+        """Start a steady run: every node drops ``drop_rate`` of its SWIM datagrams; watch for false positives."""
+        for node in self.nodes.values():
+            if isinstance(node.membership, SwimMembership):
+                node.membership.drop_rate = drop_rate
+        self.steady = {
+            "bytes0": sum(n.bytes_total() for n in self.nodes.values()),
+            "cpu0": time.process_time(),
+            "wall0": time.monotonic(),
+            "dead": set(),
+            "suspect": set(),
+        }
+        self.steady_task = asyncio.create_task(self._watch_states(self.steady))
+        return {}
+
+    async def _watch_states(self, steady: dict, period_s: float = 0.25) -> None:
+        while True:
+            for i, node in self.nodes.items():
+                for p in node.table.records():
+                    if p.state is PeerState.DEAD:
+                        steady["dead"].add((i, p.node_id))
+                    elif p.state is PeerState.SUSPECT:
+                        steady["suspect"].add((i, p.node_id))
+            await asyncio.sleep(period_s)
+
+    async def cmd_steady_stop(self) -> dict:
+        self.steady_task.cancel()
+        st = self.steady
+        for node in self.nodes.values():
+            if isinstance(node.membership, SwimMembership):
+                node.membership.drop_rate = 0.0
+        return {
+            "bytes": sum(n.bytes_total() for n in self.nodes.values()) - st["bytes0"],
+            "cpu_s": time.process_time() - st["cpu0"],
+            "wall_s": time.monotonic() - st["wall0"],
+            "nodes": len(self.nodes),
+            "dead_pairs": [list(x) for x in st["dead"]],
+            "suspect_pairs": len(st["suspect"]),
+            "dropped": sum(getattr(n.membership, "dropped_on_purpose", 0) for n in self.nodes.values()),
+        }
+
+    async def cmd_crash(self, index: int) -> dict:
+        node = self.nodes.pop(index)
+        self.ok_since.pop(index, None)
+        await node.crash()
+        return {"t_crash": time.time()}
+
+    async def cmd_dead_status(self, node_id: str) -> dict:
+        """How many of our nodes list ``node_id`` dead (and so out of routing), and since when (first seen)."""
+        now = time.time()
+        seen = self.__dict__.setdefault("dead_seen", {})
+        for i, node in self.nodes.items():
+            p = node.table.get(node_id)
+            routed = any(q.node_id == node_id for q in node.table.alive())
+            if p is not None and p.state is PeerState.DEAD and not routed:
+                seen.setdefault((node_id, i), now)
+        marks = [t for (nid, _), t in seen.items() if nid == node_id]
+        return {"marked": len(marks), "nodes": len(self.nodes), "first": min(marks, default=None),
+                "last": max(marks, default=None)}  # fmt: skip
+
     async def cmd_watch(self, record_id: str) -> dict:
         _WATCH["id"], _WATCH["hits"] = record_id, {}
         return {}
@@ -466,7 +557,7 @@ class _Worker:
         """Since the last call: CPU [s] and wall [s] of this process, event-loop lag, connections opened."""
         cpu0, wall0, opened0, rounds0 = self.mark
         cpu, wall = time.process_time(), time.monotonic()
-        rounds = sum(n.membership.heartbeat for n in self.nodes.values())  # +1 per node per gossip round
+        rounds = sum(getattr(n.membership, "heartbeat", 0) for n in self.nodes.values())  # +1 per gossip round
         self.mark = (cpu, wall, _CountingPool.opened, rounds)
         lags = sorted(self.lags)
         self.lags.clear()
@@ -667,6 +758,63 @@ async def wait_converged(workers: list[WorkerHandle], n: int, t0: float, timeout
                 f"missing {links['missing']}"
             )
         await asyncio.sleep(poll_period(n))
+
+
+async def steady_run(workers: list[WorkerHandle], n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``--fp-run-s`` of steady state with ``--drop-rate`` of SWIM datagrams dropped: false positives, bytes, CPU."""
+    progress(f"N={n}: steady run {args.fp_run_s:g} s, {args.drop_rate:.0%} of SWIM datagrams dropped on purpose")
+    await call_all(workers, "steady_start", drop_rate=args.drop_rate)
+    await asyncio.sleep(args.fp_run_s)
+    replies = await call_all(workers, "steady_stop")
+    nodes = sum(r["nodes"] for r in replies)
+    wall = max(r["wall_s"] for r in replies)
+    dead = [pair for r in replies for pair in r["dead_pairs"]]
+    out = {
+        "run_s": round(wall, 1),
+        "drop_rate": args.drop_rate,
+        "dropped_datagrams": sum(r["dropped"] for r in replies),
+        "false_positive_pairs": len(dead),
+        "nodes_falsely_dead": len({node_id for _, node_id in dead}),
+        "suspect_pairs": sum(r["suspect_pairs"] for r in replies),
+        # Sent + received by a node (as bench_membership counts it), mean over nodes.
+        "bytes_per_s_per_node": round(sum(r["bytes"] for r in replies) / nodes / wall, 1),
+        "cpu_pct_per_node": round(100 * sum(r["cpu_s"] for r in replies) / nodes / wall, 3),
+    }
+    progress(
+        f"N={n}: steady: {out['false_positive_pairs']} false positives, {out['suspect_pairs']} suspect pairs, "
+        f"{out['bytes_per_s_per_node']:,.0f} B/s per node (sent + received), CPU {out['cpu_pct_per_node']} % per node"
+    )
+    return out
+
+
+async def detect_crash(
+    workers: list[WorkerHandle], owner: dict[int, WorkerHandle], n: int, started: list[dict], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Crash one node (no goodbye); time until every other node lists it dead and routes nothing to it [s]."""
+    victim = n - 1
+    ids = {int(i): node_id for reply in started for i, node_id in reply["ids"].items()}
+    victim_id = ids[victim]
+    crashed = await owner[victim].call("crash", index=victim)
+    t_crash = crashed["t_crash"]
+    deadline = time.monotonic() + args.detect_timeout_s
+    while time.monotonic() < deadline:
+        replies = await call_all(workers, "dead_status", node_id=victim_id)
+        marked = sum(r["marked"] for r in replies)
+        if marked >= n - 1:
+            break
+        await asyncio.sleep(0.2)
+    firsts = [r["first"] for r in replies if r["first"] is not None]
+    lasts = [r["last"] for r in replies if r["last"] is not None]
+    out = {
+        "marked_dead": marked,
+        "observers": n - 1,
+        "first_dead_s": round(min(firsts) - t_crash, 2) if firsts else None,
+        "all_dead_s": round(max(lasts) - t_crash, 2) if marked >= n - 1 else None,
+    }
+    progress(
+        f"N={n}: crash of one node: first dead mark {out['first_dead_s']} s, dead everywhere {out['all_dead_s']} s"
+    )
+    return out
 
 
 def poll_period(n: int) -> float:
@@ -1220,6 +1368,11 @@ async def bench_size(n: int, args: argparse.Namespace, settings: dict[str, Any],
             + (f"converged in {conv['converged_s']:.2f} s" if conv["converged"] else "did NOT converge")
             + f" (workers used {conv['workers']['workers_cpu_cores']} cores)"
         )
+        if args.fp_run_s > 0:
+            out["steady"] = await steady_run(workers, n, args)
+            out["detection"] = await detect_crash(workers, owner, n, started, args)
+        if args.membership_only:
+            return
 
         if not args.learn_only:
             await asyncio.sleep(args.settle_s)
@@ -1388,9 +1541,64 @@ def report(results: dict[str, Any]) -> None:
             f"targets at N = {TARGET_N}: routing p99 {fmt(p99, '.1f')} µs {verdict(p99, TARGET_ROUTE_P99_US)}; "
             f"gossip to all {fmt(g)} s (worst of {s['gossip_reps']}) {verdict(g, TARGET_GOSSIP_S)}"
         )
+    membership_report(results, console)
     for line in detail_lines(results):
         console.print(line, soft_wrap=True, highlight=False)
     learning_report(results, console)
+
+
+# Before issue 14 (heartbeat gossip, docs/results.md, measured 2026-11-29): convergence [s] per N;
+# a silent peer was suspect after ~50 s and dead after ~130 s at N = 500 (timeouts stretched with log N).
+BEFORE_CONVERGED_S = {10: 0.62, 100: 6.43, 500: 31.5}
+TARGET_MEMBERSHIP_S = 10.0  # issue 14, N = 500: convergence and failure detected everywhere
+
+
+def membership_report(results: dict[str, Any], console: Any) -> None:
+    """Issue 14's figures per N: convergence, crash detection, false positives, bytes/s and CPU per node."""
+    from rich.table import Table
+
+    runs = [r for r in results["runs"] if r.get("steady") or r.get("detection")]
+    if not runs:
+        return
+    s = results["settings"]
+    table = Table(
+        title=f"membership ({s['membership']}, probe interval {s['probe_interval']:g} s) — issue 14",
+        caption=(
+            f"steady run {s['fp_run_s']:g} s with {s['drop_rate']:.0%} of SWIM datagrams dropped on purpose; "
+            "bytes = payload sent + received by a node over all its websockets and datagrams; "
+            "CPU = worker CPU / nodes. 'before' = heartbeat gossip (docs/results.md)."
+        ),
+    )
+    for header in (
+        "N",
+        "converged [s] (before)",
+        "crash -> first dead [s]",
+        "crash -> dead everywhere [s]",
+        "false positives (dead pairs)",
+        "suspect pairs",
+        "bytes/s per node",
+        "CPU per node [% core]",
+    ):
+        table.add_column(header, justify="right")
+    for r in runs:
+        conv, st, det = r.get("membership") or {}, r.get("steady") or {}, r.get("detection") or {}
+        before = BEFORE_CONVERGED_S.get(r["n"])
+        table.add_row(
+            str(r["n"]),
+            f"{fmt(conv.get('converged_s'))} ({fmt(before)})",
+            fmt(det.get("first_dead_s")),
+            fmt(det.get("all_dead_s"))
+            + (f" {verdict(det.get('all_dead_s'), TARGET_MEMBERSHIP_S)}" if r["n"] >= 500 else ""),
+            str(st.get("false_positive_pairs", "-")),
+            str(st.get("suspect_pairs", "-")),
+            fmt(st.get("bytes_per_s_per_node"), ",.0f"),
+            fmt(st.get("cpu_pct_per_node"), ".3f"),
+        )
+    console.print(table)
+    rates = {r["n"]: (r.get("steady") or {}).get("bytes_per_s_per_node") for r in runs}
+    if rates.get(50) and rates.get(500):
+        ratio = rates[500] / rates[50]
+        console.print(f"traffic per node N = 500 / N = 50: {ratio:.2f}x (target < 2x) {verdict(ratio, 2.0)}")
 
 
 def offline_report(results: dict[str, Any], console: Any) -> None:
@@ -1608,6 +1816,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=0, help="worker processes (default max(cores, ceil(N / 100)))")
     p.add_argument("--worker-nice", type=int, default=10, help="niceness added to worker processes (default 10)")
     p.add_argument("--gossip-interval", type=float, default=defaults["gossip_interval_s"].default)
+    p.add_argument("--membership", choices=("swim", "gossip"), default=defaults["membership"].default)
+    p.add_argument("--probe-interval", type=float, default=defaults["probe_interval_s"].default, help="SWIM [s]")
+    p.add_argument("--membership-only", action="store_true", help="after convergence only the steady run and the crash")
+    p.add_argument(
+        "--fp-run-s",
+        type=float,
+        default=0.0,
+        help="steady run watched for false positives, then a crash [s] (default: 60 with --membership-only, else 0)",
+    )
+    p.add_argument("--drop-rate", type=float, default=0.05, help="SWIM datagrams dropped on purpose in it")
+    p.add_argument("--detect-timeout-s", type=float, default=60.0, help="deadline for a crash to be seen [s]")
     p.add_argument("--fanout", type=int, default=defaults["fanout"].default)
     p.add_argument("--capacity", type=int, default=defaults["max_concurrency"].default, help="requests per node")
     p.add_argument(
@@ -1665,7 +1884,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--sizes: not a comma-separated list of integers: {args.sizes!r}")
     if not args.sizes_list or min(args.sizes_list) < 2:
         p.error("--sizes: every N must be at least 2")
+    if args.membership_only and not args.fp_run_s:
+        args.fp_run_s = 60.0
     if args.quick:
+        args.fp_run_s = min(args.fp_run_s, 5.0)
         args.route_iterations = min(args.route_iterations, 1000)
         args.gossip_reps, args.duration_s, args.concurrency = 1, 2.0, min(args.concurrency, 8)
         args.settle_s, args.converge_timeout_s = 0.5, min(args.converge_timeout_s, 30.0)
@@ -1689,6 +1911,8 @@ class _Settings:
     worker_nice: int
     max_connections: int
     reward_max_hops: int
+    membership: str
+    probe_interval_s: float
 
 
 async def amain(args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -1698,6 +1922,7 @@ async def amain(args: argparse.Namespace, results: dict[str, Any]) -> None:
         token_ms=args.token_ms, first_token_ms=args.first_token_ms,
         suspect_after_s=defaults["suspect_after_s"].default, dead_after_s=defaults["dead_after_s"].default,
         worker_nice=args.worker_nice, max_connections=args.max_connections, reward_max_hops=args.reward_max_hops,
+        membership=args.membership, probe_interval_s=args.probe_interval,
     ).__dict__  # fmt: skip
     for n in args.sizes_list:
         out: dict[str, Any] = {"n": n}
@@ -1711,6 +1936,7 @@ async def amain(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ["DELLM_MEMBERSHIP"] = args.membership  # the coordinators (Swarm) speak what the nodes run
     logs = install_log_counter("main")
     results: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

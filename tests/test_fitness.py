@@ -178,7 +178,7 @@ def test_valid_record_from_a_member_is_applied(trust):
     assert book.receive([signed(coord, a.node_id, 0.07)])
     assert book.fitness(a.node_id) == pytest.approx(0.507) and book.applied == 1
     assert book.counters() == {
-        "rewards_applied": 1, "rewards_duplicate": 0, "rewards_rejected_signature": 0,
+        "rewards_applied": 1, "rewards_duplicate": 0, "rewards_duplicate_max": 0, "rewards_rejected_signature": 0,
         "rewards_rejected_replay": 0, "rewards_rejected_stale": 0, "rewards_rejected_non_member": 0,
     }  # fmt: skip
 

@@ -35,6 +35,7 @@ from dellm_p2p.protocol import (
     Rewards,
     SamplingParams,
     Stats,
+    Sync,
     Timings,
     Token,
     Usage,
@@ -82,6 +83,15 @@ KEY = bytes(range(32))  # any 32 bytes: the protocol layer does not check that i
 SIG = bytes(range(64))
 
 ROUND_TRIP = [
+    pytest.param(
+        Sync(
+            nonce=4,
+            reply=True,
+            digest=[["nabc", 12, 0]],
+            changes=[["s", "nabc", 12, "nxyz"], ["a", "n", 1, None, b"k" * 32, "x", None, 0, False, b"s" * 64]],
+        ),
+        id="sync",
+    ),
     pytest.param(
         Hello(
             protocol=PROTOCOL_VERSION,

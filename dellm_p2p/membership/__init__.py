@@ -4,8 +4,10 @@
   (Das, Gupta and Motivala 2002; Dadgar et al. 2018), sans-I/O: messages and
   a clock in, messages and events out; no sockets, no asyncio.
 * :mod:`.signed` — member entries signed by their member (Ed25519).
-* :mod:`.gossip` — the asyncio layer: the connection pool (:class:`PeerPool`)
-  and :class:`Membership`, which keeps a node's peer table current.
+* :mod:`.service` — the asyncio layer around the SWIM core
+  (:class:`SwimMembership`: datagrams, timers, push-pull, peer table).
+* :mod:`.gossip` — the connection pool (:class:`PeerPool`) and the older
+  heartbeat gossip (:class:`Membership`, ``membership = "gossip"``).
 * :mod:`.fitness` — the reward rule and the gossip of signed reward records
   (:class:`FitnessBook`).
 
@@ -14,5 +16,15 @@
 
 from .fitness import NEUTRAL_FITNESS, REJECT_REASONS, FitnessBook, apply_reward
 from .gossip import Membership, PeerPool
+from .service import SwimMembership, membership_for
 
-__all__ = ["NEUTRAL_FITNESS", "REJECT_REASONS", "FitnessBook", "Membership", "PeerPool", "apply_reward"]
+__all__ = [
+    "NEUTRAL_FITNESS",
+    "REJECT_REASONS",
+    "FitnessBook",
+    "Membership",
+    "PeerPool",
+    "SwimMembership",
+    "apply_reward",
+    "membership_for",
+]

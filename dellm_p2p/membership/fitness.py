@@ -135,7 +135,8 @@ class FitnessBook:
         clock: wall clock [s since the epoch] (injectable for tests).
 
     Attributes:
-        applied: records applied. duplicates: records dropped as already applied.
+        applied: records applied. duplicates: records dropped as already applied;
+            duplicates_max: the most of them one applied record drew.
         rejected: records dropped per reason (:data:`REJECT_REASONS`).
     """
 
@@ -175,7 +176,11 @@ class FitnessBook:
         self._windows: dict[str, _SeqWindow] = {}
         self._pruned_at = 0.0
         self._warned: set[tuple[str, str]] = set()
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[str, int] = OrderedDict()  # record id -> duplicates received after applying it
+        self.duplicates_max = 0  # the most duplicates one applied record drew (issue 14: keep small)
+        # Set by SWIM membership: fresh records are queued for piggybacked dissemination
+        # (a bounded number of sends) instead of rumor-mongered over websockets.
+        self.broadcast: Callable[[list[RewardRecord]], None] | None = None
         self._recent: deque[tuple[float, RewardRecord]] = deque(maxlen=256)
         self._saved: dict[str, float] = {}  # fitness of nodes not (yet) in the table
         self._saved_counts: dict[str, tuple[int, int]] = {}  # their (agreed, rewards)
@@ -282,9 +287,9 @@ class FitnessBook:
     def apply(self, record: RewardRecord) -> bool:
         """Apply a record once, unchecked (our own, or one :meth:`check` passed); returns False for a duplicate."""
         if record.id in self._seen:
-            self.duplicates += 1
+            self._duplicate(record.id)
             return False
-        self._seen[record.id] = None
+        self._seen[record.id] = 0
         self._remember_seq(record)
         if len(self._seen) > self.remember:
             self._seen.popitem(last=False)
@@ -316,7 +321,7 @@ class FitnessBook:
         fresh = []
         for record in records:
             if record.id in self._seen:
-                self.duplicates += 1
+                self._duplicate(record.id)
                 continue
             reason = self.check(record)
             if reason is not None:
@@ -325,8 +330,35 @@ class FitnessBook:
                 fresh.append(record)
         onward = [r.model_copy(update={"hops": r.hops + 1}) for r in fresh if r.hops + 1 < self.max_hops]
         if onward:
-            self.spawn_forward(onward, self.fanout)
+            if self.broadcast is not None:
+                self.broadcast(onward)
+            else:
+                self.spawn_forward(onward, self.fanout)
         return fresh
+
+    def _duplicate(self, record_id: str) -> None:
+        self.duplicates += 1
+        count = self._seen[record_id] = self._seen[record_id] + 1
+        self.duplicates_max = max(self.duplicates_max, count)
+
+    def receive_raw(self, maps: Iterable[dict]) -> list[RewardRecord]:
+        """:meth:`receive` for records as raw wire maps (piggybacked on SWIM datagrams).
+
+        Duplicates are counted before validation (most copies are
+        duplicates; validating them cost more than the check); malformed
+        maps are dropped and counted as *signature* rejections.
+        """
+        records = []
+        for raw in maps:
+            record_id = raw.get("id")
+            if isinstance(record_id, str) and record_id in self._seen:
+                self._duplicate(record_id)
+                continue
+            try:
+                records.append(RewardRecord.model_validate(raw))
+            except ValueError:
+                self.rejected["signature"] += 1
+        return self.receive(records) if records else []
 
     def spawn_forward(self, records: list[RewardRecord], fanout: int) -> None:
         """:meth:`forward` in the background (gossip must not hold up the caller)."""
@@ -392,6 +424,7 @@ class FitnessBook:
         return {
             "rewards_applied": self.applied,
             "rewards_duplicate": self.duplicates,
+            "rewards_duplicate_max": self.duplicates_max,
             **{f"rewards_rejected_{reason}": count for reason, count in self.rejected.items()},
         }
 

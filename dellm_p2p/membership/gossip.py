@@ -293,6 +293,16 @@ class Membership:
         self._base_timeouts = (table.suspect_after_s, table.dead_after_s)
         self.fitness: FitnessBook | None = None  # set by the owner: reward records ride along (anti-entropy)
 
+    @property
+    def bytes_sent(self) -> int:
+        """Membership and pooled-connection payload bytes sent [bytes]."""
+        return self.pool.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        """Membership and pooled-connection payload bytes received [bytes]."""
+        return self.pool.bytes_received
+
     def self_entry(self) -> MemberEntry | None:
         """Our own member entry (``None`` without an identity: an entry must carry a public key)."""
         if self.identity is None:

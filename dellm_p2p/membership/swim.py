@@ -332,8 +332,9 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, key: str, change: list) -> None:
-        self._items[key] = [0, len(msgpack.packb(change, use_bin_type=True)), change]
+    def put(self, key: str, change: list, limit: int | None = None) -> None:
+        """Queue ``change`` under ``key`` (replacing an older one); ``limit``: its own transmission bound."""
+        self._items[key] = [0, len(msgpack.packb(change, use_bin_type=True)), change, limit]
 
     def take(self, budget: int, limit: int) -> list[list]:
         """Changes fitting ``budget`` [bytes], least transmitted first; each counts one more transmission."""
@@ -346,7 +347,7 @@ class BroadcastQueue:
             used += item[1]
             out.append(item[2])
             item[0] += 1
-            if item[0] >= limit:
+            if item[0] >= (item[3] or limit):
                 del self._items[key]
         return out
 
@@ -415,6 +416,9 @@ class Swim:
         self._index = 0
         self._next_probe = 0.0
         self._next_gossip = 0.0
+        self._next_housekeeping = 0.0
+        self._size = 1  # live members and us, recounted every second (see _housekeeping)
+        self._gossip_targets: list[Member] = []
         self.queue.put(self.node_id, self.me.to_wire())
 
     # Outputs.
@@ -450,8 +454,8 @@ class Swim:
     # Members.
 
     def size(self) -> int:
-        """Members counted for timeouts and retransmits: the live ones and us."""
-        return 1 + sum(1 for m in self.members.values() if m.state in (ALIVE, SUSPECT))
+        """Members counted for timeouts and retransmits: the live ones and us (recounted every second)."""
+        return self._size
 
     def live(self) -> list[Member]:
         """Alive and suspect members with a URL (those that may be probed or asked to relay)."""
@@ -539,6 +543,7 @@ class Swim:
             if entry.left:
                 return False  # a goodbye from someone we never knew
             known = self.members[entry.node_id] = Member(entry, state, entry.incarnation, now)
+            self._size += 1
             self.tombstones.pop(entry.node_id, None)
             if entry.url:  # a newcomer goes at a random place of this pass (memberlist state.go aliveNode)
                 self._order.insert(self.rng.randint(self._index, len(self._order)), entry.node_id)
@@ -591,8 +596,14 @@ class Swim:
     # Rewards.
 
     def broadcast_reward(self, record: dict) -> None:
-        """Queue a reward record (its wire map) for piggybacked dissemination."""
-        self.queue.put("r:" + str(record.get("id")), ["r", record])
+        """Queue a reward record (its wire map) for piggybacked dissemination, ``retransmit_mult`` times.
+
+        Fewer than a membership change (no log N factor): the issuer already
+        pushes each record to every member it knows, so this only repairs
+        misses, and every copy beyond the first is a duplicate at the
+        receiver (issue 14: duplicates under a small constant per record).
+        """
+        self.queue.put("r:" + str(record.get("id")), ["r", record], self.config.retransmit_mult)
 
     # Messages.
 
@@ -692,7 +703,9 @@ class Swim:
             self._next_gossip = now + cfg.gossip_interval_s
         if now >= self._next_gossip and not len(self.queue):
             self._next_gossip = now  # gossip at once when a change comes
-        self._forget(now)
+        if now >= self._next_housekeeping:
+            self._housekeeping(now)
+            self._next_housekeeping = now + 1.0
 
     def _start_probe(self, now: float) -> None:
         target = self._next_target()
@@ -743,27 +756,37 @@ class Swim:
             self.on_suspect(probe.target, member.incarnation, self.node_id, now)
 
     def _gossip(self, now: float) -> None:
-        # Members dead for under 20 periods get gossip too, so a live one wrongly declared dead hears it and refutes.
-        horizon = now - 20 * self.config.probe_interval_s
-        members = [
-            m
-            for m in self.members.values()
-            if m.entry.url and (m.state in (ALIVE, SUSPECT) or (m.state == DEAD and m.since >= horizon))
-        ]
+        members = self._gossip_targets
         for member in self.rng.sample(members, min(self.config.gossip_nodes, len(members))):
             changes = self.queue.take(self.config.max_changes_bytes, self._limit())
             if not changes:
                 break
             self._sends.append(Send(member.entry.url, {"t": "gossip", "from": self.node_id, "c": changes}))
 
-    def _forget(self, now: float) -> None:
+    def _housekeeping(self, now: float) -> None:
+        """Once a second: forget long-dead members, recount the live ones, refresh the gossip targets.
+
+        Not per tick: these walk every member, and at N = 500 a walk per tick per node was most of the CPU.
+        """
         horizon = now - self.config.forget_after_s
+        recent = now - 20 * self.config.probe_interval_s
+        live = 1
+        targets = []
         for node_id, member in list(self.members.items()):
-            if member.state in (DEAD, LEFT) and member.since < horizon:
+            if member.state in (ALIVE, SUSPECT):
+                live += 1
+                if member.entry.url:
+                    targets.append(member)
+            elif member.state == DEAD and member.since >= recent and member.entry.url:
+                # Recently dead members get gossip too, so a live one wrongly declared dead hears it and refutes.
+                targets.append(member)
+            elif member.since < horizon:
                 del self.members[node_id]
                 self.tombstones[node_id] = member.incarnation
                 if len(self.tombstones) > 65536:
                     self.tombstones.pop(next(iter(self.tombstones)))
+        self._size = live
+        self._gossip_targets = targets
 
     # Push-pull (full state sync, over a stream connection).
 

@@ -1,0 +1,479 @@
+"""The asyncio layer around the SWIM core: datagrams, timers, push-pull, the peer table.
+
+:class:`SwimMembership` drives :class:`~dellm_p2p.membership.swim.Swim`:
+it sends the core's messages as UDP datagrams (on the port of the node's
+``ws://`` URL; see ``SWIM datagrams`` in :mod:`dellm_p2p.protocol`), feeds it
+received ones and the time, and applies its events to the
+:class:`~dellm_p2p.peer_table.PeerTable` that routing, ``dellm peers`` and the
+dashboard read. Probes go over UDP, not the pooled websockets: SWIM probes
+every member in turn, and at N = 500 a pool of 64 connections would open a
+new connection for almost every probe (a TCP and hello handshake on both
+sides, the cost that made bench_scale's gossip CPU-bound before).
+
+Full state goes over the websocket as ``sync`` push-pull: at start with
+every bootstrap URL (the join), with any node heard of by mDNS or an inbound
+hello that the core does not know, and every ``push_pull_interval_s`` ×
+:func:`push_pull_scale` with one random live member (memberlist's
+pushPullScale: the interval grows with log N so a node's sync traffic does
+not grow with N).
+
+Reward records: the issuer pushes them to every member over websockets (as
+before); a node that applies one queues it in the core, which piggybacks it
+``retransmit_mult`` times (:meth:`Swim.broadcast_reward`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import msgpack
+
+from ..client import PeerError
+from ..discovery import Announcement
+from ..peer_table import PeerState, PeerTable
+from ..protocol import Hello, Members, RewardRecord, Sync
+from .gossip import Membership, PeerPool
+from .swim import (
+    COUNTERS,
+    DEAD,
+    LEFT,
+    Acked,
+    MemberChanged,
+    RewardsReceived,
+    Swim,
+    SwimConfig,
+)
+
+if TYPE_CHECKING:
+    from ..identity import Identity
+    from .fitness import FitnessBook
+
+log = logging.getLogger(__name__)
+
+MAC_BYTES = 16
+MAC_CONTEXT = b"dellm-swim/1\x00"
+DROP_ENV = "DELLM_BENCH_DROP_RATE"  # benchmarks only: drop this share of outgoing SWIM datagrams on purpose
+_STATES = {"alive": PeerState.ALIVE, "suspect": PeerState.SUSPECT, "dead": PeerState.DEAD, "left": PeerState.LEFT}
+
+
+def push_pull_scale(interval_s: float, n: int) -> float:
+    """The push-pull interval [s] among ``n`` members: ``interval_s`` up to 32, then × (ceil(log2 n − 5) + 1).
+
+    memberlist util.go pushPullScale (its threshold is 32 too).
+    """
+    if n <= 32:
+        return interval_s
+    return interval_s * (math.ceil(math.log2(n) - 5) + 1)
+
+
+def udp_address(url: str) -> tuple[str, int] | None:
+    """The (host, port) a member's SWIM datagrams go to: its ``ws://`` URL's host and port."""
+    try:
+        parts = urlsplit(url)
+        return (parts.hostname or "", parts.port or 0) if parts.hostname and parts.port else None
+    except ValueError:
+        return None
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, owner: SwimMembership):
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.owner._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable from a dead member: expected
+        log.debug("SWIM datagram error: %s", exc)
+
+
+class SwimMembership:
+    """Keeps a node's peer table current with SWIM; same hooks as :class:`~dellm_p2p.membership.gossip.Membership`.
+
+    Args:
+        node_id, name, url: who we are (``url`` ``None``: a coordinator,
+            which probes but is never probed; it binds an ephemeral port).
+        identity: our key pair (signs our member entry).
+        model, capacity: what we serve (in the signed entry).
+        table: the peer table to maintain.
+        pool: websocket pool (push-pull, reward pushes).
+        bootstrap: ``ws://`` URLs to push-pull with until one answers.
+        in_flight: returns our requests in flight (reported in acks).
+        config: SWIM timing (:class:`SwimConfig`).
+        push_pull_interval_s: base push-pull interval [s] (memberlist: 30 s).
+        rpc_timeout_s: deadline of one push-pull [s].
+        cluster_key: authenticates datagrams (HMAC-SHA256, 16 bytes).
+        drop_rate: share of outgoing datagrams dropped on purpose
+            (benchmarks; default from ``DELLM_BENCH_DROP_RATE``, else 0).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        name: str,
+        url: str | None,
+        identity: Identity,
+        model: str | None,
+        capacity: int,
+        table: PeerTable,
+        pool: PeerPool,
+        bootstrap: list[str] | None = None,
+        in_flight: Callable[[], int] = lambda: 0,
+        config: SwimConfig | None = None,
+        push_pull_interval_s: float = 30.0,
+        rpc_timeout_s: float = 3.0,
+        cluster_key: bytes | None = None,
+        drop_rate: float | None = None,
+    ):
+        if identity.node_id != node_id:
+            raise ValueError(f"identity {identity.node_id} does not match node id {node_id}")
+        self.node_id, self.name, self.url = node_id, name, url
+        self.identity = identity
+        self.table = table
+        table.detect = False
+        self.pool = pool
+        self.bootstrap = [u for u in (bootstrap or []) if u != url]
+        self.in_flight = in_flight
+        self.push_pull_interval_s = push_pull_interval_s
+        self.rpc_timeout_s = rpc_timeout_s
+        self.cluster_key = cluster_key
+        self.drop_rate = float(os.environ.get(DROP_ENV, "0") or 0) if drop_rate is None else drop_rate
+        self.core = Swim(
+            identity,
+            url=url,
+            name=name,
+            model=model,
+            capacity=capacity,
+            incarnation=time.time_ns() // 1_000_000,  # a restart outbids every claim about the previous run
+            config=config,
+        )
+        self._fitness: FitnessBook | None = None
+        self.refusals: dict[str, str] = {}
+        self.datagram_bytes = [0, 0]  # sent, received
+        self.bad_datagrams = 0
+        self.dropped_on_purpose = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._joining: set[str] = set()
+        self._addrs: dict[str, tuple[str, int] | None] = {}
+        self._rng = random.Random()
+        self._next_sweep = 0.0
+
+    # Compatibility with Membership's attributes read elsewhere.
+
+    @property
+    def incarnation(self) -> int:
+        return self.core.me.incarnation
+
+    @property
+    def model(self) -> str | None:
+        return self.core.me.model
+
+    @property
+    def capacity(self) -> int:
+        return self.core.me.capacity
+
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes sent: pooled websockets and SWIM datagrams [bytes]."""
+        return self.pool.bytes_sent + self.datagram_bytes[0]
+
+    @property
+    def bytes_received(self) -> int:
+        """Payload bytes received: pooled websockets and SWIM datagrams [bytes]."""
+        return self.pool.bytes_received + self.datagram_bytes[1]
+
+    def counters(self) -> dict[str, int]:
+        """SWIM counters as ``stats`` fields (see ``stats`` in :mod:`dellm_p2p.protocol`)."""
+        c = self.core.counters
+        return {
+            **{k: c[k] for k in COUNTERS if k.startswith("member_")},
+            "swim_probes": c["probes"],
+            "swim_probes_failed": c["probes_failed"],
+            "swim_awareness": self.core.awareness,
+            "swim_bad_datagrams": self.bad_datagrams,
+        }
+
+    @property
+    def fitness(self) -> FitnessBook | None:
+        """The fitness book; once set, records it applies ride on SWIM messages."""
+        return self._fitness
+
+    @fitness.setter
+    def fitness(self, fitness: FitnessBook | None) -> None:
+        self._fitness = fitness
+        if fitness is not None:
+            fitness.broadcast = self._broadcast_rewards
+
+    def _broadcast_rewards(self, records: list[RewardRecord]) -> None:
+        for record in records:
+            self.core.broadcast_reward(record.model_dump())
+        self._wake.set()
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        """Bind the datagram socket, start the timers and join (push-pull with the bootstrap peers)."""
+        loop = asyncio.get_running_loop()
+        if self.url is not None:
+            local = udp_address(self.url)
+            host = local[0] if local else "127.0.0.1"
+            bind = ("0.0.0.0" if host not in ("127.0.0.1", "localhost") else host, local[1] if local else 0)
+        else:  # a coordinator: any port, answers come back to it
+            loopback = all((udp_address(u) or ("",))[0] in ("127.0.0.1", "localhost") for u in self.bootstrap)
+            bind = ("127.0.0.1" if loopback else "0.0.0.0", 0)
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), local_addr=bind)
+        self._spawn(self._run(), "dellm-swim")
+        self._spawn(self._push_pull_loop(), "dellm-swim-sync")
+        for url in self.bootstrap:
+            self._join(url)
+
+    async def close(self, goodbye_timeout_s: float = 1.0) -> None:
+        """Gossip our signed *left* entry to a few members (bounded), then stop."""
+        self.core.leave()
+        live = self.core.live()
+        for member in self._rng.sample(live, min(len(live), 3 * self.core.config.gossip_nodes)):
+            self._send(member.entry.url, {"t": "gossip", "from": self.node_id, "c": [self.core.me.to_wire()]})
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(goodbye_timeout_s):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
+        await self.pool.close()
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self.core.load = self.in_flight()
+                now = loop.time()
+                self.core.tick(now)
+                self._flush()
+                if now >= self._next_sweep:  # forgets old dead/left rows only; walks every row: once a second
+                    self._next_sweep = now + 1.0
+                    self.table.sweep()
+            except Exception:  # one bad tick must not stop failure detection
+                log.exception("SWIM tick failed")
+            self._wake.clear()
+            wait = min(1.0, max(0.0, self.core.next_deadline() - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    # Datagrams.
+
+    def _on_datagram(self, data: bytes, addr: Any) -> None:
+        self.datagram_bytes[1] += len(data)
+        if self.cluster_key is not None:
+            mac, data = data[:MAC_BYTES], data[MAC_BYTES:]
+            if not hmac.compare_digest(mac, self._mac(data)):
+                self.bad_datagrams += 1
+                return
+        try:
+            message = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception:  # msgpack raises several unrelated types on garbage
+            self.bad_datagrams += 1
+            return
+        try:
+            self.core.handle(message, addr, asyncio.get_running_loop().time())
+            self._flush()
+        except Exception:
+            log.exception("SWIM message from %s failed", addr)
+
+    def _mac(self, payload: bytes) -> bytes:
+        assert self.cluster_key is not None
+        return hmac.new(self.cluster_key, MAC_CONTEXT + payload, hashlib.sha256).digest()[:MAC_BYTES]
+
+    def _send(self, to: Any, message: dict) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        if isinstance(to, str):
+            if to not in self._addrs:
+                if len(self._addrs) > 8192:
+                    self._addrs.clear()
+                self._addrs[to] = udp_address(to)
+            addr = self._addrs[to]
+            if addr is None:
+                return
+        else:
+            addr = to
+        if self.drop_rate and self._rng.random() < self.drop_rate:
+            self.dropped_on_purpose += 1
+            return
+        payload = msgpack.packb(message, use_bin_type=True)
+        if self.cluster_key is not None:
+            payload = self._mac(payload) + payload
+        self.datagram_bytes[0] += len(payload)
+        self._transport.sendto(payload, addr)
+
+    def _flush(self) -> None:
+        for send in self.core.take_sends():
+            self._send(send.to, send.message)
+        events = self.core.take_events()
+        for event in events:
+            if isinstance(event, MemberChanged):
+                self._apply(event)
+            elif isinstance(event, Acked):
+                peer = self.table.get(event.node_id)
+                if peer is not None:
+                    rtt_ms, a = event.rtt_s * 1000, self.table.rtt_alpha
+                    peer.rtt_ms = rtt_ms if peer.rtt_ms is None else (1 - a) * peer.rtt_ms + a * rtt_ms
+                    peer.in_flight = event.load
+                    peer.last_seen = self.table.clock()
+            elif isinstance(event, RewardsReceived) and self.fitness is not None:
+                self.fitness.receive_raw(event.records)
+
+    def _apply(self, event: MemberChanged) -> None:
+        entry = event.entry
+        state = _STATES[event.state]
+        before = self.table.apply_member(
+            entry.node_id,
+            state,
+            url=entry.url,
+            public_key=entry.public_key,
+            name=entry.name,
+            model=entry.model,
+            capacity=entry.capacity,
+            incarnation=event.incarnation,
+        )
+        if state is PeerState.DEAD and before is not PeerState.DEAD and entry.url:
+            self._spawn(self.pool.drop(entry.url, f"peer {entry.node_id} is dead (SWIM)"), "dellm-swim-drop")
+        elif before is None and state is PeerState.ALIVE and entry.url and entry.model and self.url is None:
+            # A coordinator routes at once and wants every model peer's RTT; probes measure one member
+            # per period, so it pings a newcomer once (nodes do not: 500 joining nodes pinging each
+            # other would be a connection storm; their acks give RTTs within a pass).
+            self._spawn(self._measure(entry.node_id, entry.url), "dellm-swim-rtt")
+
+    async def _measure(self, node_id: str, url: str) -> None:
+        with contextlib.suppress(PeerError, TimeoutError):
+            async with asyncio.timeout(self.rpc_timeout_s):
+                client = await self.pool.get(url)
+                rtt_ms = await client.ping(self.rpc_timeout_s)
+                peer = self.table.get(node_id)
+                if peer is not None and peer.rtt_ms is None:
+                    peer.rtt_ms = rtt_ms
+
+    # Push-pull.
+
+    def on_sync(self, message: Sync) -> Sync:
+        """A peer's ``sync`` push: merge what it sent, answer with our digest and what its digest lacks."""
+        now = asyncio.get_running_loop().time()
+        self.core.apply_changes(message.changes, now, sync=True)
+        changes = self.core.newer_than(message.digest) if message.digest else []
+        digest = self.core.digest() if message.digest else []
+        self._flush()
+        return Sync.model_construct(nonce=message.nonce, reply=True, digest=digest, changes=changes)
+
+    def on_members(self, message: Members) -> Members:
+        """Heartbeat gossip from a node of the older membership: answered empty (rewards still applied)."""
+        if self.fitness is not None and message.rewards:
+            self.fitness.receive(message.rewards)
+        return Members.model_construct(nonce=message.nonce, reply=True, entries=[], beats=[], want=[], rewards=[])
+
+    async def push_pull(self, url: str) -> bool:
+        """One full exchange with the node at ``url``; False when it failed (logged once per cause)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.rpc_timeout_s):
+                client = await self.pool.get(url)
+                reply = await client.sync(self.core.digest(), [], self.rpc_timeout_s)
+                self.core.apply_changes(reply.changes, loop.time(), sync=True)
+                missing = self.core.newer_than(reply.digest)
+                if missing:
+                    await client.sync([], missing, self.rpc_timeout_s)
+                self._flush()
+        except (PeerError, TimeoutError) as exc:
+            why = str(exc) or f"no reply within {self.rpc_timeout_s:g} s"
+            if self.refusals.get(url) != why:
+                log.warning("push-pull with %s failed: %s", url, why)
+            self.refusals[url] = why
+            await self.pool.drop(url, f"push-pull failed: {why}")
+            return False
+        self.refusals.pop(url, None)
+        return True
+
+    def _join(self, url: str) -> None:
+        if url in self._joining or url == self.url:
+            return
+        self._joining.add(url)
+        self._spawn(self._join_until_answered(url), "dellm-swim-join")
+
+    async def _join_until_answered(self, url: str, tries: int = 30) -> None:
+        try:
+            delay = 0.5
+            for _ in range(tries):
+                if await self.push_pull(url):
+                    return
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+        finally:
+            self._joining.discard(url)
+
+    async def _push_pull_loop(self) -> None:
+        while True:
+            interval = push_pull_scale(self.push_pull_interval_s, self.core.size())
+            await asyncio.sleep(interval * self._rng.uniform(0.5, 1.5))  # jittered: no synchronized bursts
+            live = self.core.live()
+            if live:
+                await self.push_pull(self._rng.choice(live).entry.url)
+            elif self.bootstrap:
+                await self.push_pull(self._rng.choice(self.bootstrap))
+
+    # Hooks called by the server and by mDNS discovery.
+
+    def on_hello(self, hello: Hello) -> None:
+        """A peer connected to us: push-pull with it if the core does not know it yet."""
+        if hello.url and hello.node_id != self.node_id and hello.node_id not in self.core.members:
+            self._join(hello.url)
+
+    def on_found(self, found: Announcement) -> None:
+        """mDNS found a peer: push-pull with it if unknown (or not alive)."""
+        member = self.core.members.get(found.node_id)
+        if found.node_id != self.node_id and (member is None or member.state in (DEAD, LEFT)):
+            self._join(found.url)
+
+    def on_removed(self, node_id: str) -> None:
+        """mDNS goodbye: its signed *left* entry arrives by gossip; nothing to do here."""
+
+
+def membership_for(config: Any, **kwargs: Any) -> Membership | SwimMembership:
+    """The membership ``config.membership`` names (a :class:`~dellm_p2p.config.NodeConfig`), built from ``kwargs``.
+
+    ``kwargs``: node_id, name, url, model, capacity, table, pool, in_flight,
+    identity, cluster_key; bootstrap peers and timings come from ``config``.
+    """
+    cluster_key = kwargs.pop("cluster_key", None)
+    if config.membership == "gossip":
+        return Membership(
+            **kwargs,
+            bootstrap=config.peers,
+            gossip_interval_s=config.gossip_interval_s,
+            fanout=config.fanout,
+        )
+    swim = SwimConfig(probe_interval_s=config.probe_interval_s, probe_timeout_s=config.probe_interval_s / 2)
+    return SwimMembership(
+        **kwargs,
+        bootstrap=config.peers,
+        config=swim,
+        push_pull_interval_s=config.push_pull_interval_s,
+        cluster_key=cluster_key,
+    )

@@ -1,0 +1,113 @@
+"""SWIM membership's asyncio layer (dellm_p2p.membership.service) with in-process nodes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+
+from dellm_p2p.config import NodeConfig
+from dellm_p2p.identity import Identity
+from dellm_p2p.membership import SwimMembership
+from dellm_p2p.membership.service import push_pull_scale, udp_address
+from dellm_p2p.membership.swim import SignedEntry
+from dellm_p2p.node import Node
+from dellm_p2p.peer_table import PeerState
+
+
+def config(tmp_path, i: int, peers: list[str]) -> NodeConfig:
+    return NodeConfig(
+        name=f"s{i}", engine="none", mdns=False, port=0, state_dir=tmp_path / f"s{i}", peers=peers, membership="swim"
+    )
+
+
+async def until(check, timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def nodes(tmp_path):
+    first = Node(config(tmp_path, 0, []))
+    await first.start()
+    started = [first]
+    try:
+        for i in range(1, 4):
+            node = Node(config(tmp_path, i, [first.url]))
+            await node.start()
+            started.append(node)
+        yield started
+    finally:
+        for node in started:
+            await node.close(0)
+
+
+def alive_everywhere(nodes: list[Node]) -> bool:
+    return all(
+        sum(1 for p in n.table.records() if p.state is PeerState.ALIVE) == len(nodes) - 1 for n in nodes if n.table
+    )
+
+
+async def test_nodes_converge_and_a_crashed_one_turns_dead_then_forged_datagrams_are_dropped(nodes):
+    assert all(isinstance(n.membership, SwimMembership) for n in nodes)
+    await until(lambda: alive_everywhere(nodes))
+    victim = nodes[3]
+    membership = victim.membership
+    membership._transport.abort()  # a crash: no goodbye, no more acks
+    for task in list(membership._tasks):
+        task.cancel()
+    others = nodes[:3]
+    await until(lambda: all(n.table.get(victim.node_id).state is PeerState.DEAD for n in others), 15)
+    assert all(victim.node_id not in {p.node_id for p in n.table.alive()} for n in others)
+    # A forged entry for node 1 (its id, another URL, someone else's signature) pushed to node 0 is dropped.
+    target, liar = nodes[0], Identity.generate()
+    real = nodes[1].membership.core.me
+    fake = SignedEntry.signed(liar, url="ws://127.0.0.1:9", name="x", model=None, capacity=0,
+                              incarnation=real.incarnation + 9, left=False)  # fmt: skip
+    forged = [fake.to_wire()[0], real.node_id, *fake.to_wire()[2:4], real.public_key, *fake.to_wire()[5:]]
+    sock = udp_address(target.url)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=sock)
+    transport.sendto(msgpack.packb({"t": "gossip", "from": liar.node_id, "c": [forged]}, use_bin_type=True))
+    transport.sendto(b"\xc1 not msgpack")
+    transport.close()
+    await until(lambda: target.membership.counters()["member_forged"] >= 1)
+    assert target.table.get(real.node_id).url == real.url
+    stats = target.server.stats()
+    assert stats.member_forged >= 1 and stats.swim_bad_datagrams >= 1 and stats.swim_probes > 0
+
+
+async def test_clean_stop_is_left_and_a_restart_is_alive_again(tmp_path, nodes):
+    await until(lambda: alive_everywhere(nodes))
+    leaver = nodes.pop()
+    old_incarnation = leaver.membership.incarnation
+    await leaver.close(0)
+    await until(lambda: all(n.table.get(leaver.node_id).state is PeerState.LEFT for n in nodes))
+    again = Node(config(tmp_path, 3, [nodes[0].url]))
+    await again.start()
+    nodes.append(again)
+    assert again.node_id == leaver.node_id and again.membership.incarnation > old_incarnation
+    await until(lambda: alive_everywhere(nodes))
+
+
+async def test_reward_records_ride_on_swim_with_few_duplicates(nodes):
+    await until(lambda: alive_everywhere(nodes))
+    issuer = nodes[3]
+    records = issuer.fitness.issue("c1", {nodes[1].node_id: 0.05})
+    for record in records:
+        issuer.fitness.apply(record)
+    # The issuer pushes to one node only; the others get it from piggybacked dissemination.
+    client = await issuer.membership.pool.get(nodes[0].url)
+    await client.rewards(records)
+    await until(lambda: all(n.fitness.applied >= 1 for n in nodes), 10)
+    await asyncio.sleep(3)  # let the retransmissions run out
+    assert all(n.fitness.duplicates_max <= 2 * 4 for n in nodes)  # about retransmit_mult copies, not N
+    assert all(n.server.stats().rewards_duplicate_max == n.fitness.duplicates_max for n in nodes)
+
+
+def test_push_pull_interval_grows_with_log_n():
+    assert push_pull_scale(30, 10) == 30
+    assert push_pull_scale(30, 50) == 60
+    assert push_pull_scale(30, 500) == 150
