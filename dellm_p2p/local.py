@@ -47,6 +47,7 @@ class NodeProcess:
         if "--host" not in args:
             args += ["--host", "127.0.0.1"]
         self.args = args
+        self.extra_env = dict(env or {})  # to restart it the same way
         self.url = ""
         self.model = ""
         self.node_id = ""

@@ -197,6 +197,8 @@ class NodeSlot:
     rss_end: int | None = None
     rss_series: list[tuple[float, int | None]] = field(default_factory=list)  # (s into the run, bytes) per tick
     restarted: bool = False
+    variant: str = ""  # the extra environment it was started with (--node-env)
+    memory: Any = None  # soak_memory.MemorySeries when --sample-every is on
 
     def pid(self) -> int | None:
         if self.process is not None:
@@ -204,8 +206,36 @@ class NodeSlot:
         return listening_pid(self.url)
 
 
-def start_nodes(count: int, peers: list[str], state_root: Path, max_concurrency: int) -> list[NodeSlot]:
-    """Spawn ``count`` nodes (not waiting for them); each bootstraps from ``peers`` and the others."""
+def node_envs(specs: list[str], count: int) -> list[dict[str, str]]:
+    """Per started node, the extra environment of ``--node-env`` specs.
+
+    ``KEY=VALUE`` applies to every node started here; ``L:KEY=VALUE`` only to node
+    ``soak-L`` (``a`` is the first). Raises ``ValueError`` on a malformed spec."""
+    envs: list[dict[str, str]] = [{} for _ in range(count)]
+    for spec in specs:
+        target, sep, assignment = spec.partition(":")
+        if not sep or "=" in target:
+            target, assignment = "", spec
+        key, eq, value = assignment.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--node-env {spec!r}: expected KEY=VALUE or L:KEY=VALUE")
+        if target:
+            index = ord(target.lower()) - ord("a") if len(target) == 1 else -1
+            if not 0 <= index < count:
+                raise ValueError(f"--node-env {spec!r}: no node soak-{target} among {count} started")
+            envs[index][key] = value
+        else:
+            for env in envs:
+                env[key] = value
+    return envs
+
+
+def start_nodes(
+    count: int, peers: list[str], state_root: Path, max_concurrency: int, envs: list[dict[str, str]] | None = None
+) -> list[NodeSlot]:
+    """Spawn ``count`` nodes (not waiting for them); each bootstraps from ``peers`` and the others.
+
+    ``envs[i]`` is node i's extra environment (see :func:`node_envs`)."""
     from dellm_p2p.local import NodeProcess
 
     ports = free_ports(count)
@@ -225,7 +255,9 @@ def start_nodes(count: int, peers: list[str], state_root: Path, max_concurrency:
         for other in [*peers, *urls]:
             if other != urls[i]:
                 args += ["--peer", other]
-        slots.append(NodeSlot(name, urls[i], NodeProcess(args)))
+        env = envs[i] if envs else {}
+        variant = ", ".join(f"{k}={v}" for k, v in env.items())
+        slots.append(NodeSlot(name, urls[i], NodeProcess(args, env=env), variant=variant))
     return slots
 
 
@@ -251,6 +283,7 @@ class Tally:
     unclear: Counter = field(default_factory=Counter)  # failures that were not a SwarmError
     hung: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    answered_at_s: list[float] = field(default_factory=list)  # seconds into the run, per answer
     peer_failures: Counter = field(default_factory=Counter)  # survived chunk/synthesis failures, by peer name
     synthesis_fallbacks: int = 0
     in_flight: int = 0
@@ -303,6 +336,7 @@ async def client_loop(
         else:
             tally.answered += 1
             tally.latencies_ms.append((loop.time() - started) * 1000)
+            tally.answered_at_s.append(loop.time() - state["t0"])
             tally.correct += fold(capital) in fold(answer.text)
             for trace in answer.chunks:
                 for peer_id, _ in trace.failures:
@@ -331,7 +365,7 @@ async def kill_and_restart(victim: NodeSlot, at: float, state: dict, swarms: lis
     timeline["killed_s"] = round(loop.time() - state["t0"], 2)
     timeline["in_flight_at_kill"] = state["tally"].in_flight
     progress(f"SIGKILLed {victim.name} ({victim.node_id}); restarting it with the same state dir and port")
-    victim.process = NodeProcess(victim.process.args)
+    victim.process = NodeProcess(victim.process.args, env=victim.process.extra_env)
     victim.restarted = True
     try:
         await asyncio.to_thread(victim.process.wait_ready, state["node_timeout"])
@@ -401,6 +435,22 @@ async def report_progress(tally: Tally, t0: float, slots: list[NodeSlot], every_
         )
 
 
+async def sample_memory(slots: list[NodeSlot], t0: float, every_s: float) -> None:
+    """Every ``every_s`` [s] (and once at the start), each node's memory by role into ``slot.memory``."""
+    from soak_memory import MemorySample, MemorySeries, sample_tree
+
+    loop = asyncio.get_running_loop()
+    for slot in slots:
+        slot.memory = MemorySeries(slot.name)
+    while True:
+        at = round(loop.time() - t0, 1)
+        for slot in slots:
+            pid = slot.pid()
+            roles = await asyncio.to_thread(sample_tree, pid) if pid else None
+            slot.memory.samples.append(MemorySample(at, roles))
+        await asyncio.sleep(every_s)
+
+
 async def soak(args: argparse.Namespace, slots: list[NodeSlot]) -> dict[str, Any]:
     from dellm_p2p.client import PeerClient
     from dellm_p2p.security import cluster_key_from_env
@@ -434,6 +484,7 @@ async def soak(args: argparse.Namespace, slots: list[NodeSlot]) -> dict[str, Any
         state["victim_id"] = victim.node_id
         killer = asyncio.create_task(kill_and_restart(victim, t0 + args.kill_at, state, swarms, timeline))
     reporter = asyncio.create_task(report_progress(tally, t0, slots))
+    sampler = asyncio.create_task(sample_memory(slots, t0, args.sample_every)) if args.sample_every else None
     progress(
         f"{args.clients} clients on {args.swarms} coordinator(s) asking for {args.duration:g} s against "
         f"{len(slots)} node(s)" + (f"; {victim.name} is killed at {args.kill_at:g} s" if killer else "")
@@ -444,6 +495,9 @@ async def soak(args: argparse.Namespace, slots: list[NodeSlot]) -> dict[str, Any
                 swarm = swarms[number % len(swarms)]
                 group.create_task(client_loop(number, swarm, questions, tally, args, end, names, state))
         load_s = loop.time() - t0
+        if sampler is not None:  # the last sample closes the load window
+            sampler.cancel()
+            await sample_memory_once(slots, loop.time() - t0)
         progress(f"load done after {load_s:.1f} s; {tally.sent} questions sent")
         if killer is not None:
             try:
@@ -454,6 +508,8 @@ async def soak(args: argparse.Namespace, slots: list[NodeSlot]) -> dict[str, Any
                 timeline["probe"] = await probe_victim(swarms, questions, victim.node_id, args)
     finally:
         reporter.cancel()
+        if sampler is not None:
+            sampler.cancel()
         if killer is not None and not killer.done():
             killer.cancel()
         for swarm in swarms:
@@ -512,7 +568,42 @@ async def soak(args: argparse.Namespace, slots: list[NodeSlot]) -> dict[str, Any
             for s in slots
         ],
         "coordinator_rss_bytes": {"start": own_rss_start, "end": own_rss_end},
+        "memory": memory_result(slots, tally, load_s, args.sample_every),
         "nothing_lost": nothing_lost,
+    }
+
+
+async def sample_memory_once(slots: list[NodeSlot], at_s: float) -> None:
+    """One more reading of every node (the end of the load)."""
+    from soak_memory import MemorySample, sample_tree
+
+    for slot in slots:
+        if slot.memory is not None:
+            pid = slot.pid()
+            roles = await asyncio.to_thread(sample_tree, pid) if pid else None
+            slot.memory.samples.append(MemorySample(round(at_s, 1), roles))
+
+
+def memory_result(slots: list[NodeSlot], tally: Tally, load_s: float, every_s: float) -> dict[str, Any] | None:
+    """The ``memory`` part of the result: samples, per-role summary and throughput by half (``None`` if off)."""
+    from soak_memory import throughput_halves
+
+    if not every_s:
+        return None
+    return {
+        "every_s": every_s,
+        "throughput": throughput_halves(tally.answered_at_s, load_s),
+        "nodes": [
+            {
+                "name": s.name,
+                "variant": s.variant,
+                "restarted": s.restarted,
+                "summary": s.memory.summary(load_s),
+                "samples": [{"at_s": m.at_s, "roles": m.roles} for m in s.memory.samples],
+            }
+            for s in slots
+            if s.memory is not None
+        ],
     }
 
 
@@ -588,6 +679,9 @@ def report(result: dict[str, Any]) -> None:
             for reason, count in group.items():
                 reasons.add_row(str(count), kind, reason)
         console.print(reasons)
+    from soak_memory import report_memory
+
+    report_memory(result)
 
 
 # --------------------------------------------------------------------------- main
@@ -611,6 +705,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help=f"default {DATA_DIR}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
+    parser.add_argument(
+        "--sample-every",
+        type=float,
+        default=60.0,
+        help="memory by role (node, engine core, worker) every N s, with slopes; 0 = off (default 60)",
+    )
+    parser.add_argument(
+        "--node-env",
+        action="append",
+        default=[],
+        metavar="[L:]KEY=VALUE",
+        help="extra environment for the nodes started here, or only node soak-L (repeatable; for A/B runs)",
+    )
     args = parser.parse_args(argv)
     if args.nodes is None:
         args.nodes = 1 if args.peer else 3
@@ -623,6 +730,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.kill_at < args.duration:
         parser.error("--kill-at must be within the run")
     args.swarms = min(args.swarms, args.clients)
+    if args.sample_every < 0:
+        parser.error("--sample-every must be >= 0")
+    try:
+        args.node_envs = node_envs(args.node_env, args.nodes)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -644,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.nodes:
             progress(f"starting {args.nodes} node(s) with the default model (up to {args.node_timeout:g} s)")
-            started = start_nodes(args.nodes, args.peer, Path(state.name), args.max_concurrency)
+            started = start_nodes(args.nodes, args.peer, Path(state.name), args.max_concurrency, args.node_envs)
             slots += started
             deadline = time.monotonic() + args.node_timeout
             for slot in started:

@@ -98,6 +98,51 @@ def test_soak_helpers():
     assert len(pairs) == 194 and pairs[0] == ("What is the capital of Afghanistan?", "Kabul")
 
 
+def test_soak_node_envs():
+    soak = _load_script("soak")
+    envs = soak.node_envs(["A=1", "b:B=x=y", 'c:DELLM_VLLM_ARGS={"k": 1}'], 3)
+    assert envs == [{"A": "1"}, {"A": "1", "B": "x=y"}, {"A": "1", "DELLM_VLLM_ARGS": '{"k": 1}'}]
+    for bad in ("nokey", "d:A=1", "=1", "ab:A=1"):
+        with pytest.raises(ValueError, match="--node-env"):
+            soak.node_envs([bad], 3)
+    with pytest.raises(SystemExit):  # a bad spec is a usage error, not a traceback
+        soak.parse_args(["--node-env", "z:A=1"])
+
+
+def test_soak_memory_slope_and_summary():
+    mem = _load_script("soak_memory")
+    mib = 2**20
+    assert mem.slope_mib_per_min([(0, 0), (60, 10 * mib), (120, 20 * mib)]) == pytest.approx(10.0)
+    assert mem.slope_mib_per_min([(0, 5 * mib)]) is None and mem.slope_mib_per_min([(3, 1), (3, 2)]) is None
+    series = mem.MemorySeries("n")
+    for minute in range(11):  # the worker grows 8 MiB/min for 5 minutes, then levels off
+        worker = (100 + 8 * min(minute, 5)) * mib
+        roles = {"node": {"rss": 50 * mib, "pss": 40 * mib}, "worker": {"rss": worker, "pss": None}}
+        series.samples.append(mem.MemorySample(minute * 60.0, roles))
+    series.samples.append(mem.MemorySample(30.0, None))  # the node was down: skipped
+    summary = series.summary(600.0)
+    assert summary["worker"]["rss"]["slope_first_half_mib_per_min"] == pytest.approx(8.0)
+    assert summary["worker"]["rss"]["slope_second_half_mib_per_min"] == pytest.approx(0.0)
+    assert "pss" not in summary["worker"] and "pss" not in summary["total"]  # unreadable PSS is not summed as 0
+    assert summary["total"]["rss"]["last_bytes"] == 190 * mib
+    assert summary["node"]["pss"]["first_bytes"] == 40 * mib
+    halves = mem.throughput_halves([10.0, 20.0, 30.0, 70.0], 120.0)
+    assert halves == {"first_per_min": 3.0, "second_per_min": 1.0, "ratio": pytest.approx(1 / 3)}
+
+
+def test_soak_memory_samples_this_process_tree():
+    mem = _load_script("soak_memory")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        roles = mem.sample_tree(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert roles["node"]["rss"] > 0 and roles["node"]["pss"] > 0
+    assert roles["other"]["rss"] > 0  # the child is neither an engine core nor a worker
+    assert mem.sample_tree(2**22 + 12345) is None  # no such process
+
+
 @pytest.mark.slow
 def test_soak_tiny(vllm_node, tmp_path):
     """The session node plus one victim the script starts, SIGKILLs at 3 s and restarts (same id and port)."""
@@ -117,3 +162,7 @@ def test_soak_tiny(vllm_node, tmp_path):
     victim = next(n for n in result["nodes"] if n["started_here"])
     assert victim["restarted"] and victim["rss_start_bytes"] and victim["rss_end_bytes"]
     assert timeline["probe"]["asked"] == 2 and not timeline["probe"]["errors"]
+    memory = result["memory"]  # one sample at the start and one at the end of the load, at least
+    assert memory["throughput"]["first_per_min"] is not None
+    peer = next(n for n in memory["nodes"] if n["name"] != victim["name"])
+    assert len(peer["samples"]) >= 2 and {"node", "engine_core", "worker"} <= set(peer["samples"][0]["roles"])
