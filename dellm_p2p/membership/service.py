@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RECEIVE_BUFFER_BYTES = 1 << 20
 MAC_BYTES = 16
 MAC_CONTEXT = b"dellm-swim/1\x00"
 DROP_ENV = "DELLM_BENCH_DROP_RATE"  # benchmarks only: drop this share of outgoing SWIM datagrams on purpose
@@ -235,6 +237,10 @@ class SwimMembership:
             loopback = all((udp_address(u) or ("",))[0] in ("127.0.0.1", "localhost") for u in self.bootstrap)
             bind = ("127.0.0.1" if loopback else "0.0.0.0", 0)
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), local_addr=bind)
+        sock = self._transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):  # the kernel caps it at net.core.rmem_max
+            # A busy event loop reads late; the default ~200 KB holds only ~16 full datagrams (join bursts).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         self._spawn(self._run(), "dellm-swim")
         self._spawn(self._push_pull_loop(), "dellm-swim-sync")
         for url in self.bootstrap:
