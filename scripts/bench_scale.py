@@ -762,6 +762,9 @@ async def wait_converged(workers: list[WorkerHandle], n: int, t0: float, timeout
 
 async def steady_run(workers: list[WorkerHandle], n: int, args: argparse.Namespace) -> dict[str, Any]:
     """``--fp-run-s`` of steady state with ``--drop-rate`` of SWIM datagrams dropped: false positives, bytes, CPU."""
+    if args.steady_warmup_s > 0:  # the joins' changes are still being retransmitted right after convergence
+        progress(f"N={n}: {args.steady_warmup_s:g} s warm-up before the steady run")
+        await asyncio.sleep(args.steady_warmup_s)
     progress(f"N={n}: steady run {args.fp_run_s:g} s, {args.drop_rate:.0%} of SWIM datagrams dropped on purpose")
     await call_all(workers, "steady_start", drop_rate=args.drop_rate)
     await asyncio.sleep(args.fp_run_s)
@@ -869,7 +872,7 @@ def _swarm_state_bytes(frame: bytes | None) -> int:
         swarm.table.observe_all(reply.entries)
         for entry in reply.entries:
             swarm.table.record_rtt(entry.node_id, RNG.uniform(0.2, 50.0))
-        swarm.membership.digest()  # cached: every exchange sends it
+        getattr(swarm.membership, "digest", lambda: None)()  # heartbeat gossip caches it: every exchange sends it
         del reply
     gc.collect()
     current, _ = tracemalloc.get_traced_memory()
@@ -1826,6 +1829,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="steady run watched for false positives, then a crash [s] (default: 60 with --membership-only, else 0)",
     )
     p.add_argument("--drop-rate", type=float, default=0.05, help="SWIM datagrams dropped on purpose in it")
+    p.add_argument("--steady-warmup-s", type=float, default=10.0, help="pause after convergence before it [s]")
     p.add_argument("--detect-timeout-s", type=float, default=60.0, help="deadline for a crash to be seen [s]")
     p.add_argument("--fanout", type=int, default=defaults["fanout"].default)
     p.add_argument("--capacity", type=int, default=defaults["max_concurrency"].default, help="requests per node")
@@ -1887,7 +1891,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.membership_only and not args.fp_run_s:
         args.fp_run_s = 60.0
     if args.quick:
-        args.fp_run_s = min(args.fp_run_s, 5.0)
+        args.fp_run_s, args.steady_warmup_s = min(args.fp_run_s, 5.0), min(args.steady_warmup_s, 1.0)
         args.route_iterations = min(args.route_iterations, 1000)
         args.gossip_reps, args.duration_s, args.concurrency = 1, 2.0, min(args.concurrency, 8)
         args.settle_s, args.converge_timeout_s = 0.5, min(args.converge_timeout_s, 30.0)
