@@ -565,6 +565,12 @@ def fmt(value: Any, spec: str = ".1f", unit: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
 
+# Heartbeat gossip before issue 14 (docs/results.md, 2026-11-29): N -> (converged after last ready [s],
+# bytes/s per node mean, node CPU mean [% of a core]). Failure detection was not measured then; its
+# timeouts were suspect after max(3 s, round × (2 + 2 log2 N)) and dead after 8/3 of that (~61 s at N = 100).
+BEFORE = {10: (0.04, 9348, 0.7), 50: (1.82, 5123, 0.3), 100: (8.31, 6158, 0.3)}
+
+
 def report(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -639,6 +645,16 @@ def report(results: dict[str, Any]) -> None:
         "notes: gossip rounds/s = rise of each node's own heartbeat (one per round) over the window, read with an "
         f"empty members push just outside it; nominal 1/interval = {1 / s['gossip_interval_s']:.1f} rounds/s."
     )
+    for r in results["runs"]:
+        if r["n"] in BEFORE:
+            conv, rate, cpu_pct = BEFORE[r["n"]]
+            st = r.get("steady") or {}
+            print(
+                f"N={r['n']} before (heartbeat gossip, docs/results.md 2026-11-29): converged {conv:.2f} s after last "
+                f"ready, {rate:,} bytes/s per node, node CPU {cpu_pct} % | now ({s['membership']}): "
+                f"{fmt(r.get('convergence_after_last_ready_s'), '.2f')} s, {fmt(st.get('bytes_per_s_mean'), ',.0f')} "
+                f"bytes/s, {fmt((st.get('cpu') or {}).get('mean_pct'), '.2f')} %"
+            )
     for r in results["runs"]:
         st, after = r.get("steady") or {}, r.get("after_window") or {}
         cpu = st.get("cpu") or {}
