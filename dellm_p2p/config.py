@@ -40,6 +40,9 @@ class NodeConfig(BaseSettings):
             every node to core 0.
         cpu_cores: cores a node claims when ``cpu_bind`` is not set.
         vllm_args: extra ``AsyncEngineArgs`` (e.g. ``tensor_parallel_size``).
+        engine_env: environment variables for vLLM's engine processes only
+            (e.g. ``LD_PRELOAD`` or oneDNN settings), over the node's measured
+            CPU defaults (``dellm_p2p.engine.vllm_engine.CPU_ENGINE_ENV``).
         openai_base_url: API root for ``engine = "openai"``.
         openai_model: model on that server (``None`` = the first listed).
         openai_api_key_env: environment variable holding its API key.
@@ -111,6 +114,7 @@ class NodeConfig(BaseSettings):
     cpu_bind: str | None = None
     cpu_cores: int = Field(default=1, ge=1, le=4096)
     vllm_args: dict[str, Any] = Field(default_factory=dict)
+    engine_env: dict[str, str] = Field(default_factory=dict)
     openai_base_url: str | None = None
     openai_model: str | None = None
     openai_api_key_env: str = "OPENAI_API_KEY"

@@ -16,6 +16,7 @@ from .config import NodeConfig
 from .cores import CoreClaim, CoreClaimError, claim_cores, parse_cpu_list
 from .discovery import MdnsDiscovery
 from .engine import Engine
+from .engine.vllm_engine import vllm_on_cpu
 from .identity import Identity, load_identity
 from .membership import FitnessBook, Membership, PeerPool, SwimMembership, membership_for
 from .peer_table import PeerTable
@@ -62,6 +63,8 @@ def build_engine(config: NodeConfig, progress: ProgressCallback) -> Engine | Non
         kv_cache_gib=config.kv_cache_gib,
         cpu_bind=config.cpu_bind,
         engine_kwargs=config.vllm_args,
+        engine_env=config.engine_env,
+        cpu=_vllm_on_cpu(),
     )
 
 
@@ -85,14 +88,7 @@ def _default_dtype() -> str:
     return "float32" if _vllm_on_cpu() else "auto"
 
 
-def _vllm_on_cpu() -> bool:
-    """Whether vLLM will run on the CPU here (no CUDA device)."""
-    try:
-        import torch
-
-        return not torch.cuda.is_available()
-    except ImportError:
-        return True
+_vllm_on_cpu = vllm_on_cpu  # a module global, so tests can pretend either way
 
 
 def claim_cpu_cores(config: NodeConfig) -> CoreClaim | None:
@@ -292,6 +288,19 @@ class Node:
                     await asyncio.to_thread(self.fitness.save)
                 except OSError as exc:
                     log.warning("cannot save fitness: %s", exc)
+
+    async def engine_failure(self, every_s: float = 1.0) -> str:
+        """Wait until the engine can serve no more (:meth:`Engine.failure`) and return its one-line reason.
+
+        Polls every ``every_s`` [s]; never returns for a node without an
+        engine. ``dellm-node`` then leaves the network and exits with status 1,
+        so that peers stop routing to it and a supervisor can restart it.
+        """
+        while True:
+            reason = self.engine.failure() if self.engine is not None else None
+            if reason:
+                return reason
+            await asyncio.sleep(every_s)
 
     def cancel_in_flight(self) -> None:
         """Cancel every request being served (a running :meth:`close` then finishes at once)."""

@@ -142,7 +142,15 @@ async def serve(config: NodeConfig) -> int:
         print(f"http API at {node.http_url}/v1", flush=True)
         print(f"dashboard at {node.http_url}/", flush=True)
     console.print(f"[dim]dellm-node:[/] ready in {time.monotonic() - started:.1f} s; Ctrl-C stops")
-    await stop.wait()
+    failed = asyncio.create_task(node.engine_failure())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if failed.done():
+        console.print(f"dellm-node: error: {failed.result()}; leaving the network (restart the node to serve again)")
+        await node.close(0)
+        return 1
+    failed.cancel()
     console.print(f"[dim]dellm-node:[/] shutting down (in-flight requests get {config.grace_period_s:g} s)")
     closing = asyncio.create_task(node.close())
     forced = asyncio.create_task(force.wait())

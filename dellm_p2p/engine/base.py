@@ -131,6 +131,16 @@ class Engine(abc.ABC):
     def stats(self) -> EngineStats:
         """Counters since start; ``running`` is what the backend still computes."""
 
+    def failure(self) -> str | None:
+        """A one-line reason once the engine can serve no request any more (its
+        process died, e.g. killed by the kernel for memory), else ``None``.
+
+        A node polls it (:meth:`dellm_p2p.node.Node.engine_failure`): a node
+        whose engine is gone would otherwise keep answering every request at
+        once with an error, and being idle and fast, attract more of them.
+        """
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the engine's processes and connections. Idempotent."""

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from .base import (
@@ -28,6 +29,42 @@ log = logging.getLogger(__name__)
 
 # Time the engine core gets beyond its worker's shutdown budget before vLLM kills it [s].
 _SHUTDOWN_MARGIN_S = 3.0
+
+# Environment the engine processes get on a CPU unless this process already sets the variable.
+# oneDNN keeps a global cache of JIT-compiled primitives (default 1,024 entries): one matmul per
+# distinct batch size [tokens] the engine has run, so a node under varied load kept compiling and
+# keeping new ones, and its vLLM worker grew for as long as it served (issue 16: +26 MiB/min after
+# 15 minutes; see README Results). vLLM's CPU linear layers already keep their own cache of 32
+# primitives per weight shape (csrc/cpu/dnnl_helper.cpp), so the global one only duplicated it:
+# with it off the worker levels off after a few minutes.
+CPU_ENGINE_ENV: Mapping[str, str] = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
+
+
+def engine_environment(extra: Mapping[str, str] | None = None, *, cpu: bool) -> dict[str, str]:
+    """The environment variables vLLM's engine processes should start with.
+
+    On a CPU: :data:`CPU_ENGINE_ENV`, except variables this process's
+    environment already sets (an operator's choice wins over a default).
+    Then ``extra`` (the node's ``engine_env`` setting) over everything.
+    """
+    env = {key: value for key, value in CPU_ENGINE_ENV.items() if key not in os.environ} if cpu else {}
+    env.update(extra or {})
+    return env
+
+
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` for the block (processes spawned in it inherit them), then restore."""
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class VllmEngine(Engine):
@@ -47,6 +84,9 @@ class VllmEngine(Engine):
         cpu_bind: cores for vLLM's CPU worker (``VLLM_CPU_OMP_THREADS_BIND``).
         engine_kwargs: extra ``AsyncEngineArgs`` fields (e.g.
             ``tensor_parallel_size`` on a GPU box).
+        engine_env: environment variables for the engine processes only, over
+            the measured CPU defaults (see :func:`engine_environment`).
+        cpu: whether vLLM runs on the CPU here (``None``: no CUDA device).
     """
 
     def __init__(
@@ -60,6 +100,8 @@ class VllmEngine(Engine):
         warmup: bool = True,
         cpu_bind: str | None = None,
         engine_kwargs: dict[str, Any] | None = None,
+        engine_env: Mapping[str, str] | None = None,
+        cpu: bool | None = None,
     ):
         self._model = model
         self._name = name or model
@@ -69,6 +111,8 @@ class VllmEngine(Engine):
         self._warmup = warmup
         self._cpu_bind = cpu_bind
         self._engine_kwargs = engine_kwargs or {}
+        self._engine_env = dict(engine_env or {})
+        self._cpu = cpu
         self._llm: Any = None
         self._tokenizer: Any = None
         self._stats = EngineStats()
@@ -83,22 +127,18 @@ class VllmEngine(Engine):
         # Engine-internal sockets stay on loopback; nothing else is reachable anyway.
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        previous_bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-        if self._cpu_bind:  # read by the engine processes vLLM spawns now; restored below
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpu_bind
+        # Read by the engine processes vLLM spawns now, not by this one: restored afterwards.
+        spawn_env = engine_environment(self._engine_env, cpu=vllm_on_cpu() if self._cpu is None else self._cpu)
+        if self._cpu_bind:
+            spawn_env["VLLM_CPU_OMP_THREADS_BIND"] = self._cpu_bind
         try:
-            # Importing vllm and building the engine blocks for tens of seconds.
-            self._llm = await asyncio.to_thread(self._build)
+            with environment(spawn_env):
+                # Importing vllm and building the engine blocks for tens of seconds.
+                self._llm = await asyncio.to_thread(self._build)
             self._max_model_len = int(self._llm.model_config.max_model_len)
             self._tokenizer = self._llm.get_tokenizer()
         except Exception as exc:
             raise EngineError(f"vLLM could not load {self._model}: {exc}") from exc
-        finally:
-            if self._cpu_bind:
-                if previous_bind is None:
-                    os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-                else:
-                    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = previous_bind
         if self._warmup:
             await self._run_warmup()
 
@@ -214,6 +254,14 @@ class VllmEngine(Engine):
             running=running,
         )
 
+    def failure(self) -> str | None:
+        """``vLLM's engine stopped (...)`` once ``AsyncLLM.errored`` (engine core or worker gone), else ``None``."""
+        llm = self._llm
+        if llm is None or not getattr(llm, "errored", False):
+            return None
+        detail = " ".join(str(getattr(llm, "dead_error", "") or "").split())[:200]
+        return f"vLLM's engine stopped ({detail or 'its process exited'})"
+
     async def close(self) -> None:
         """Shut the engine processes down, waiting for them to exit on their own.
 
@@ -238,6 +286,16 @@ class VllmEngine(Engine):
             # the object outlives us, and then fails on torn-down module
             # globals with a printed TypeError. Once is enough.
             llm.shutdown = lambda *args, **kwargs: None
+
+
+def vllm_on_cpu() -> bool:
+    """Whether vLLM runs on the CPU here (no CUDA device)."""
+    try:
+        import torch
+
+        return not torch.cuda.is_available()
+    except ImportError:
+        return True
 
 
 def _queued_ms(metrics: Any, render_ms: float) -> float | None:
