@@ -69,7 +69,6 @@ def alive_ids(rows: dict[str, dict]) -> set[str]:
 
 
 async def test_three_nodes_find_each_other_by_mdns(nodes):
-    started = time.monotonic()
     trio = [nodes(name) for name in ("m1", "m2", "m3")]
     ids = {n.node_id for n in trio}
 
@@ -77,8 +76,8 @@ async def test_three_nodes_find_each_other_by_mdns(nodes):
         tables = [alive_ids(await peer_rows(n.url)) for n in trio]
         return all(ids - {n.node_id} <= t for n, t in zip(trio, tables, strict=True))
 
+    # Discovery has a deadline (5 s once all three serve); start-up time is the machine's, not asserted.
     await wait_for(all_know_each_other, 5.0, "three nodes knowing each other by mDNS")
-    assert time.monotonic() - started < 5 + 3 * 2, "start-up plus discovery took too long"
 
 
 async def test_peer_exchange_without_mdns(nodes):
