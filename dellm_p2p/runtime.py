@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import re
+import sys
 import warnings
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -16,6 +18,31 @@ T = TypeVar("T")
 _QUIET_ENV = "DELLM_QUIET_THIRD_PARTY"
 # PyTorch deprecation that vLLM's Triton dispatcher trips over on import: not ours to fix.
 _REDUCE_OP_WARNING = "`torch.distributed.reduce_op` is deprecated"
+
+
+M_ARENA_MAX = -8  # glibc malloc.h: mallopt parameter for the number of malloc arenas
+NODE_MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = NODE_MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas of this process at ``arenas`` (``mallopt(M_ARENA_MAX)``); True if set.
+
+    glibc gives threads their own arenas (up to 8 per core), each reserving
+    64 MiB heaps that fill as its thread allocates. A node's threads (the
+    executor that renders prompts with the tokenizer, the tokenizer's own
+    pool) came and went under load, and the node process grew in steps of
+    about 44 MiB, one per new arena, long after warm-up (issue 16, the
+    30-minute soak in README Results). Call it before any thread starts.
+    Does nothing (False) off glibc or when ``MALLOC_ARENA_MAX`` is set: then
+    glibc has already read the operator's choice.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # musl or no libc.so.6: leave the allocator alone
+        return False
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

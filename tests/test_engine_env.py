@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from dellm_p2p import node as node_module
+from dellm_p2p.cli import node as cli_node
 from dellm_p2p.config import NodeConfig
 from dellm_p2p.engine.vllm_engine import CPU_ENGINE_ENV, VllmEngine, engine_environment, environment
 
@@ -60,3 +61,24 @@ def test_node_config_passes_engine_env_to_the_engine(monkeypatch, tmp_path):
     engine = node_module.build_engine(config, lambda message: None)
     assert isinstance(engine, VllmEngine)
     assert engine._engine_env == {"MALLOC_ARENA_MAX": "2"} and engine._cpu is True
+
+
+def test_node_caps_its_malloc_arenas(monkeypatch):
+    from dellm_p2p import runtime
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert runtime.limit_malloc_arenas() is True  # glibc on Linux: mallopt accepted
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert runtime.limit_malloc_arenas() is False  # the operator's setting stands
+
+
+def test_dellm_node_caps_arenas_before_anything_else(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli_node, "limit_malloc_arenas", lambda: calls.append("arenas"))
+    monkeypatch.setattr(cli_node, "setup_logging", lambda verbose: calls.append("logging"))
+    monkeypatch.setattr(cli_node, "load_config", lambda *a, **k: (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        cli_node.main.callback(
+            config_path=None, no_model=True, no_mdns=True, verbose=0, peers=(), mdns_interfaces=(), openai_url=None
+        )
+    assert calls[:2] == ["arenas", "logging"]

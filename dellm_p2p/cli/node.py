@@ -21,7 +21,7 @@ from ..engine import EngineError
 from ..identity import IdentityError
 from ..models import ModelError
 from ..node import Node
-from ..runtime import run, setup_logging
+from ..runtime import limit_malloc_arenas, run, setup_logging
 from ..security import SecurityConfigError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -88,6 +88,7 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 @click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug and vLLM logs.")
 def main(config_path: str | None, no_model: bool | None, no_mdns: bool | None, verbose: int, **options) -> None:
     """Serve a language model to dellm peers over websockets."""
+    limit_malloc_arenas()  # first: before any thread has an arena of its own
     setup_logging(verbose)
     if no_mdns:
         options["mdns"] = False
