@@ -265,5 +265,9 @@ def test_eval_script_runs_on_a_tiny_input(vllm_node, tmp_path):
         assert [c["greedy"] for c in record["candidates"]] == [True, False, False]  # the anchor first
         assert all(c["confidence"] is not None for c in record["candidates"]), "weighted needs real logprobs"
         assert not any(v.get("error") for v in record["methods"].values()), record["methods"]
-    assert result["fitness"]["rewards_issued"] > 0
+    # Rewards follow a consensus only (an anchored vote rewards nobody), so how many depends on the samples:
+    # the total must match the per-question records, and a question with a consensus must have rewarded.
+    asks = [r["methods"][f"ask/k{AskOptions().redundancy}"] for r in result["records"]]
+    assert result["fitness"]["rewards_issued"] == sum(a["rewards"] for a in asks)
+    assert all(a["rewards"] > 0 for a in asks if a["anchored"] and not any(a["anchored"]))
     assert result["fitness"]["mean_change"] is not None
