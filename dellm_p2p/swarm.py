@@ -106,33 +106,23 @@ class Swarm:
             ssl_context=ssl_context,
             identity=self.identity,
         )
+        # A coordinator is a member without a URL or a model: it is never probed nor routed to.
+        member = dict(
+            node_id=self.node_id,
+            name="coordinator",
+            url=None,
+            model=None,
+            capacity=0,
+            table=self.table,
+            pool=self.pool,
+            bootstrap=list(peers),
+            identity=self.identity,
+        )
         self.membership: Membership | SwimMembership
         if membership == "swim":
-            self.membership = SwimMembership(
-                node_id=self.node_id,
-                name="coordinator",
-                url=None,
-                model=None,
-                capacity=0,
-                table=self.table,
-                pool=self.pool,
-                bootstrap=list(peers),
-                identity=self.identity,
-                cluster_key=cluster_key,
-            )
+            self.membership = SwimMembership(**member, cluster_key=cluster_key)
         else:
-            self.membership = Membership(
-                node_id=self.node_id,
-                name="coordinator",
-                url=None,
-                model=None,
-                capacity=0,
-                table=self.table,
-                pool=self.pool,
-                bootstrap=list(peers),
-                gossip_interval_s=0.5,
-                identity=self.identity,
-            )
+            self.membership = Membership(**member, gossip_interval_s=0.5)
         self.fitness = FitnessBook(self.node_id, self.table, pool=self.pool, identity=self.identity)
         self.membership.fitness = self.fitness
         self._mdns = (
