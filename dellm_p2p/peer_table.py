@@ -68,6 +68,9 @@ class PeerRecord:
         agreed: how many of those rewarded agreement with the vote (reward > 0).
         last_seen: ``clock()`` when its heartbeat last advanced or it answered us [s].
         state: alive, suspect, dead or left.
+        state_since: ``clock()`` when SWIM last changed its state [s] (0: never);
+            a dead or left peer is forgotten ``forget_after_s`` after the later
+            of this and ``last_seen``.
         source: how we learned of it (mdns, bootstrap, gossip, inbound).
     """
 
@@ -87,6 +90,7 @@ class PeerRecord:
     last_seen: float = 0.0
     state: PeerState = PeerState.ALIVE
     source: str = "gossip"
+    state_since: float = 0.0
 
     @property
     def version(self) -> tuple[int, int]:
@@ -322,9 +326,10 @@ class PeerTable:
     ) -> PeerState | None:
         """Set a member as the SWIM failure detector sees it (its signed entry, checked by the caller).
 
-        Returns the state it had before (``None``: new). A dead or left
-        member's ``last_seen`` is when it became so (:meth:`sweep` forgets it
-        ``forget_after_s`` later).
+        Returns the state it had before (``None``: new). A dead member keeps
+        the ``last_seen`` of its last contact (``dellm peers``: silent for so
+        long), a left one gets now; :meth:`sweep` forgets either
+        ``forget_after_s`` after it became so (``state_since``).
         """
         if node_id == self.self_id:
             return None
@@ -346,6 +351,10 @@ class PeerTable:
         known.incarnation = incarnation
         if state is not before:
             known.state = state
+            # Forgetting counts from the change, not from the last contact: under SWIM a node hears
+            # from a member directly once per probe pass (N × period), so counting from last_seen forgot
+            # a dead member within a second of its death, before `dellm peers` could show it dead.
+            known.state_since = now
             if state is PeerState.ALIVE:
                 known.last_seen = now
             elif state in (PeerState.DEAD, PeerState.LEFT):
@@ -362,7 +371,7 @@ class PeerTable:
         for node_id, peer in list(self._peers.items()):
             silent = now - peer.last_seen
             if peer.state in (PeerState.DEAD, PeerState.LEFT):
-                if silent > self.forget_after_s:
+                if now - max(peer.last_seen, peer.state_since) > self.forget_after_s:
                     del self._peers[node_id]
                 continue
             if not self.detect:

@@ -258,3 +258,21 @@ def test_beats_carry_goodbye_and_revival(table, clock):
 def test_beat_with_our_id_is_asked_for_only_from_another_incarnation(table):
     assert table.observe_beats([(ME, 77, 1, 0, False)], self_incarnation=77) == (Observed.NOTHING, [])
     assert table.observe_beats([(ME, 78, 1, 0, False)], self_incarnation=77) == (Observed.NOTHING, [ME])
+
+
+def test_a_member_swim_declares_dead_is_kept_dead_for_forget_after_s(table, clock):
+    """SWIM hears from a member once per probe pass: a death long after the last contact is still shown."""
+    bob = ident("bob")
+    fields = dict(url="ws://b:1", public_key=bob.public_key, name="b", model="m", capacity=1, incarnation=1)
+    table.apply_member(bob.node_id, PeerState.ALIVE, **fields)
+    clock.now += 100  # no contact since: its probes come once per pass
+    assert table.apply_member(bob.node_id, PeerState.DEAD, **fields) is PeerState.ALIVE
+    clock.now += 59
+    table.sweep()
+    row = table.get(bob.node_id)
+    assert row is not None and row.state is PeerState.DEAD
+    assert row.row(clock.now).last_seen_s == 159  # silent since the last contact
+    assert row not in table.alive()
+    clock.now += 2
+    table.sweep()
+    assert table.get(bob.node_id) is None
