@@ -433,13 +433,15 @@ class PeerClient:
         )
         return await self._request(message, "members", timeout_s)
 
-    async def sync(self, digest: list, changes: list, timeout_s: float = 5.0) -> Sync:
-        """SWIM push-pull: send our digest and changes, return the peer's ``sync`` reply.
+    async def sync(self, digest: list, changes: list, timeout_s: float = 5.0, buckets: list | None = None) -> Sync:
+        """SWIM push-pull: send our digest, changes and bucket hashes, return the peer's ``sync`` reply.
 
         Raises:
             PeerError: ``timeout`` or ``connection_lost``.
         """
-        message = Sync.model_construct(nonce=next(self._nonces), reply=False, digest=digest, changes=changes)
+        message = Sync.model_construct(
+            nonce=next(self._nonces), reply=False, digest=digest, changes=changes, buckets=buckets or []
+        )
         return await self._request(message, "sync", timeout_s)
 
     async def peers(self, timeout_s: float = 5.0) -> Peers:

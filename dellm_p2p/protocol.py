@@ -127,7 +127,16 @@ Messages (fields; units in brackets)
               replier's digest and the changes newer than the push's digest;
               the initiator then pushes the changes the reply's digest lacks
               (a third frame, answered by an empty reply). A dead state from
-              a ``sync`` counts as a suspicion only.
+              a ``sync`` counts as a suspicion only. buckets (optional: 64
+              binaries of 8 bytes, the sender's view summarised per bucket of
+              node ids, see ``Swim.bucket_hashes``): a push with buckets and
+              no digest is answered with the replier's buckets and its digest
+              rows for the buckets that differ only; the initiator then pushes
+              its rows for those buckets, its buckets and the changes the
+              reply lacks, and the reply carries the changes the initiator
+              lacks in those buckets. Same views: one exchange of 1 KiB
+              whatever N. A replier that ignores buckets answers an empty
+              push with nothing, and the initiator falls back to digests.
 ``get_peers`` nonce (int). Answered by ``peers``.
 ``peers``     nonce, node_id, fitness (the node's own), peers (rows of the node's peer table: node_id,
               url (nil for a coordinator-only member), name, model, capacity, in_flight, rtt_ms [ms, EWMA of ping
@@ -548,6 +557,7 @@ class Sync(_Message):
     reply: bool = False
     digest: Annotated[list[list[Any]], Field(max_length=MAX_SYNC_ROWS)] = []
     changes: Annotated[list[list[Any]], Field(max_length=MAX_SYNC_ROWS)] = []
+    buckets: Annotated[list[bytes], Field(max_length=256)] = []
 
 
 class PeerRow(_Message):
@@ -650,6 +660,7 @@ def encode(message: _Message) -> bytes:
                 "reply": message.reply,
                 "digest": message.digest,
                 "changes": message.changes,
+                **({"buckets": message.buckets} if message.buckets else {}),
             },
             use_bin_type=True,
         )

@@ -12,6 +12,7 @@ from dellm_p2p.membership.swim import (
     DEAD,
     LEFT,
     SUSPECT,
+    SYNC_BUCKETS,
     Acked,
     BroadcastQueue,
     MemberChanged,
@@ -22,6 +23,7 @@ from dellm_p2p.membership.swim import (
     SwimConfig,
     retransmit_limit,
     suspicion_timeout,
+    sync_bucket,
 )
 
 _IDS = [Identity.generate() for _ in range(12)]
@@ -406,6 +408,39 @@ def test_push_pull_digest_sends_only_what_the_peer_lacks():
     other = Swim(_IDS[10], url="ws://sim:10", incarnation=1)
     other.apply_changes(b.newer_than(other.digest()), 0.0, sender=b.node_id, sync=True)
     assert other.state_of(victim) == SUSPECT
+
+
+def test_bucket_hashes_summarise_the_view_and_scope_the_push_pull():
+    net = Net(8)
+    a, b = net.core(0), net.core(1)
+    assert a.bucket_hashes() == b.bucket_hashes(), "the same view, the same summary"
+    assert a.differing_buckets(b.bucket_hashes()) == set()
+    assert all(len(h) == 8 for h in a.bucket_hashes()) and len(a.bucket_hashes()) == SYNC_BUCKETS
+    victim = net.core(5).node_id
+    a.on_suspect(victim, a.members[victim].incarnation, a.node_id, net.now)
+    scope = b.differing_buckets(a.bucket_hashes())
+    assert scope == {sync_bucket(victim)}
+    rows = b.digest(scope)
+    assert {row[0] for row in rows} == {n for n in [b.node_id, *b.members] if sync_bucket(n) in scope}
+    # Only members of the differing buckets are compared: b lacks the suspicion, nothing else.
+    assert a.newer_than(rows, scope) == [["s", victim, a.members[victim].incarnation, a.node_id]]
+    b.apply_changes(a.newer_than(rows, scope), net.now, sender=a.node_id, sync=True)
+    assert b.state_of(victim) == SUSPECT and a.differing_buckets(b.bucket_hashes()) == set()
+    assert b.differing_buckets([b"x"] * 3) is None and b.differing_buckets("junk") is None
+
+
+def test_a_newcomer_learns_everyone_through_a_scoped_push_pull():
+    net = Net(6)
+    a = net.core(0)
+    fresh = Swim(_IDS[9], url="ws://sim:9", incarnation=1)
+    scope = a.differing_buckets(fresh.bucket_hashes())  # the reply to its first frame: rows of these buckets
+    first_reply = a.digest(scope)
+    to_a = fresh.newer_than(first_reply, fresh.differing_buckets(a.bucket_hashes()))
+    assert [c[1] for c in to_a] == [fresh.node_id]
+    a.apply_changes(to_a, 0.0, sender=fresh.node_id, sync=True)
+    fresh.apply_changes(a.newer_than(fresh.digest(scope), scope), 0.0, sender=a.node_id, sync=True)
+    assert set(fresh.members) == {a.node_id} | set(a.members) - {fresh.node_id}
+    assert fresh.differing_buckets(a.bucket_hashes()) == set()
 
 
 def test_no_false_positives_with_five_percent_loss():

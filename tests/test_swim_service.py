@@ -9,11 +9,12 @@ import pytest
 
 from dellm_p2p.config import NodeConfig
 from dellm_p2p.identity import Identity
-from dellm_p2p.membership import SwimMembership
+from dellm_p2p.membership import SwimMembership, service
 from dellm_p2p.membership.service import push_pull_scale, udp_address
-from dellm_p2p.membership.swim import SignedEntry
+from dellm_p2p.membership.swim import SYNC_BUCKETS, SignedEntry, Swim, sync_bucket
 from dellm_p2p.node import Node
 from dellm_p2p.peer_table import PeerState
+from dellm_p2p.protocol import Sync
 
 
 def config(tmp_path, i: int, peers: list[str]) -> NodeConfig:
@@ -111,3 +112,36 @@ def test_push_pull_interval_grows_with_log_n():
     assert push_pull_scale(30, 10) == 30
     assert push_pull_scale(30, 50) == 60
     assert push_pull_scale(30, 500) == 150
+
+
+async def test_push_pull_between_equal_views_sends_bucket_hashes_only_and_old_peers_get_digests(nodes, monkeypatch):
+    monkeypatch.setattr(service, "SUMMARY_MIN_MEMBERS", 0)  # summaries pay off from ~24 members; force them
+    await until(lambda: alive_everywhere(nodes))
+    a, b = nodes[0].membership, nodes[1].membership
+    await until(lambda: not a.core.differing_buckets(b.core.bucket_hashes()), 10)
+    client = await a.pool.get(nodes[1].url)
+    frames = []
+    real_sync = client.sync
+
+    async def sync(digest, changes, timeout_s=5.0, buckets=None):
+        frames.append((len(digest), len(changes), len(buckets or [])))
+        return await real_sync(digest, changes, timeout_s, buckets)
+
+    monkeypatch.setattr(client, "sync", sync)
+    assert await a.push_pull(nodes[1].url)
+    assert frames == [(0, 0, SYNC_BUCKETS)], "equal views: one frame of bucket hashes, no rows"
+    # A difference in one bucket: the second frame carries that bucket's rows only.
+    victim = nodes[3].node_id
+    a.core.on_suspect(victim, a.core.members[victim].incarnation, a.node_id, asyncio.get_running_loop().time())
+    frames.clear()
+    assert await a.push_pull(nodes[1].url)
+    in_bucket = sum(sync_bucket(n) == sync_bucket(victim) for n in [a.node_id, *a.core.members])
+    assert frames[0] == (0, 0, SYNC_BUCKETS) and frames[1][0] == in_bucket and frames[1][1] >= 1
+    assert b.core.state_of(victim) == "suspect"
+    # An initiator without bucket summaries (digest only) still gets the full digest and what it lacks.
+    fresh = Swim(Identity.generate(), url="ws://127.0.0.1:9", incarnation=1)
+    reply = b.on_sync(Sync(nonce=7, digest=fresh.digest()))
+    assert reply.reply and reply.nonce == 7 and not reply.buckets
+    assert {row[0] for row in reply.digest} == {b.node_id} | set(b.core.members)
+    fresh.apply_changes(reply.changes, 0.0, sync=True)
+    assert set(fresh.members) == {b.node_id} | set(b.core.members) - {fresh.node_id}

@@ -10,7 +10,8 @@ every member in turn, and at N = 500 a pool of 64 connections would open a
 new connection for almost every probe (a TCP and hello handshake on both
 sides, the cost that made bench_scale's gossip CPU-bound before).
 
-Full state goes over the websocket as ``sync`` push-pull: at start with
+Full state goes over the websocket as ``sync`` push-pull (summarised: 64
+bucket hashes first, then rows of the differing buckets only): at start with
 every bootstrap URL (the join), with any node heard of by mDNS or an inbound
 hello that the core does not know, and every ``push_pull_interval_s`` ×
 :func:`push_pull_scale` with one random live member (memberlist's
@@ -65,6 +66,9 @@ log = logging.getLogger(__name__)
 RECEIVE_BUFFER_BYTES = 1 << 20
 MAC_BYTES = 16
 MAC_CONTEXT = b"dellm-swim/1\x00"
+# Push-pull summarises the view in 64 bucket hashes (~600 bytes) from this many members on: below it, the
+# digest itself (~35 bytes a member) is smaller.
+SUMMARY_MIN_MEMBERS = 24
 DROP_ENV = "DELLM_BENCH_DROP_RATE"  # benchmarks only: drop this share of outgoing SWIM datagrams on purpose
 _STATES = {"alive": PeerState.ALIVE, "suspect": PeerState.SUSPECT, "dead": PeerState.DEAD, "left": PeerState.LEFT}
 
@@ -381,13 +385,25 @@ class SwimMembership:
     # Push-pull.
 
     def on_sync(self, message: Sync) -> Sync:
-        """A peer's ``sync`` push: merge what it sent, answer with our digest and what its digest lacks."""
+        """A peer's ``sync`` push: merge what it sent, answer with what it lacks (see ``sync`` in the protocol).
+
+        With bucket hashes and no digest (the first frame of a push-pull): our
+        hashes and our digest rows of the buckets that differ. With both (the
+        second): the changes its rows lack in those buckets. With a digest
+        only (an initiator without buckets): our full digest and what it lacks.
+        """
         now = asyncio.get_running_loop().time()
         self.core.apply_changes(message.changes, now, sync=True)
-        changes = self.core.newer_than(message.digest) if message.digest else []
-        digest = self.core.digest() if message.digest else []
+        scope = self.core.differing_buckets(message.buckets) if message.buckets else None
+        reply = Sync.model_construct(nonce=message.nonce, reply=True, digest=[], changes=[], buckets=[])
+        if scope is not None and not message.digest:
+            reply = reply.model_copy(update={"buckets": self.core.bucket_hashes(), "digest": self.core.digest(scope)})
+        elif message.digest:
+            changes = self.core.newer_than(message.digest, scope)
+            digest = self.core.digest() if scope is None else []
+            reply = reply.model_copy(update={"digest": digest, "changes": changes})
         self._flush()
-        return Sync.model_construct(nonce=message.nonce, reply=True, digest=digest, changes=changes)
+        return reply
 
     def on_members(self, message: Members) -> Members:
         """Heartbeat gossip from a node of the older membership: answered empty (rewards still applied)."""
@@ -401,11 +417,22 @@ class SwimMembership:
         try:
             async with asyncio.timeout(self.rpc_timeout_s):
                 client = await self.pool.get(url)
-                reply = await client.sync(self.core.digest(), [], self.rpc_timeout_s)
-                self.core.apply_changes(reply.changes, loop.time(), sync=True)
-                missing = self.core.newer_than(reply.digest)
-                if missing:
-                    await client.sync([], missing, self.rpc_timeout_s)
+                scope = None
+                if self.core.size() >= SUMMARY_MIN_MEMBERS:
+                    mine = self.core.bucket_hashes()
+                    first = await client.sync([], [], self.rpc_timeout_s, buckets=mine)
+                    scope = self.core.differing_buckets(first.buckets)
+                if scope is None:  # a small view, or a peer without bucket summaries: full digests
+                    reply = await client.sync(self.core.digest(), [], self.rpc_timeout_s)
+                    self.core.apply_changes(reply.changes, loop.time(), sync=True)
+                    missing = self.core.newer_than(reply.digest)
+                    if missing:
+                        await client.sync([], missing, self.rpc_timeout_s)
+                elif scope:
+                    missing = self.core.newer_than(first.digest, scope)
+                    digest = self.core.digest(scope)
+                    reply = await client.sync(digest, missing, self.rpc_timeout_s, buckets=mine)
+                    self.core.apply_changes(reply.changes, loop.time(), sync=True)
                 self._flush()
         except (PeerError, TimeoutError) as exc:
             why = str(exc) or f"no reply within {self.rpc_timeout_s:g} s"

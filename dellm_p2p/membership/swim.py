@@ -65,6 +65,7 @@ Wire shapes (msgpack; see ``swim`` in :mod:`dellm_p2p.protocol`). Changes:
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import random
 import struct
@@ -819,23 +820,58 @@ class Swim:
 
     # Push-pull (full state sync, over a stream connection).
 
-    def digest(self) -> list[list]:
-        """Our view for a push-pull: ``[node_id, incarnation, state rank]`` per member, us included."""
+    def bucket_hashes(self) -> list[bytes]:
+        """A summary of our view for a push-pull: :data:`SYNC_BUCKETS` hashes of 8 bytes each.
+
+        Each member (us included) falls in bucket :func:`sync_bucket` of its
+        node id; a bucket's hash is the XOR of its rows' 8-byte BLAKE2b
+        hashes of ``(node_id, incarnation, state rank)``. Two nodes with the
+        same view have the same hashes, so a push-pull between them sends
+        2 × 64 × 8 bytes whatever N (anti-entropy with summaries, as
+        Dynamo's Merkle trees do it, here one level deep), and only the
+        buckets that differ are compared row by row.
+        """
+        acc = [0] * SYNC_BUCKETS
+        rank = _RANK[LEFT if self.me.left else ALIVE]
+        acc[sync_bucket(self.node_id)] ^= _row_hash(self.node_id, self.me.incarnation, rank)
+        for m in self.members.values():
+            acc[sync_bucket(m.entry.node_id)] ^= _row_hash(m.entry.node_id, m.incarnation, _RANK[m.state])
+        return [value.to_bytes(8, "big") for value in acc]
+
+    def differing_buckets(self, theirs: Any) -> set[int] | None:
+        """Buckets whose hash differs from ``theirs`` (a peer's :meth:`bucket_hashes`); ``None`` when malformed."""
+        if not isinstance(theirs, list | tuple) or len(theirs) != SYNC_BUCKETS:
+            return None
+        mine = self.bucket_hashes()
+        return {i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b}
+
+    def digest(self, scope: set[int] | None = None) -> list[list]:
+        """Our view for a push-pull: ``[node_id, incarnation, state rank]`` per member, us included.
+
+        ``scope``: only members in these buckets (:func:`sync_bucket`); ``None``: all.
+        """
         rows = [[self.node_id, self.me.incarnation, _RANK[LEFT if self.me.left else ALIVE]]]
         rows.extend([m.entry.node_id, m.incarnation, _RANK[m.state]] for m in self.members.values())
+        if scope is not None:
+            rows = [row for row in rows if sync_bucket(row[0]) in scope]
         return rows
 
-    def newer_than(self, digest: Iterable[Any]) -> list[list]:
-        """The changes a peer whose :meth:`digest` is ``digest`` lacks: entries (and claims) newer than its view."""
+    def newer_than(self, digest: Iterable[Any], scope: set[int] | None = None) -> list[list]:
+        """The changes a peer whose :meth:`digest` is ``digest`` lacks: entries (and claims) newer than its view.
+
+        ``scope``: the peer's digest covers only these buckets, so only members in them are compared.
+        """
         theirs = {}
         for row in digest:
             if isinstance(row, list | tuple) and len(row) == 3 and isinstance(row[0], str):
                 theirs[row[0]] = (row[1], row[2]) if _u64(row[1]) and row[2] in _STATE_OF_RANK else (-1, -1)
         out = []
         mine = (self.me.incarnation, _RANK[LEFT if self.me.left else ALIVE])
-        if theirs.get(self.node_id, (-1, -1)) < mine:
+        if (scope is None or sync_bucket(self.node_id) in scope) and theirs.get(self.node_id, (-1, -1)) < mine:
             out.append(self.me.to_wire())
         for m in self.members.values():
+            if scope is not None and sync_bucket(m.entry.node_id) not in scope:
+                continue
             have = theirs.get(m.entry.node_id, (-1, -1))
             if have >= (m.incarnation, _RANK[m.state]):
                 continue
@@ -844,3 +880,17 @@ class Swim:
             if m.state in (SUSPECT, DEAD):
                 out.append(["s" if m.state == SUSPECT else "d", m.entry.node_id, m.incarnation, m.claimant or ""])
         return out
+
+
+SYNC_BUCKETS = 64
+
+
+@functools.lru_cache(maxsize=65536)
+def sync_bucket(node_id: str) -> int:
+    """The push-pull bucket of a member: the first byte of BLAKE2b(node id) mod :data:`SYNC_BUCKETS`."""
+    return hashlib.blake2b(node_id.encode(), digest_size=1).digest()[0] % SYNC_BUCKETS
+
+
+def _row_hash(node_id: str, incarnation: int, rank: int) -> int:
+    data = node_id.encode() + struct.pack(">QB", incarnation, rank)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
