@@ -145,3 +145,14 @@ async def test_push_pull_between_equal_views_sends_bucket_hashes_only_and_old_pe
     assert {row[0] for row in reply.digest} == {b.node_id} | set(b.core.members)
     fresh.apply_changes(reply.changes, 0.0, sync=True)
     assert set(fresh.members) == {b.node_id} | set(b.core.members) - {fresh.node_id}
+
+
+async def test_any_datagram_from_a_member_refreshes_its_last_seen(nodes):
+    await until(lambda: alive_everywhere(nodes))
+    watcher = nodes[0]
+    for task in list(watcher.membership._tasks):
+        if task.get_name() == "dellm-swim":
+            task.cancel()  # no probes of our own from now on: no acks to refresh anything
+    row = watcher.table.get(nodes[1].node_id)
+    row.last_seen = watcher.table.clock() - 100
+    await until(lambda: watcher.table.clock() - row.last_seen < 5, 10)  # node 1's own probes of us

@@ -308,6 +308,13 @@ class SwimMembership:
             self._flush()
         except Exception:
             log.exception("SWIM message from %s failed", addr)
+            return
+        sender = message.get("from") if isinstance(message, dict) else None
+        peer = self.table.get(sender) if isinstance(sender, str) else None
+        if peer is not None and peer.state is PeerState.ALIVE:
+            # Any authenticated datagram is a sign of life: `dellm peers` shows "last seen" from it,
+            # not only from our own probe of that member (once per pass, N × period apart).
+            peer.last_seen = self.table.clock()
 
     def _mac(self, payload: bytes) -> bytes:
         assert self.cluster_key is not None
