@@ -388,6 +388,19 @@ def worker_entry(conn, worker_id: int, settings: dict[str, Any]) -> None:
         run(_Worker(conn, worker_id, settings, logs).serve())
 
 
+def _recording(apply_member, observer: int, steady: dict):
+    """``PeerTable.apply_member`` that also records (observer, subject) pairs set suspect or dead."""
+
+    def apply(node_id: str, state: PeerState, **fields: Any) -> PeerState | None:
+        if state is PeerState.DEAD:
+            steady["dead"].add((observer, node_id))
+        elif state is PeerState.SUSPECT:
+            steady["suspect"].add((observer, node_id))
+        return apply_member(node_id, state, **fields)
+
+    return apply
+
+
 class _Worker:
     def __init__(self, conn, worker_id: int, settings: dict[str, Any], logs: _LogCounter):
         self.conn, self.worker_id, self.settings, self.logs = conn, worker_id, settings, logs
@@ -490,8 +503,21 @@ class _Worker:
         return {}
 
     async def _watch_states(self, steady: dict, period_s: float = 0.25) -> None:
-        while True:
-            for i, node in self.nodes.items():
+        """Record every (observer, subject) pair seen suspect or dead during the steady run.
+
+        SWIM nodes report each state change through ``PeerTable.apply_member``: hooked, every change is
+        seen, however brief, at no cost. Heartbeat gossip changes states in ``sweep``: polled. (Polling
+        every table, N rows each, every 0.25 s was itself ~50k row checks per worker per pass at N = 500,
+        enough loop lag to cause the suspicions it was counting.)
+        """
+        polled = []
+        for i, node in self.nodes.items():
+            if isinstance(node.membership, SwimMembership):
+                node.table.apply_member = _recording(node.table.apply_member, i, steady)
+            else:
+                polled.append((i, node))
+        while polled:
+            for i, node in polled:
                 for p in node.table.records():
                     if p.state is PeerState.DEAD:
                         steady["dead"].add((i, p.node_id))
@@ -501,6 +527,8 @@ class _Worker:
 
     async def cmd_steady_stop(self) -> dict:
         self.steady_task.cancel()
+        for node in self.nodes.values():
+            node.table.__dict__.pop("apply_member", None)  # unhook (see _watch_states)
         st = self.steady
         for node in self.nodes.values():
             if isinstance(node.membership, SwimMembership):
