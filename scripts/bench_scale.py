@@ -555,8 +555,9 @@ class _Worker:
         seen = self.__dict__.setdefault("dead_seen", {})
         for i, node in self.nodes.items():
             p = node.table.get(node_id)
-            routed = any(q.node_id == node_id for q in node.table.alive())
-            if p is not None and p.state is PeerState.DEAD and not routed:
+            # Dead is out of routing by definition (PeerTable.alive: alive or suspect); checking alive()
+            # here walked N rows per node per poll, loop lag during the very detection being timed.
+            if p is not None and p.state is PeerState.DEAD:
                 seen.setdefault((node_id, i), now)
         marks = [t for (nid, _), t in seen.items() if nid == node_id]
         return {"marked": len(marks), "nodes": len(self.nodes), "first": min(marks, default=None),
