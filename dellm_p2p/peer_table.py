@@ -125,6 +125,8 @@ class PeerRecord:
             last_seen_s=round(max(0.0, now - self.last_seen), 3),
             state=self.state.value,
             source=self.source,
+            rewards=self.rewards,
+            agreed=self.agreed,
         )
 
 

@@ -138,10 +138,15 @@ Messages (fields; units in brackets)
               whatever N. A replier that ignores buckets answers an empty
               push with nothing, and the initiator falls back to digests.
 ``get_peers`` nonce (int). Answered by ``peers``.
-``peers``     nonce, node_id, fitness (the node's own), peers (rows of the node's peer table: node_id,
+``peers``     nonce, node_id, fitness (the node's own), agreed and rewards (optional, the evidence
+              under its own fitness, see below), peers (rows of the node's peer table: node_id,
               url (nil for a coordinator-only member), name, model, capacity, in_flight, rtt_ms [ms, EWMA of ping
               round trips], fitness (0..1), last_seen_s [s ago], state
-              (alive | suspect | dead | left), source (how it was learned)).
+              (alive | suspect | dead | left), source (how it was learned),
+              rewards and agreed (optional, default 0: how many reward records
+              the fitness rests on and how many were for agreeing; a joining
+              coordinator copies them with the fitness, so its routing does
+              not explore proven peers as newcomers)).
 ``rewards``   records (list of at most 1024: id (unique, for deduplication),
               issuer (coordinator node id), seq (int, 0..2^64-1: the
               issuer's sequence number, strictly increasing per issuer;
@@ -574,6 +579,8 @@ class PeerRow(_Message):
     last_seen_s: float = 0.0
     state: str = "alive"
     source: str = ""
+    rewards: Annotated[int, Field(ge=0)] = 0
+    agreed: Annotated[int, Field(ge=0)] = 0
 
 
 class GetPeers(_Message):
@@ -587,6 +594,8 @@ class Peers(_Message):
     node_id: str
     fitness: float = 0.5
     peers: list[PeerRow] = []
+    rewards: Annotated[int, Field(ge=0)] = 0
+    agreed: Annotated[int, Field(ge=0)] = 0
 
 
 class Rewards(_Message):

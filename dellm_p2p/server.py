@@ -383,7 +383,13 @@ class _Session:
                 membership, fitness = self.server.membership, self.server.fitness
                 rows = membership.table.rows() if membership is not None else []
                 own = fitness.self_fitness if fitness is not None else 0.5
-                await self.send(Peers(nonce=message.nonce, node_id=self.server.node_id, fitness=own, peers=rows))
+                agreed, rewards = fitness.self_counts if fitness is not None else (0, 0)
+                await self.send(
+                    Peers(
+                        nonce=message.nonce, node_id=self.server.node_id, fitness=own, peers=rows,
+                        agreed=agreed, rewards=rewards,
+                    )
+                )  # fmt: skip
             case Rewards():
                 if self.server.fitness is not None:
                     self.server.fitness.receive(message.records)

@@ -193,17 +193,25 @@ class Swarm:
                 seen, stable_since = now, time.monotonic()
 
     async def _copy_fitness(self) -> None:
-        """Start from the network's view of fitness: ask one node for its table."""
+        """Start from the network's view of fitness and its evidence: ask one node for its table.
+
+        With the fitness come the counts it rests on (``rewards``, ``agreed``):
+        routing draws from the Beta posterior they give, so a coordinator
+        that copied only the fitness would explore every proven peer as a
+        newcomer (a short-lived one, e.g. ``dellm ask``, never got past it).
+        A node that does not send them (older software) leaves them at 0.
+        """
         for peer in self._serving_peers()[:2]:
             try:
                 client = await self.pool.get(peer.url)
                 view = await client.peers(timeout_s=2.0)
             except PeerError:
                 continue
-            values = {row.node_id: row.fitness for row in view.peers} | {view.node_id: view.fitness}
-            for node_id, value in values.items():
+            rows = [(row.node_id, row.fitness, row.agreed, row.rewards) for row in view.peers]
+            for node_id, value, agreed, rewards in [*rows, (view.node_id, view.fitness, view.agreed, view.rewards)]:
                 if (record := self.table.get(node_id)) is not None:
                     record.fitness = value
+                    record.agreed, record.rewards = min(agreed, rewards), rewards
             return
 
     def _no_peers_reason(self) -> str:
