@@ -207,6 +207,50 @@ async def test_stragglers_are_cancelled_once_the_vote_is_decided(cluster):
     assert nodes[2].engine.aborted, "the straggler's node aborted the generation"
 
 
+@pytest.mark.parametrize("grace", [0.0, 20.0])
+async def test_a_straggler_is_rewarded_only_when_it_finishes_within_the_grace(cluster, grace):
+    nodes, bootstrap = cluster
+    for n in nodes:
+        n.engine.replies = {"2 plus 2": "2 plus 2 is 4. Answer: 4"}
+    slow = nodes[2]
+    slow.engine.token_interval_s = 0.02  # ten times slower than the others: the vote is decided without it
+    async with Swarm(peers=[bootstrap], mdns=False) as swarm:
+        answer = await swarm.ask("What is 2 plus 2?", redundancy=3, straggler_grace=grace)
+        chunk = answer.chunks[0]
+        assert chunk.stragglers_cancelled == 1 and slow.node_id not in chunk.rewards
+        assert len(chunk.rewards) == 2 and all(r > 0 for r in chunk.rewards.values())
+        if grace:  # it finishes in the background, agrees with the decided vote, and earns a reward
+            async with asyncio.timeout(5):
+                while swarm.fitness.counts(slow.node_id) != (1, 1):
+                    await asyncio.sleep(0.02)
+            assert swarm.table.get(slow.node_id).fitness > 0.5
+            assert not slow.engine.aborted
+        else:
+            async with asyncio.timeout(5):
+                while slow.engine.running:
+                    await asyncio.sleep(0.02)
+            assert slow.engine.aborted and swarm.fitness.counts(slow.node_id) == (0, 0)
+
+
+async def test_a_new_coordinator_copies_the_fitness_and_the_evidence_under_it(cluster):
+    nodes, bootstrap = cluster
+    for n in nodes:
+        n.engine.replies = {"2 plus 2": "2 plus 2 is 4. Answer: 4"}
+    async with Swarm(peers=[bootstrap], mdns=False) as first:
+        for _ in range(3):
+            await first.ask("What is 2 plus 2?", redundancy=3)
+        issued = {n.node_id: first.fitness.counts(n.node_id) for n in nodes}
+    assert all(rewards >= 1 for _, rewards in issued.values())
+    async with asyncio.timeout(5):  # the records reached every node
+        while not all(n.fitness.counts(m.node_id) == issued[m.node_id] for n in nodes for m in nodes if m is not n):
+            await asyncio.sleep(0.05)
+    async with Swarm(peers=[bootstrap], mdns=False) as second:
+        copied = {n.node_id: second.fitness.counts(n.node_id) for n in nodes}
+        fitness = {n.node_id: second.fitness.fitness(n.node_id) for n in nodes}
+    assert copied == issued
+    assert all(f > 0.5 for f in fitness.values())
+
+
 async def test_every_peer_failing_is_a_clear_error(cluster):
     nodes, bootstrap = cluster
     for n in nodes:

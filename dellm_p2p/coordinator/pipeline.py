@@ -3,8 +3,11 @@
 Chunks whose dependencies are answered run concurrently; each chunk's
 requests run concurrently under a per-chunk deadline. A failed or timed-out
 peer's samples are re-routed to the next-best peer. Once no outstanding
-answer can change a chunk's winner, the stragglers are cancelled (their
-nodes abort the generation).
+answer can change a chunk's winner, the question goes on without the
+stragglers; they may finish in the background for a grace period
+(:attr:`AskOptions.straggler_grace`) and are rewarded against the decided
+vote like the others, else they are cancelled (their nodes abort the
+generation).
 
 Synthesis fails over too: the best peers that did not fail during this
 question are tried in turn (``1 + max_reroutes`` of them), each within what
@@ -98,6 +101,19 @@ class AskOptions:
         max_question_chars: longer questions are refused.
         max_reroutes: re-routes per chunk after peer failures.
         weights: routing-score weights.
+        straggler_grace: once a chunk's vote is decided, its outstanding
+            requests (stragglers) may still run for this many times the time
+            the chunk took to decide (within the chunk's deadline), in the
+            background: the answer does not wait for them, but each one that
+            finishes is rewarded against the decided vote, so routing learns
+            from every answer it paid for; the rest are cancelled (0: cancel
+            at once). Default 1: in ``scripts/bench_scale.py`` (N = 100,
+            simulated answers of equal length) cancelling at once left a
+            third of the requests unrewarded, and the accurate peers' share
+            of the last 200 questions fell from 84 % to 73 % in the
+            route-level replay of the pipeline's rule (docs/results.md,
+            issue 17). Tokens of stragglers that finish after the answer
+            are not in :attr:`SwarmAnswer.usage`.
     """
 
     strategy: str = "majority"
@@ -115,6 +131,7 @@ class AskOptions:
     max_question_chars: int = 10_000
     max_reroutes: int = 3
     weights: RouteWeights = field(default_factory=RouteWeights)
+    straggler_grace: float = 1.0
 
     def checked(self) -> AskOptions:
         """Validate; raises :class:`QuestionError` with a one-line reason."""
@@ -130,6 +147,8 @@ class AskOptions:
             raise QuestionError("top_p must be in (0, 1]")
         if self.timeout_s <= 0 or self.chunk_timeout_s <= 0 or self.max_tokens < 1 or self.synthesis_max_tokens < 1:
             raise QuestionError("timeouts and max_tokens must be positive")
+        if not 0 <= self.straggler_grace <= 100:
+            raise QuestionError("straggler_grace must be between 0 and 100")
         return self
 
 
@@ -140,6 +159,13 @@ def check_question(question: str, limit: int) -> str:
     if len(question) > limit:
         raise QuestionError(f"the question is {len(question):,} characters; the limit is {limit:,}")
     return question.strip()
+
+
+def _outcome(task: asyncio.Task) -> object:
+    """A finished request task's result (candidates or a failure reason); ``None`` if it raised or was cancelled."""
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 def with_anchor(assignments: list[Assignment]) -> list[Assignment]:
@@ -196,8 +222,21 @@ class QuestionRun:
         self.finished: dict[str, asyncio.Event] = {}
         self.notes: list[str] = []  # what went wrong but was recovered from, for the answer
         self.deadline: float | None = None  # loop time when the question's deadline passes
+        self.ended = asyncio.Event()  # set when run() returns or fails; stragglers then stop emitting
+        self.rewarded = False  # the chunk rewards were issued (stragglers' rewards follow them)
+        self.background: set[asyncio.Task] = set()  # stragglers finishing after their chunk's vote
 
     async def run(self) -> SwarmAnswer:
+        try:
+            return await self._run()
+        except BaseException:
+            for task in self.background:  # a failed or abandoned question keeps nothing running
+                task.cancel()
+            raise
+        finally:
+            self.ended.set()
+
+    async def _run(self) -> SwarmAnswer:
         started = time.perf_counter()
         opts = self.options
         async with asyncio.timeout(opts.timeout_s) as scope:
@@ -293,8 +332,10 @@ class QuestionRun:
             await self.emit(ChunkRouted(chunk.id, tuple(assignments)))
 
         await dispatch(opts.redundancy, greedy=opts.anchor)
+        started = time.perf_counter()
+        handed_off = False
         try:
-            async with asyncio.timeout(opts.chunk_timeout_s):
+            async with asyncio.timeout(opts.chunk_timeout_s) as scope:
                 while pending:
                     done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
@@ -316,15 +357,54 @@ class QuestionRun:
                     # still make keeps the chunk open (a tie goes to the anchor).
                     outstanding = sum(a.samples for a in pending.values())
                     if pending and trace.candidates and is_decided(majority(trace.candidates).scores, outstanding):
+                        if opts.straggler_grace > 0:
+                            left = (scope.when() or float("inf")) - asyncio.get_running_loop().time()
+                            grace = min(opts.straggler_grace * (time.perf_counter() - started), left)
+                            self._finish_later(trace, dict(pending), grace)
+                            handed_off = True
                         break
         except TimeoutError:
             log.info("chunk %s deadline passed with %d answers", chunk.id, len(trace.candidates))
         finally:
             trace.stragglers_cancelled = len(pending)
-            for task in pending:  # stragglers: cancelling sends `cancel`, the node aborts
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            if not handed_off:
+                for task in pending:  # stragglers: cancelling sends `cancel`, the node aborts
+                    task.cancel()
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+
+    def _finish_later(self, trace: ChunkTrace, stragglers: dict[asyncio.Task, Assignment], grace_s: float) -> None:
+        """Let a decided chunk's stragglers run up to ``grace_s`` [s] more, then reward those that answered.
+
+        Runs in the background (the question does not wait); the task is
+        tracked by the fitness book, so closing the coordinator waits for it
+        briefly and then cancels it. Those still running after the grace are
+        cancelled (their nodes abort). Each straggler that answered gets the
+        reward :func:`~.reward.chunk_rewards` gives it among all of the
+        chunk's answers: the vote is decided, so it cannot change the winner,
+        and as the slowest it earns no speed bonus.
+        """
+
+        async def finish() -> None:
+            try:
+                done, _ = await asyncio.wait(stragglers, timeout=max(0.0, grace_s))
+            finally:
+                for task in stragglers:
+                    task.cancel()
+                await asyncio.gather(*stragglers, return_exceptions=True)
+            await self.ended.wait()
+            late_candidates = [c for task in done if isinstance(outcome := _outcome(task), list) for c in outcome]
+            if not late_candidates or not self.rewarded or trace.vote is None:
+                return
+            rewards = chunk_rewards([*trace.candidates, *late_candidates], trace.vote)
+            fresh = {peer: rewards[peer] for peer in {c.peer_id for c in late_candidates} - trace.rewards.keys()}
+            if fresh:
+                self._issue(trace.chunk.id, fresh)
+
+        task = asyncio.get_running_loop().create_task(finish(), name=f"dellm-stragglers-{trace.chunk.id}")
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        self.fitness.track(task)
 
     async def _request(self, chunk: Chunk, a: Assignment, prompt: str) -> list[Candidate] | str:
         """Ask one peer for ``a.samples`` answers; returns the candidates, or a one-line failure reason."""
@@ -353,7 +433,8 @@ class QuestionRun:
                     texts.setdefault(item.index, []).append(item.text)
                     logprobs.setdefault(item.index, []).extend(item.logprobs or [])
                     first.setdefault(item.index, (time.perf_counter() - started) * 1000)
-                    await self.emit(PeerToken(chunk.id, a.peer_id, item.index, item.text))
+                    if not self.ended.is_set():  # a straggler finishing after the answer streams to nobody
+                        await self.emit(PeerToken(chunk.id, a.peer_id, item.index, item.text))
         except PeerError as exc:
             return str(exc)
         finally:
@@ -404,12 +485,31 @@ class QuestionRun:
                 continue
             trace.rewards = chunk_rewards(trace.candidates, trace.vote)
             records += self.fitness.issue(trace.chunk.id, trace.rewards)  # signed by this coordinator
+        self.rewarded = True
+        self._publish(records)
+        return records
+
+    def _issue(self, chunk_id: str, rewards: dict[str, float]) -> list:
+        """Sign, apply and gossip rewards for one chunk (a straggler's, after the question); returns the records."""
+        records = self.fitness.issue(chunk_id, rewards)
+        self._publish(records)
+        return records
+
+    def _publish(self, records: list) -> None:
+        """Apply our own records, then gossip them in the background (best effort).
+
+        They go to the pooled peers (``ln N + 2`` of them, at least the
+        book's fan-out; :meth:`FitnessBook.forward`), which pass them on:
+        rumor mongering plus membership's anti-entropy reach every node. Not
+        to every peer directly: with more peers than the pool keeps (64),
+        that opened a websocket to each unpooled peer for every question and
+        evicted the connections the next questions' requests needed
+        (``scripts/bench_scale.py``, N = 100: docs/results.md, issue 17).
+        """
         for record in records:
             self.fitness.apply(record)
         if records:
-            # Every peer hears it directly (they forward to the rest); best effort, in the background.
-            self.fitness.spawn_forward(records, fanout=max(self.fitness.fanout, len(self.table.alive())))
-        return records
+            self.fitness.spawn_forward(records, fanout=self.fitness.fanout)
 
     # Synthesize.
 

@@ -360,6 +360,14 @@ class FitnessBook:
                 self.rejected["signature"] += 1
         return self.receive(records) if records else []
 
+    def track(self, task: asyncio.Task) -> None:
+        """Keep a background task that issues or gossips rewards (e.g. a coordinator's stragglers) until it ends.
+
+        :meth:`flush` waits for it like for a forward, :meth:`close` cancels it.
+        """
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def spawn_forward(self, records: list[RewardRecord], fanout: int) -> None:
         """:meth:`forward` in the background (gossip must not hold up the caller)."""
         if self.pool is not None:
