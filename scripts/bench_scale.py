@@ -94,18 +94,18 @@ import time
 import tracemalloc
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dellm_p2p.config import NodeConfig
 from dellm_p2p.coordinator.errors import SwarmError
-from dellm_p2p.coordinator.pipeline import AskOptions
+from dellm_p2p.coordinator.pipeline import AskOptions, with_anchor
 from dellm_p2p.coordinator.reward import chunk_rewards
 from dellm_p2p.coordinator.route import RouteWeights, eligible_peers, route
 from dellm_p2p.coordinator.types import Candidate, Chunk, Operation
-from dellm_p2p.coordinator.vote import vote
+from dellm_p2p.coordinator.vote import apply_anchor, is_decided, majority, vote
 from dellm_p2p.engine import Delta, Engine, EngineStats, GenerationRequest, ModelInfo, PromptTooLongError
 from dellm_p2p.fitness import FitnessBook, apply_reward
 from dellm_p2p.identity import Identity
@@ -1046,10 +1046,39 @@ POLICY_TEXT = {
 }
 
 
-def hidden_accuracies(n: int, good_share: float, good: float, other: float, seed: int) -> dict[int, float]:
-    """SIMULATION: node index -> hidden accuracy; round(good_share × n) random nodes (at least one) get ``good``."""
-    picked = set(random.Random(seed).sample(range(n), max(1, round(good_share * n))))
-    return {i: good if i in picked else other for i in range(n)}
+def hidden_accuracies(
+    n: int,
+    good_share: float,
+    good: float,
+    other: float,
+    seed: int,
+    spread: tuple[tuple[float, float], tuple[float, float]] | None = None,
+) -> dict[int, float]:
+    """SIMULATION: node index -> hidden accuracy; round(good_share × n) random nodes (at least one) are the accurate.
+
+    Two levels (the issue's example): the accurate get ``good``, the rest ``other``. With ``spread``
+    ``((good_lo, good_hi), (other_lo, other_hi))`` every node draws its own accuracy uniformly from its
+    class's range instead (``--accuracy-spread``): without ties Spearman's rho can reach 1, while with two
+    levels even a perfect ordering scores its ceiling (0.52 at 10 %).
+    """
+    rng = random.Random(seed)
+    picked = set(rng.sample(range(n), max(1, round(good_share * n))))
+    if spread is None:
+        return {i: good if i in picked else other for i in range(n)}
+    (good_lo, good_hi), (other_lo, other_hi) = spread
+    return {i: rng.uniform(good_lo, good_hi) if i in picked else rng.uniform(other_lo, other_hi) for i in range(n)}
+
+
+def accurate_nodes(accuracy: dict[Any, float], good_share: float) -> set[Any]:
+    """The accurate class: the round(good_share × n) nodes (at least one) of highest hidden accuracy."""
+    ranked = sorted(accuracy, key=accuracy.__getitem__, reverse=True)
+    return set(ranked[: max(1, round(good_share * len(accuracy)))])
+
+
+def sim_accuracies(n: int, args: argparse.Namespace, seed: int) -> dict[int, float]:
+    """:func:`hidden_accuracies` as the command line sets them (``--accuracy-spread`` or two levels)."""
+    spread = (args.good_range, args.other_range) if args.accuracy_spread else None
+    return hidden_accuracies(n, args.good_share, args.good_accuracy, args.other_accuracy, seed, spread)
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -1084,6 +1113,8 @@ def learning_figures(
     capacity: int,
     answer_ms: float,
     window: int,
+    good: set[str] | None = None,
+    evidence: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """The figures of issue 17 for one routing policy.
 
@@ -1096,14 +1127,18 @@ def learning_figures(
         capacity: requests a node serves at once.
         answer_ms: the simulated answer time [ms].
         window: questions in the "first" and "last" windows (200 for 1,000 questions).
+        good: the accurate class (default: the nodes of the highest accuracy).
+        evidence: the coordinator's final ``(agreed, rewards)`` per node id: adds Spearman of the
+            posterior mean of agreement (Beta(1, 1) prior), the estimate routing's exploration draws around.
     """
     n = len(accuracy)
     per_peer: Counter[str] = Counter()
     for q in questions:
         per_peer.update(q["requests"])
     total = sum(per_peer.values())
-    best = max(accuracy.values())
-    good = {node for node, acc in accuracy.items() if acc == best}
+    if good is None:
+        best = max(accuracy.values())
+        good = {node for node, acc in accuracy.items() if acc == best}
     last = questions[-window:]
     last_total = sum(sum(q["requests"].values()) for q in last)
     last_good = sum(c for q in last for node, c in q["requests"].items() if node in good)
@@ -1114,12 +1149,13 @@ def learning_figures(
     # With tied hidden accuracies (two levels) even a perfect ordering of fitness gives Spearman < 1: the
     # ceiling is Spearman against any tie-free ordering that agrees with the accuracies (0.52 at 10 % / 90 %).
     ceiling = spearman(acc_list, [a + 1e-9 * i for i, a in enumerate(acc_list)])
+    is_good = [node in good for node in nodes]
     pairs = [
         (fg, fb)
-        for fg, ag in zip(fit_list, acc_list, strict=True)
-        if ag == best
-        for fb, ab in zip(fit_list, acc_list, strict=True)
-        if ab != best
+        for fg, g in zip(fit_list, is_good, strict=True)
+        if g
+        for fb, b in zip(fit_list, is_good, strict=True)
+        if not b
     ]
     auc = sum(1.0 if fg > fb else 0.5 if fg == fb else 0.0 for fg, fb in pairs) / len(pairs) if pairs else None
     reasons: Counter[str] = Counter(why.split(":", 1)[0] for q in questions for why in q["failures"])
@@ -1154,9 +1190,17 @@ def learning_figures(
             {k: q[k] for k in ("latency_ms", "requests", "failures", "error", "at_s")}
             for q in sorted(questions, key=lambda q: -q["latency_ms"])[:3]
         ],
-        "fitness_good_mean": statistics.fmean(f for f, a in zip(fit_list, acc_list, strict=True) if a == best),
-        "fitness_rest_mean": statistics.fmean(f for f, a in zip(fit_list, acc_list, strict=True) if a != best)
+        "fitness_good_mean": statistics.fmean(f for f, g in zip(fit_list, is_good, strict=True) if g),
+        "fitness_rest_mean": statistics.fmean(f for f, g in zip(fit_list, is_good, strict=True) if not g)
         if n > len(good)
+        else None,
+        "spearman_posterior_accuracy": spearman(
+            [(1 + evidence.get(node, (0, 0))[0]) / (2 + evidence.get(node, (0, 0))[1]) for node in nodes], acc_list
+        )
+        if evidence is not None
+        else None,
+        "rewards_per_peer_median": statistics.median(evidence.get(node, (0, 0))[1] for node in nodes)
+        if evidence is not None
         else None,
     }
 
@@ -1185,12 +1229,18 @@ def simulate_routing(n: int, args: argparse.Namespace, policy: str, seed: int) -
     No sockets, processes or clocks: N peer records (capacity ``--capacity``, RTT drawn once per peer,
     0.2-5 ms like a loopback or LAN ping), the questions asked in rounds of ``--learn-concurrency``
     (each round routed with the previous rounds' rewards applied and its own requests counted in flight,
-    as concurrent questions see each other), answers drawn from the hidden accuracies, the product's
-    default vote (weighted) and reward rule, and ``FitnessBook``'s update and counts. It isolates the
-    routing rule from the machine: the live phase's latency is this machine's, its learning is the rule's.
+    as concurrent questions see each other), answers drawn from the hidden accuracies, and the pipeline's
+    decisions replayed: the first assignment is the greedy anchor (:func:`with_anchor`), the answers
+    arrive in random order (equal answer times), the vote stops waiting once :func:`is_decided` says
+    the outstanding answers cannot change the winner, the default vote (``AskOptions().strategy``) with
+    the anchor rule decides, and :func:`chunk_rewards` rewards the answers in the vote; stragglers are
+    rewarded against the decided vote when ``--straggler-grace`` > 0 (with equal answer times they all
+    finish within it), else never. ``FitnessBook``'s update and counts. It isolates the routing rule
+    from the machine: the live phase's latency is this machine's, its learning is the rule's.
     """
     rng = random.Random(seed)
-    accuracy = hidden_accuracies(n, args.good_share, args.good_accuracy, args.other_accuracy, seed)
+    accuracy = sim_accuracies(n, args, seed)
+    strategy = AskOptions().strategy
     peers = [
         PeerRecord(
             node_id=f"sim-{i:04d}", url=f"ws://{HOST}:{20000 + i}", model=SIM_MODEL, capacity=args.capacity,
@@ -1205,12 +1255,14 @@ def simulate_routing(n: int, args: argparse.Namespace, policy: str, seed: int) -
     for start in range(0, args.learn_questions, args.learn_concurrency):
         batch = []
         for q in range(start, min(start + args.learn_concurrency, args.learn_questions)):
-            chosen = route(
-                Chunk(f"q{q}", "simulated", Operation.MATH),
-                peers,
-                redundancy=3,
-                weights=POLICIES[policy],
-                rng=route_rng,
+            chosen = with_anchor(
+                route(
+                    Chunk(f"q{q}", "simulated", Operation.MATH),
+                    peers,
+                    redundancy=3,
+                    weights=POLICIES[policy],
+                    rng=route_rng,
+                )
             )
             for a in chosen:
                 peers[index[a.peer_id]].in_flight += 1
@@ -1218,21 +1270,36 @@ def simulate_routing(n: int, args: argparse.Namespace, policy: str, seed: int) -
             batch.append((q, chosen))
         for q, chosen in batch:
             right = str(sim_right_answer(q))
-            candidates = []
+            arrivals = []
             for a in chosen:
                 p = peers[index[a.peer_id]]
                 p.in_flight -= 1
+                answers = []
                 for sample in range(a.samples):
                     good = rng.random() < accuracy[index[a.peer_id]]
                     answer = right if good else str(int(right) + 1 + rng.randrange(SIM_WRONG_ANSWERS))
-                    candidates.append(
+                    answers.append(
                         Candidate(
                             peer_id=p.node_id, text=answer, answer=answer, logprobs=[-0.1], fitness=p.fitness,
-                            latency_ms=100.0 + rng.random(), sample=sample,
+                            latency_ms=100.0 + rng.random(), sample=sample, greedy=a.greedy,
                         )
                     )  # fmt: skip
-            result = vote(candidates, "weighted")
-            for node_id, reward in chunk_rewards(candidates, result).items():
+                arrivals.append((a.samples, answers))
+            rng.shuffle(arrivals)
+            candidates: list[Candidate] = []
+            stragglers: list[Candidate] = []
+            for i, (_, answers) in enumerate(arrivals):
+                candidates += answers
+                outstanding = sum(samples for samples, _ in arrivals[i + 1 :])
+                if outstanding and is_decided(majority(candidates).scores, outstanding):
+                    stragglers = [c for _, late in arrivals[i + 1 :] for c in late]
+                    break
+            result = apply_anchor(vote(candidates, strategy), candidates)
+            rewards = chunk_rewards(candidates, result)
+            if stragglers and args.straggler_grace > 0 and rewards:
+                late = chunk_rewards(candidates + stragglers, result)
+                rewards |= {c.peer_id: late[c.peer_id] for c in stragglers if c.peer_id not in rewards}
+            for node_id, reward in rewards.items():
                 p = peers[index[node_id]]
                 p.fitness = apply_reward(p.fitness, reward)
                 p.rewards, p.agreed = p.rewards + 1, p.agreed + (reward > 0)
@@ -1244,14 +1311,17 @@ def simulate_routing(n: int, args: argparse.Namespace, policy: str, seed: int) -
                  "error": None, "at_s": 0.0}
             )  # fmt: skip
     window = min(200, max(1, args.learn_questions // 5))
+    by_id = {p.node_id: accuracy[i] for i, p in enumerate(peers)}
     figures = learning_figures(
         questions,
         {p.node_id: p.fitness for p in peers},
-        {p.node_id: accuracy[i] for i, p in enumerate(peers)},
+        by_id,
         {"max": peak},
         args.capacity,
         1.0,
         window,
+        good=accurate_nodes(by_id, args.good_share),
+        evidence={p.node_id: (p.agreed, p.rewards) for p in peers},
     )
     figures.update(policy=policy, seed=seed, concurrency=args.learn_concurrency)
     for key in ("latency_ms_p50", "latency_ms_p99", "latency_p99_over_answer", "slowest", "peer_failures"):
@@ -1280,11 +1350,11 @@ async def bench_learning(
     ``--learn-concurrency`` questions at once with the product's default vote at
     redundancy 3, and is closed at the end. Every node answers like its hidden accuracy says.
     """
-    accuracy = hidden_accuracies(n, args.good_share, args.good_accuracy, args.other_accuracy, args.seed)
+    accuracy = sim_accuracies(n, args, args.seed)
     await call_all(workers, "set_accuracy", accuracy=accuracy, seed=args.seed + len(policy))
     options = AskOptions(
         redundancy=3, max_tokens=args.tokens + 8, timeout_s=60, chunk_timeout_s=30, decompose="none",
-        synthesize=False, weights=POLICIES[policy],
+        synthesize=False, weights=POLICIES[policy], straggler_grace=args.straggler_grace,
     )  # fmt: skip
     swarm = Swarm(peers=[boot_url], mdns=False, options=options, discover_timeout_s=args.join_timeout_s)
     questions: list[dict[str, Any]] = [{} for _ in range(args.learn_questions)]
@@ -1296,6 +1366,8 @@ async def bench_learning(
             await asyncio.sleep(0.05)
         for record in swarm.table.records():  # neutral start: no fitness, no evidence
             record.fitness, record.agreed, record.rewards = 0.5, 0, 0
+        probe = _CoordinatorProbe(swarm)
+        probe.start()
         next_q = 0
         started = time.monotonic()
 
@@ -1315,6 +1387,13 @@ async def bench_learning(
                     entry["requests"] = dict(requests)
                     entry["failures"] = [why for _, why in chunk.failures]
                     entry["correct"] = chunk.vote is not None and chunk.vote.answer == str(sim_right_answer(q))
+                    # Diagnosis (docs/results.md, issue 17): who got the greedy first slot, who was rewarded
+                    # with which sign, in which order the answers arrived, how many were cancelled.
+                    entry["first"] = next((a.peer_id for a in chunk.assignments if a.greedy), None)
+                    entry["rewards"] = dict(chunk.rewards)
+                    entry["arrivals"] = [(c.peer_id, c.latency_ms, c.first_token_ms) for c in chunk.candidates]
+                    entry["stragglers"] = chunk.stragglers_cancelled
+                    entry["chunk_ms"] = chunk.elapsed_ms
                 except SwarmError as exc:
                     entry["error"] = f"{type(exc).__name__}: {exc}"
                 entry["latency_ms"] = (time.monotonic() - t0) * 1000
@@ -1325,8 +1404,10 @@ async def bench_learning(
 
         await asyncio.gather(*(asker() for _ in range(args.learn_concurrency)))
         elapsed = time.monotonic() - started
+        coordinator = probe.stop()
+        await asyncio.sleep(1.0)  # the last questions' stragglers finish (grace) and are rewarded
         fitness = {p.node_id: p.fitness for p in swarm.table.records()}
-        evidence = {p.node_id: p.rewards for p in swarm.table.records()}
+        evidence = {p.node_id: (p.agreed, p.rewards) for p in swarm.table.records()}
         rtts = sorted(p.rtt_ms for p in swarm.table.alive() if p.rtt_ms is not None)
     finally:
         with contextlib.suppress(Exception):
@@ -1336,8 +1417,10 @@ async def bench_learning(
         peaks.update({ids[int(i)]: peak for i, peak in reply["peaks"].items()})
     window = min(200, max(1, args.learn_questions // 5))
     answer_ms = args.first_token_ms + args.tokens * args.token_ms
+    by_id = {ids[i]: a for i, a in accuracy.items()}
+    good = accurate_nodes(by_id, args.good_share)
     figures = learning_figures(
-        questions, fitness, {ids[i]: a for i, a in accuracy.items()}, peaks, args.capacity, answer_ms, window
+        questions, fitness, by_id, peaks, args.capacity, answer_ms, window, good=good, evidence=evidence
     )
     figures.update(
         policy=policy,
@@ -1345,7 +1428,6 @@ async def bench_learning(
         concurrency=args.learn_concurrency,
         load_of_capacity=round(args.learn_concurrency * 3 / (n * args.capacity), 4),
         questions_per_s=round(len(questions) / elapsed, 2),
-        evidence_median=statistics.median(evidence.values()) if evidence else None,
         # The coordinator's RTT EWMAs at the end (the base score's other half): on a busy machine they
         # measure the simulated nodes' event-loop lag more than the loopback network.
         rtt_ms={
@@ -1356,8 +1438,108 @@ async def bench_learning(
             "max": pct(rtts, 100),
         },
     )
+    figures["coordinator"] = coordinator
+    figures["diagnosis"] = learning_diagnosis(questions, good, by_id, probe.rtt_mean())
     figures["targets"] = learning_verdicts(figures)
     return figures
+
+
+class _CoordinatorProbe:
+    """Measures a live coordinator while it learns: its own event-loop lag, the connections its pool opens,
+    and every peer's RTT estimate over time (sampled every ``period_s``), for the diagnosis of the live run.
+    """
+
+    def __init__(self, swarm: Swarm, period_s: float = 0.05):
+        self.swarm, self.period_s = swarm, period_s
+        self.lags: list[float] = []
+        self.connects = 0
+        self.rtt_sums: Counter[str] = Counter()
+        self.rtt_counts: Counter[str] = Counter()
+        self.task: asyncio.Task | None = None
+        self.cpu0 = self.t0 = 0.0
+        original = swarm.pool._connect
+
+        async def connect(url: str):
+            client = await original(url)
+            self.connects += 1
+            return client
+
+        swarm.pool._connect = connect  # type: ignore[method-assign]
+
+    def start(self) -> None:
+        self.cpu0, self.t0 = time.process_time(), time.monotonic()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        tick = 0
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(self.period_s)
+            self.lags.append((time.perf_counter() - t - self.period_s) * 1000)
+            tick += 1
+            if tick % 10 == 0:  # every 0.5 s
+                for p in self.swarm.table.alive():
+                    if p.rtt_ms is not None:
+                        self.rtt_sums[p.node_id] += p.rtt_ms
+                        self.rtt_counts[p.node_id] += 1
+
+    def rtt_mean(self) -> dict[str, float]:
+        """Per node id: its RTT estimate [ms] averaged over the samples in which it was measured."""
+        return {node: self.rtt_sums[node] / count for node, count in self.rtt_counts.items()}
+
+    def stop(self) -> dict[str, Any]:
+        if self.task is not None:
+            self.task.cancel()
+        wall = max(1e-9, time.monotonic() - self.t0)
+        lags = sorted(self.lags)
+        return {
+            "loop_lag_ms_p50": pct(lags, 50),
+            "loop_lag_ms_p99": pct(lags, 99),
+            "loop_lag_ms_max": pct(lags, 100),
+            "cpu_cores": round((time.process_time() - self.cpu0) / wall, 2),
+            "connects": self.connects,
+            "connects_per_s": round(self.connects / wall, 1),
+        }
+
+
+def learning_diagnosis(
+    questions: list[dict[str, Any]],
+    good: set[str],
+    accuracy: dict[str, float],
+    rtt_mean: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Per class of peer (``good``: the accurate; the rest), what the live coordinator saw of it.
+
+    Returns, per class: ``peers``; ``requests`` per peer; ``first_slot`` share of the greedy first
+    assignments; ``rewarded_per_request`` (a request cancelled as a straggler, or of a chunk without a
+    consensus, earns no reward); ``agree_rate`` (share of its rewards that were for agreeing);
+    ``arrival_rank`` (mean position of its answers in arrival order, 0 = first); ``measured_rtt``
+    (share of its peers whose RTT was measured) and ``rtt_ms_mean`` (mean RTT estimate of those).
+    Also the whole run's ``stragglers_per_question`` and ``rewards_per_question``.
+    """
+    classes = {"accurate": set(good), "rest": set(accuracy) - set(good)}
+    done = [q for q in questions if q.get("error") is None and "rewards" in q]
+    out: dict[str, Any] = {
+        "stragglers_per_question": statistics.fmean(q["stragglers"] for q in done) if done else None,
+        "rewards_per_question": statistics.fmean(len(q["rewards"]) for q in done) if done else None,
+    }
+    firsts = Counter(q["first"] for q in done if q.get("first"))
+    for name, members in classes.items():
+        requests = sum(c for q in done for node, c in q["requests"].items() if node in members)
+        signs = [r > 0 for q in done for node, r in q["rewards"].items() if node in members]
+        positions = [i for q in done for i, (node, *_) in enumerate(q["arrivals"]) if node in members]
+        rtts = [rtt_mean[n] for n in members if rtt_mean and n in rtt_mean]
+        out[name] = {
+            "peers": len(members),
+            "requests_per_peer": round(requests / max(1, len(members)), 2),
+            "first_slot": round(sum(firsts[n] for n in members) / max(1, sum(firsts.values())), 4),
+            "rewarded_per_request": round(len(signs) / requests, 4) if requests else None,
+            "agree_rate": round(sum(signs) / len(signs), 4) if signs else None,
+            "arrival_rank": round(statistics.fmean(positions), 3) if positions else None,
+            "measured_rtt": round(len(rtts) / max(1, len(members)), 3),
+            "rtt_ms_mean": round(statistics.fmean(rtts), 2) if rtts else None,
+        }
+    return out
 
 
 # One network size
@@ -1633,6 +1815,20 @@ def membership_report(results: dict[str, Any], console: Any) -> None:
         console.print(f"traffic per node N = 500 / N = 50: {ratio:.2f}x (target < 2x) {verdict(ratio, 2.0)}")
 
 
+def _accuracy_text(s: dict[str, Any]) -> str:
+    """The SIMULATION's hidden accuracies in words, from the settings."""
+    if s.get("accuracy_spread"):
+        (glo, ghi), (olo, ohi) = s["good_range"], s["other_range"]
+        return (
+            f"{s['good_share']:.0%} of the nodes right with a hidden accuracy drawn from [{glo:g}, {ghi:g}], "
+            f"the rest from [{olo:g}, {ohi:g}]"
+        )
+    return (
+        f"{s['good_share']:.0%} of the nodes answer right {s['good_accuracy']:.0%} of the time, "
+        f"the rest {s['other_accuracy']:.0%}"
+    )
+
+
 def offline_report(results: dict[str, Any], console: Any) -> None:
     """The route-level learning simulation (no network): both policies per N, mean over seeds."""
     from rich.table import Table
@@ -1644,7 +1840,9 @@ def offline_report(results: dict[str, Any], console: Any) -> None:
     table = Table(
         title="bench_scale: routing that learns — route-level SIMULATION (no network, no clock)",
         caption=(
-            f"route() -> SIMULATED answers (hidden accuracies as below) -> weighted vote -> rewards -> fitness, "
+            f"route() -> SIMULATED answers ({_accuracy_text(s)}) in random order -> the pipeline's early stop, "
+            f"default vote with the greedy anchor, rewards (stragglers: "
+            f"{'rewarded' if s.get('straggler_grace', 1) > 0 else 'cancelled'}) -> fitness, "
             f"{s['learn_questions']} questions in rounds of {s['learn_concurrency']}; mean of "
             f"{s['offline_seeds']} seeds (the accurate share: also the worst seed)."
         ),
@@ -1665,7 +1863,12 @@ def offline_report(results: dict[str, Any], console: Any) -> None:
         "Spearman(fitness, hidden accuracy) (ceiling)",
         lambda m, f: f"{m['spearman_fitness_accuracy']:.2f} ({m['spearman_ceiling']:.2f})",
     )
+    row(
+        "Spearman(posterior mean of agreement, hidden accuracy)",
+        lambda m, f: fmt(m.get("spearman_posterior_accuracy")),
+    )
     row("P(accurate peer's fitness > another's) (AUC)", lambda m, f: f"{m['auc_good_over_rest']:.2f}")
+    row("rewards per peer (median)", lambda m, f: fmt(m.get("rewards_per_peer_median"), ".0f"))
     row(
         "accurate peers' share, last W questions (worst seed)",
         lambda m, f: f"{m['good_share_last']:.1%} ({f['min_good_share_last']:.1%})",
@@ -1691,8 +1894,7 @@ def learning_report(results: dict[str, Any], console: Any) -> None:
     table = Table(
         title="bench_scale: routing that learns who is good — SIMULATED nodes with a hidden accuracy",
         caption=(
-            f"SIMULATION: {s['good_share']:.0%} of the nodes answer right {s['good_accuracy']:.0%} of the time, "
-            f"the rest {s['other_accuracy']:.0%}; right answers agree, wrong ones are drawn from "
+            f"SIMULATION: {_accuracy_text(s)}; right answers agree, wrong ones are drawn from "
             f"{SIM_WRONG_ANSWERS} per question; every answer takes {answer_ms:g} ms. A fresh coordinator per "
             "policy (neutral fitness, no evidence) asks the questions with the product's default vote, k = 3."
         ),
@@ -1727,6 +1929,7 @@ def learning_report(results: dict[str, Any], console: Any) -> None:
         "Spearman(fitness, hidden accuracy) (ceiling with 2 levels)",
         lambda f: f"{fmt(f['spearman_fitness_accuracy'])} ({fmt(f['spearman_ceiling'])})",
     )
+    row("Spearman(posterior mean of agreement, hidden accuracy)", lambda f: fmt(f.get("spearman_posterior_accuracy")))
     row("P(accurate peer's fitness > another's) (AUC)", lambda f: fmt(f["auc_good_over_rest"]))
     row(
         "mean fitness: accurate / rest",
@@ -1748,6 +1951,28 @@ def learning_report(results: dict[str, Any], console: Any) -> None:
         ),
     )
     row("questions/s", lambda f: fmt(f["questions_per_s"], ".1f"))
+
+    def diag(key: str, spec: str) -> Callable[[dict[str, Any]], str]:
+        def render(f: dict[str, Any]) -> str:
+            d = f.get("diagnosis") or {}
+            return f"{fmt((d.get('accurate') or {}).get(key), spec)} / {fmt((d.get('rest') or {}).get(key), spec)}"
+
+        return render
+
+    row("diagnosis, accurate / rest: requests per peer", diag("requests_per_peer", ".0f"))
+    row("  share of the greedy first slots", diag("first_slot", ".1%"))
+    row("  rewards per request (stragglers cut, no consensus)", diag("rewarded_per_request", ".2f"))
+    row("  share of rewards for agreeing", diag("agree_rate", ".1%"))
+    row("  RTT estimate, ms", diag("rtt_ms_mean", ".1f"))
+    row(
+        "coordinator: loop lag p50 / p99 ms, CPU, connects/s",
+        lambda f: (
+            f"{fmt(c.get('loop_lag_ms_p50'), '.1f')} / {fmt(c.get('loop_lag_ms_p99'), '.0f')}, "
+            f"{fmt(c.get('cpu_cores'), '.2f')} cores, {fmt(c.get('connects_per_s'), '.1f')}"
+            if (c := f.get("coordinator"))
+            else "-"
+        ),
+    )
     console.print(table)
     for n, policy, f in columns:
         marks = ", ".join(f"{name} {'PASS' if ok else 'MISS'}" for name, ok in f["targets"].items())
@@ -1832,6 +2057,17 @@ def wait_for_load(limit: float, max_s: float) -> bool:
         time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
 
 
+def _range(text: str) -> tuple[float, float]:
+    """``lo,hi`` -> (lo, hi), 0 <= lo <= hi <= 1 (an argparse type)."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected lo,hi, got {text!r}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"need 0 <= lo <= hi <= 1, got {text!r}")
+    return lo, hi
+
+
 def _default(cls: type, parameter: str) -> Any:
     """The library's default for a constructor parameter (so the benchmark follows it)."""
     import inspect
@@ -1907,6 +2143,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--good-share", type=float, default=0.1, help="share of accurate simulated nodes (default 0.1)")
     p.add_argument("--good-accuracy", type=float, default=0.9, help="their hidden accuracy (default 0.9)")
     p.add_argument("--other-accuracy", type=float, default=0.4, help="everyone else's (default 0.4)")
+    p.add_argument(
+        "--accuracy-spread",
+        action="store_true",
+        help="SIMULATION: each node draws its own hidden accuracy from its class's range (--good-range, "
+        "--other-range) instead of two levels, so Spearman(fitness, accuracy) can reach 1",
+    )
+    p.add_argument("--good-range", type=_range, default=(0.85, 0.95), help="accurate nodes' range (default 0.85,0.95)")
+    p.add_argument("--other-range", type=_range, default=(0.3, 0.6), help="other nodes' range (default 0.3,0.6)")
+    p.add_argument(
+        "--straggler-grace",
+        type=float,
+        default=_default(AskOptions, "straggler_grace"),
+        help="AskOptions.straggler_grace of the learning coordinators and of the route-level replay "
+        "(0: stragglers cancelled unrewarded)",
+    )
     p.add_argument("--seed", type=int, default=17, help="seed of the hidden accuracies and answers (default 17)")
     p.add_argument("--wait-load", type=float, help="first wait until the 1-min load average is below this")
     p.add_argument("--wait-max-s", type=float, default=1200.0)
