@@ -1367,6 +1367,7 @@ async def bench_learning(
         for record in swarm.table.records():  # neutral start: no fitness, no evidence
             record.fitness, record.agreed, record.rewards = 0.5, 0, 0
         probe = _CoordinatorProbe(swarm)
+        await call_all(workers, "stats")  # the workers' counters start here
         probe.start()
         next_q = 0
         started = time.monotonic()
@@ -1405,6 +1406,7 @@ async def bench_learning(
         await asyncio.gather(*(asker() for _ in range(args.learn_concurrency)))
         elapsed = time.monotonic() - started
         coordinator = probe.stop()
+        worker_stats = stats_summary(await call_all(workers, "stats"))
         await asyncio.sleep(1.0)  # the last questions' stragglers finish (grace) and are rewarded
         fitness = {p.node_id: p.fitness for p in swarm.table.records()}
         evidence = {p.node_id: (p.agreed, p.rewards) for p in swarm.table.records()}
@@ -1439,6 +1441,7 @@ async def bench_learning(
         },
     )
     figures["coordinator"] = coordinator
+    figures["workers"] = worker_stats
     figures["diagnosis"] = learning_diagnosis(questions, good, by_id, probe.rtt_mean())
     figures["targets"] = learning_verdicts(figures)
     return figures
@@ -1524,6 +1527,15 @@ def learning_diagnosis(
         "rewards_per_question": statistics.fmean(len(q["rewards"]) for q in done) if done else None,
     }
     firsts = Counter(q["first"] for q in done if q.get("first"))
+    # Where a question's time goes: the first answer's arrival, the deciding (last used) answer's, the chunk
+    # (decision), the question; p50 and p99 [ms].
+    parts = {
+        "first_answer": sorted(min(lat for _, lat, _ in q["arrivals"]) for q in done if q["arrivals"]),
+        "deciding_answer": sorted(max(lat for _, lat, _ in q["arrivals"]) for q in done if q["arrivals"]),
+        "chunk": sorted(q["chunk_ms"] for q in done),
+        "question": sorted(q["latency_ms"] for q in done),
+    }
+    out["latency_ms"] = {name: [pct(v, 50), pct(v, 99)] for name, v in parts.items()}
     for name, members in classes.items():
         requests = sum(c for q in done for node, c in q["requests"].items() if node in members)
         signs = [r > 0 for q in done for node, r in q["rewards"].items() if node in members]
