@@ -40,6 +40,7 @@ from ..client import PeerClient, PeerError
 from ..discovery import Announcement
 from ..peer_table import Observed, PeerState, PeerTable
 from ..protocol import DEFAULT_MAX_FRAME_BYTES, Beat, ErrorCode, Hello, MemberEntry, Members, RewardRecord
+from .base import MembershipBase
 
 if TYPE_CHECKING:
     from ..identity import Identity
@@ -214,7 +215,7 @@ class PeerPool:
         )
 
 
-class Membership:
+class Membership(MembershipBase):
     """Keeps a node's peer table current. Hooks: :meth:`on_members`, :meth:`on_hello`, mDNS callbacks.
 
     Args:
@@ -265,19 +266,21 @@ class Membership:
         ping_every_s: float = 5.0,
         large_fanout: int = 1,
     ):
-        if identity is not None and identity.node_id != node_id:
-            raise ValueError(f"identity {identity.node_id} does not match node id {node_id}")
-        self.node_id, self.name, self.url = node_id, name, url
-        self.identity = identity
+        super().__init__(
+            node_id=node_id,
+            name=name,
+            url=url,
+            identity=identity,
+            table=table,
+            pool=pool,
+            bootstrap=bootstrap,
+            in_flight=in_flight,
+            rpc_timeout_s=rpc_timeout_s,
+        )
         self.model, self.capacity = model, capacity
-        self.table = table
-        self.pool = pool
-        self.bootstrap = [u for u in (bootstrap or []) if u != url]
-        self.in_flight = in_flight
         self.gossip_interval_s = gossip_interval_s
         self.fanout = fanout
         self.large_fanout = large_fanout
-        self.rpc_timeout_s = rpc_timeout_s
         self.ping_every_s = ping_every_s
         self.incarnation = time.time_ns() // 1_000_000
         self.heartbeat = 0
@@ -285,23 +288,12 @@ class Membership:
         self._unreachable: dict[str, float] = {}  # url -> time of the last failed attempt
         self._pinged: dict[str, float] = {}  # url -> time of our last RTT sample of it
         self._asked: dict[str, float] = {}  # node id -> when we last asked a peer for its full entry
-        self.refusals: dict[str, str] = {}  # url -> why that peer refused our handshake (cluster key, node id)
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._digest: tuple[int, list[MemberEntry], list[Beat]] | None = None
         self.interval_s = gossip_interval_s  # this round's length (grows with the network, see round_interval)
         self._base_timeouts = (table.suspect_after_s, table.dead_after_s)
         self.fitness: FitnessBook | None = None  # set by the owner: reward records ride along (anti-entropy)
-
-    @property
-    def bytes_sent(self) -> int:
-        """Membership and pooled-connection payload bytes sent [bytes]."""
-        return self.pool.bytes_sent
-
-    @property
-    def bytes_received(self) -> int:
-        """Membership and pooled-connection payload bytes received [bytes]."""
-        return self.pool.bytes_received
 
     def self_entry(self) -> MemberEntry | None:
         """Our own member entry (``None`` without an identity: an entry must carry a public key)."""
@@ -334,21 +326,20 @@ class Membership:
         """Start gossiping in the background."""
         self._task = asyncio.create_task(self._run(), name="dellm-membership")
 
-    async def close(self, goodbye_timeout_s: float = 1.0) -> None:
-        """Tell connected peers we leave (best effort, bounded), then stop."""
+    async def _stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def say_goodbye(self) -> None:
+        """Push our *left* entry to every connected peer (best effort; :meth:`close` bounds it)."""
         self.left = True
         self.heartbeat += 1
         goodbye = self.self_entry()
         if goodbye is not None:
             clients = self.pool.clients()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(goodbye_timeout_s):
-                    await asyncio.gather(*(c.members([goodbye]) for c in clients), return_exceptions=True)
-        await self.pool.close()
+            await asyncio.gather(*(c.members([goodbye]) for c in clients), return_exceptions=True)
 
     # Hooks called by the server and by mDNS discovery.
 
@@ -575,19 +566,9 @@ class Membership:
                 return
             why = str(exc) or f"no reply within {self.rpc_timeout_s:g} s"
             await self.pool.drop(url, f"gossip exchange failed: {why}")
-            refused = getattr(exc, "code", None) in (
-                ErrorCode.DUPLICATE_NODE_ID,
-                ErrorCode.AUTHENTICATION_FAILED,
-                ErrorCode.IDENTITY_MISMATCH,
-            )
-            news = url not in self._unreachable or (refused and url not in self.refusals)  # log once per cause
-            if refused:
-                self.refusals[url] = str(exc)
-            if news:
-                if refused:
-                    log.error("peer at %s refused us: %s", url, exc)
-                else:
-                    log.warning("cannot reach peer at %s: %s", url, why)
+            # Log once per cause: a refusal (logged by _refused) or the first failure to reach it.
+            if not self._refused(url, exc) and url not in self._unreachable:
+                log.warning("cannot reach peer at %s: %s", url, why)
             self._unreachable[url] = time.monotonic()
             return
         self._unreachable.pop(url, None)

@@ -20,7 +20,23 @@ not grow with N).
 
 Reward records: the issuer pushes them to every member over websockets (as
 before); a node that applies one queues it in the core, which piggybacks it
-``retransmit_mult`` times (:meth:`Swim.broadcast_reward`).
+``retransmit_mult`` times (:meth:`Swim.broadcast_reward`). The first frame of a
+push-pull and its reply also carry each side's recent records (at most
+:data:`REWARDS_PER_SYNC`, applied within the last 10 s): anti-entropy, so a
+node that joins just after a question, or missed the pushes and their
+piggybacked copies, still gets them.
+
+RTT: a coordinator pings each newly joined model peer; a node measures the
+RTT of each peer it push-pulls with over that connection (a ping, once), so
+a peer found by mDNS, a hello or a bootstrap URL shows an RTT within a
+second; probe acks refine it (EWMA) for every member within a probe pass.
+
+Leaving: :meth:`SwimMembership.close` signs a *left* entry and sends it by
+datagram to a few members and over every open connection. An mDNS goodbye
+(unsigned, so only a hint) makes a node push-pull with that member at once:
+a node that left answers with its *left* entry; one that does not answer is
+suspected, as after a failed probe, and declared dead only if it does not
+refute.
 """
 
 from __future__ import annotations
@@ -45,8 +61,10 @@ from ..client import PeerError
 from ..discovery import Announcement
 from ..peer_table import PeerState, PeerTable
 from ..protocol import Hello, Members, RewardRecord, Sync
+from .base import MembershipBase
 from .gossip import Membership, PeerPool
 from .swim import (
+    ALIVE,
     COUNTERS,
     DEAD,
     LEFT,
@@ -69,6 +87,7 @@ MAC_CONTEXT = b"dellm-swim/1\x00"
 # Push-pull summarises the view in 64 bucket hashes (~600 bytes) from this many members on: below it, the
 # digest itself (~35 bytes a member) is smaller.
 SUMMARY_MIN_MEMBERS = 24
+REWARDS_PER_SYNC = 64  # newest reward records a push-pull frame carries: ~16 KB at most
 DROP_ENV = "DELLM_BENCH_DROP_RATE"  # benchmarks only: drop this share of outgoing SWIM datagrams on purpose
 _STATES = {"alive": PeerState.ALIVE, "suspect": PeerState.SUSPECT, "dead": PeerState.DEAD, "left": PeerState.LEFT}
 
@@ -103,7 +122,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         log.debug("SWIM datagram error: %s", exc)
 
 
-class SwimMembership:
+class SwimMembership(MembershipBase):
     """Keeps a node's peer table current with SWIM; same hooks as :class:`~dellm_p2p.membership.gossip.Membership`.
 
     Args:
@@ -142,17 +161,19 @@ class SwimMembership:
         cluster_key: bytes | None = None,
         drop_rate: float | None = None,
     ):
-        if identity.node_id != node_id:
-            raise ValueError(f"identity {identity.node_id} does not match node id {node_id}")
-        self.node_id, self.name, self.url = node_id, name, url
-        self.identity = identity
-        self.table = table
+        super().__init__(
+            node_id=node_id,
+            name=name,
+            url=url,
+            identity=identity,
+            table=table,
+            pool=pool,
+            bootstrap=bootstrap,
+            in_flight=in_flight,
+            rpc_timeout_s=rpc_timeout_s,
+        )
         table.detect = False
-        self.pool = pool
-        self.bootstrap = [u for u in (bootstrap or []) if u != url]
-        self.in_flight = in_flight
         self.push_pull_interval_s = push_pull_interval_s
-        self.rpc_timeout_s = rpc_timeout_s
         self.cluster_key = cluster_key
         self.drop_rate = float(os.environ.get(DROP_ENV, "0") or 0) if drop_rate is None else drop_rate
         self.core = Swim(
@@ -165,7 +186,7 @@ class SwimMembership:
             config=config,
         )
         self._fitness: FitnessBook | None = None
-        self.refusals: dict[str, str] = {}
+        self._failures: dict[str, str] = {}  # url -> why our last push-pull with it failed (logged once per cause)
         self.datagram_bytes = [0, 0]  # sent, received
         self.bad_datagrams = 0
         self.dropped_on_purpose = 0
@@ -191,15 +212,9 @@ class SwimMembership:
     def capacity(self) -> int:
         return self.core.me.capacity
 
-    @property
-    def bytes_sent(self) -> int:
-        """Payload bytes sent: pooled websockets and SWIM datagrams [bytes]."""
-        return self.pool.bytes_sent + self.datagram_bytes[0]
-
-    @property
-    def bytes_received(self) -> int:
-        """Payload bytes received: pooled websockets and SWIM datagrams [bytes]."""
-        return self.pool.bytes_received + self.datagram_bytes[1]
+    def _own_bytes(self) -> tuple[int, int]:
+        """SWIM datagram bytes (sent, received)."""
+        return self.datagram_bytes[0], self.datagram_bytes[1]
 
     def counters(self) -> dict[str, int]:
         """SWIM counters as ``stats`` fields (see ``stats`` in :mod:`dellm_p2p.protocol`)."""
@@ -250,20 +265,32 @@ class SwimMembership:
         for url in self.bootstrap:
             self._join(url)
 
-    async def close(self, goodbye_timeout_s: float = 1.0) -> None:
-        """Gossip our signed *left* entry to a few members (bounded), then stop."""
+    async def _stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(TimeoutError):  # cancelled tasks end at once; bounded all the same
+            async with asyncio.timeout(1.0):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def say_goodbye(self) -> None:
+        """Sign our *left* entry; send it by datagram to a few members and over every open connection.
+
+        Datagrams may be lost; a ``sync`` on a connection already open is
+        delivered or fails visibly, and costs no handshake. :meth:`close`
+        bounds the time.
+        """
         self.core.leave()
+        left = [self.core.me.to_wire()]
         live = self.core.live()
         for member in self._rng.sample(live, min(len(live), 3 * self.core.config.gossip_nodes)):
-            self._send(member.entry.url, {"t": "gossip", "from": self.node_id, "c": [self.core.me.to_wire()]})
-        for task in list(self._tasks):
-            task.cancel()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(goodbye_timeout_s):
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._send(member.entry.url, {"t": "gossip", "from": self.node_id, "c": left})
+        clients = self.pool.clients()
+        await asyncio.gather(*(c.sync([], left, self.rpc_timeout_s) for c in clients), return_exceptions=True)
+
+    async def _release(self) -> None:
         if self._transport is not None:
             self._transport.close()
-        await self.pool.close()
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -402,13 +429,15 @@ class SwimMembership:
         now = asyncio.get_running_loop().time()
         self.core.apply_changes(message.changes, now, sync=True)
         scope = self.core.differing_buckets(message.buckets) if message.buckets else None
-        reply = Sync.model_construct(nonce=message.nonce, reply=True, digest=[], changes=[], buckets=[])
+        # The opening frame of a push-pull has buckets or a digest, not both; its reply carries our recent rewards.
+        rewards = self._reward_changes() if bool(message.buckets) != bool(message.digest) else []
+        reply = Sync.model_construct(nonce=message.nonce, reply=True, digest=[], changes=rewards, buckets=[])
         if scope is not None and not message.digest:
             reply = reply.model_copy(update={"buckets": self.core.bucket_hashes(), "digest": self.core.digest(scope)})
         elif message.digest:
             changes = self.core.newer_than(message.digest, scope)
             digest = self.core.digest() if scope is None else []
-            reply = reply.model_copy(update={"digest": digest, "changes": changes})
+            reply = reply.model_copy(update={"digest": digest, "changes": changes + reply.changes})
         self._flush()
         return reply
 
@@ -418,19 +447,27 @@ class SwimMembership:
             self.fitness.receive(message.rewards)
         return Members.model_construct(nonce=message.nonce, reply=True, entries=[], beats=[], want=[], rewards=[])
 
-    async def push_pull(self, url: str) -> bool:
-        """One full exchange with the node at ``url``; False when it failed (logged once per cause)."""
+    async def push_pull(self, url: str, gone_is_news: bool = True) -> bool:
+        """One full exchange with the node at ``url``; False when it failed.
+
+        Failures are logged once per cause (``gone_is_news`` False: at info
+        level, for a node we expect to be gone). The first frame and its
+        reply carry recent reward records too (see the module docstring).
+        """
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.rpc_timeout_s):
                 client = await self.pool.get(url)
                 scope = None
+                rewards = self._reward_changes()
                 if self.core.size() >= SUMMARY_MIN_MEMBERS:
                     mine = self.core.bucket_hashes()
-                    first = await client.sync([], [], self.rpc_timeout_s, buckets=mine)
+                    first = await client.sync([], rewards, self.rpc_timeout_s, buckets=mine)
+                    self.core.apply_changes(first.changes, loop.time(), sync=True)  # its recent rewards
                     scope = self.core.differing_buckets(first.buckets)
+                    rewards = []
                 if scope is None:  # a small view, or a peer without bucket summaries: full digests
-                    reply = await client.sync(self.core.digest(), [], self.rpc_timeout_s)
+                    reply = await client.sync(self.core.digest(), rewards, self.rpc_timeout_s)
                     self.core.apply_changes(reply.changes, loop.time(), sync=True)
                     missing = self.core.newer_than(reply.digest)
                     if missing:
@@ -443,13 +480,24 @@ class SwimMembership:
                 self._flush()
         except (PeerError, TimeoutError) as exc:
             why = str(exc) or f"no reply within {self.rpc_timeout_s:g} s"
-            if self.refusals.get(url) != why:
-                log.warning("push-pull with %s failed: %s", url, why)
-            self.refusals[url] = why
+            if not self._refused(url, exc) and self._failures.get(url) != why:
+                log.log(logging.WARNING if gone_is_news else logging.INFO, "push-pull with %s failed: %s", url, why)
+            self._failures[url] = why
             await self.pool.drop(url, f"push-pull failed: {why}")
             return False
         self.refusals.pop(url, None)
+        self._failures.pop(url, None)
+        peer = self.table.get(client.remote.node_id)
+        if peer is not None and peer.rtt_ms is None and peer.url == url:
+            # Probe acks measure each member once per pass (N x the period); the connection is open now.
+            self._spawn(self._measure(peer.node_id, url), "dellm-swim-rtt")
         return True
+
+    def _reward_changes(self) -> list[list]:
+        """Our recent reward records as sync changes: the newest :data:`REWARDS_PER_SYNC` of the last 10 s."""
+        if self._fitness is None:
+            return []
+        return [["r", record.model_dump()] for record in self._fitness.recent()[-REWARDS_PER_SYNC:]]
 
     def _join(self, url: str) -> None:
         if url in self._joining or url == self.url:
@@ -492,7 +540,27 @@ class SwimMembership:
             self._join(found.url)
 
     def on_removed(self, node_id: str) -> None:
-        """mDNS goodbye: its signed *left* entry arrives by gossip; nothing to do here."""
+        """mDNS goodbye: a hint only (mDNS is unsigned): push-pull with that member at once.
+
+        A node leaves (its signed *left* entry) before its mDNS goodbye and
+        answers syncs until it closes, so the push-pull usually brings its
+        *left* entry, if gossip has not already. If it does not answer, we
+        suspect it as after a failed probe: it is declared dead only if it
+        does not refute within the suspicion timeout, so a forged goodbye
+        costs a live node nothing.
+        """
+        member = self.core.members.get(node_id)
+        if member is not None and member.state == ALIVE and member.entry.url:
+            self._spawn(self._check_goodbye(node_id, member.entry.url), "dellm-swim-goodbye")
+
+    async def _check_goodbye(self, node_id: str, url: str) -> None:
+        if await self.push_pull(url, gone_is_news=False):
+            return
+        member = self.core.members.get(node_id)
+        if member is not None and member.state == ALIVE:
+            self.core.on_suspect(node_id, member.incarnation, self.node_id, asyncio.get_running_loop().time())
+            self._flush()
+            self._wake.set()  # the suspicion's deadline is new: recompute the tick's wait
 
 
 def membership_for(config: Any, **kwargs: Any) -> Membership | SwimMembership:
