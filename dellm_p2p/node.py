@@ -317,12 +317,14 @@ class Node:
         gateway, self.gateway = self.gateway, None
         if gateway is not None:
             await gateway.close()
-        mdns, self.mdns = self.mdns, None
-        if mdns is not None:
-            await mdns.close()  # goodbye first: peers drop us at once
+        # Leave first (a signed *left* entry under SWIM), then the mDNS goodbye: a peer that takes the
+        # unsigned goodbye as a hint and asks us finds us already left (we answer until the server stops).
         membership, self.membership = self.membership, None
         if membership is not None:
             await membership.close()
+        mdns, self.mdns = self.mdns, None
+        if mdns is not None:
+            await mdns.close()
         if self._saver is not None:
             self._saver.cancel()
         fitness, self.fitness = self.fitness, None
