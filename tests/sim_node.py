@@ -4,9 +4,11 @@ Usage::
 
     python -m tests.sim_node --name a --reply "Six times seven is 42. Answer: 42" [--token-ms 2] [--bootstrap URL]
 
-Starts a ``NodeServer`` + ``Membership`` + ``FitnessBook`` on 127.0.0.1 (any
+Starts a ``NodeServer`` + membership + ``FitnessBook`` on 127.0.0.1 (any
 free port, mDNS off) around :class:`tests.simulated_engine.SimulatedEngine`,
 prints its URL on stdout once serving, and stops cleanly when stdin closes.
+The membership is the one a node's configuration selects (SWIM by default,
+``DELLM_MEMBERSHIP=gossip`` for heartbeat gossip), see :func:`membership_of`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 
+from dellm_p2p.config import NodeConfig
 from dellm_p2p.fitness import FitnessBook
 from dellm_p2p.identity import Identity
-from dellm_p2p.membership import Membership, PeerPool
+from dellm_p2p.membership import Membership, PeerPool, SwimMembership, membership_for
 from dellm_p2p.peer_table import PeerTable
 from dellm_p2p.server import NodeServer
 
 from .simulated_engine import SimulatedEngine
+
+
+def membership_of(
+    identity: Identity,
+    name: str,
+    url: str,
+    table: PeerTable,
+    pool: PeerPool,
+    bootstrap: list[str],
+    *,
+    model: str | None = "simulated",
+    capacity: int = 8,
+    in_flight: Callable[[], int] = lambda: 0,
+    cluster_key: bytes | None = None,
+) -> Membership | SwimMembership:
+    """The membership a node with this configuration runs, chosen as ``dellm-node`` does (``membership_for``).
+
+    ``DELLM_*`` variables apply (``DELLM_MEMBERSHIP``, ``DELLM_PROBE_INTERVAL_S`` ...); heartbeat gossip
+    runs 0.1 s rounds so that a test cluster converges within a second.
+    """
+    config = NodeConfig(name=name, engine="none", mdns=False, peers=bootstrap, gossip_interval_s=0.1)
+    return membership_for(
+        config, node_id=identity.node_id, name=name, url=url, model=model, capacity=capacity, table=table,
+        pool=pool, in_flight=in_flight, identity=identity, cluster_key=cluster_key,
+    )  # fmt: skip
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -33,10 +62,9 @@ async def serve(args: argparse.Namespace) -> None:
     pool = PeerPool(node_id=identity.node_id, name=args.name, url=url, identity=identity)
     pool.model, pool.capacity = "simulated", 8
     fitness = FitnessBook(identity.node_id, table, pool=pool, identity=identity)
-    membership = Membership(
-        node_id=identity.node_id, name=args.name, url=url, model="simulated", capacity=8, table=table, pool=pool,
-        bootstrap=args.bootstrap, gossip_interval_s=0.1, identity=identity, in_flight=lambda: server.in_flight,
-    )  # fmt: skip
+    membership = membership_of(
+        identity, args.name, url, table, pool, args.bootstrap, in_flight=lambda: server.in_flight
+    )
     membership.fitness = fitness
     server.membership, server.fitness = membership, fitness
     await membership.start()

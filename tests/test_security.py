@@ -21,7 +21,10 @@ from click.testing import CliRunner
 from dellm_p2p.cli.main import main as cli_main
 from dellm_p2p.client import AuthenticationError, PeerClient, PeerError
 from dellm_p2p.config import ConfigError, load_config
+from dellm_p2p.identity import Identity
 from dellm_p2p.local import NodeProcess
+from dellm_p2p.membership import PeerPool
+from dellm_p2p.peer_table import PeerTable
 from dellm_p2p.protocol import (
     AUTH_SCHEME,
     CLOSE_AUTH_FAILED,
@@ -49,6 +52,7 @@ from dellm_p2p.security import (
 from dellm_p2p.server import NodeServer
 from dellm_p2p.swarm import NoPeersError, Swarm
 
+from .sim_node import membership_of
 from .simulated_engine import SimulatedEngine
 
 REPLY = "The capital of France is Paris."
@@ -72,6 +76,21 @@ async def keyed():
     server.handshake_timeout_s = 0.5
     url = await server.start("127.0.0.1", 0)
     yield server, url
+    await server.shutdown(0)
+
+
+@pytest.fixture
+async def keyed_member():
+    """A keyed node that is a network member too (membership as configured, the key on every link); yields its url."""
+    me = Identity.generate()
+    server = NodeServer(SimulatedEngine(REPLY), node_id=me.node_id, max_concurrency=8, cluster_key=KEY, identity=me)
+    url = await server.start("127.0.0.1", 0)
+    table = PeerTable(me.node_id, url)
+    pool = PeerPool(node_id=me.node_id, name="keyed", url=url, identity=me, cluster_key=KEY)
+    server.membership = membership_of(me, "keyed", url, table, pool, [], cluster_key=KEY)
+    await server.membership.start()
+    yield url
+    await server.membership.close(goodbye_timeout_s=0.2)
     await server.shutdown(0)
 
 
@@ -238,8 +257,8 @@ async def test_open_node_closes_a_silent_socket_too(open_node):
     assert (await closed_with(ws)).code == CLOSE_HANDSHAKE_TIMEOUT
 
 
-async def test_swarm_with_the_key_answers_and_without_it_names_the_refusal(keyed):
-    _, url = keyed
+async def test_swarm_with_the_key_answers_and_without_it_names_the_refusal(keyed_member):
+    url = keyed_member
     async with Swarm(peers=[url], mdns=False, discover_timeout_s=5, cluster_key=KEY) as swarm:
         answer = await swarm.ask("What is the capital of France?", synthesize=False, redundancy=1)
         assert "Paris" in answer.text

@@ -24,11 +24,12 @@ from dellm_p2p.coordinator.events import (
 )
 from dellm_p2p.fitness import FitnessBook
 from dellm_p2p.identity import Identity
-from dellm_p2p.membership import Membership, PeerPool
+from dellm_p2p.membership import PeerPool
 from dellm_p2p.peer_table import PeerTable
 from dellm_p2p.server import NodeServer
 from dellm_p2p.swarm import AllPeersFailedError, NoPeersError, QuestionError, Swarm, SwarmError
 
+from .sim_node import membership_of
 from .simulated_engine import SimulatedEngine
 
 QUESTION = "Calculate 10% of 1000, then find savings accounts paying that much"
@@ -54,10 +55,7 @@ class SimNode:
         pool = PeerPool(node_id=self.node_id, name=self.name, url=url, identity=self.identity)
         self.fitness = FitnessBook(self.node_id, table, pool=pool, identity=self.identity)
         pool.model, pool.capacity = "simulated", 8
-        self.membership = Membership(
-            node_id=self.node_id, name=self.name, url=url, model="simulated", capacity=8, table=table, pool=pool,
-            bootstrap=bootstrap, gossip_interval_s=0.1, identity=self.identity,
-        )  # fmt: skip
+        self.membership = membership_of(self.identity, self.name, url, table, pool, bootstrap)
         self.membership.fitness = self.fitness
         self.server.membership, self.server.fitness = self.membership, self.fitness
         await self.membership.start()
