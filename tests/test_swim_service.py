@@ -156,3 +156,43 @@ async def test_any_datagram_from_a_member_refreshes_its_last_seen(nodes):
     row = watcher.table.get(nodes[1].node_id)
     row.last_seen = watcher.table.clock() - 100
     await until(lambda: watcher.table.clock() - row.last_seen < 5, 10)  # node 1's own probes of us
+
+
+async def test_a_late_joiner_gets_recent_reward_records_in_its_join_push_pull(tmp_path, nodes):
+    await until(lambda: alive_everywhere(nodes))
+    issuer = nodes[0]
+    records = issuer.fitness.issue("c1", {nodes[1].node_id: 0.05})
+    for record in records:
+        issuer.fitness.apply(record)  # applied at the issuer only: no push, no piggybacked copy
+    late = Node(config(tmp_path, 9, [issuer.url]))
+    await late.start()
+    nodes.append(late)
+    await until(lambda: late.fitness.applied == len(records))
+    assert late.fitness.fitness(nodes[1].node_id) == issuer.fitness.fitness(nodes[1].node_id)
+
+
+async def goodbye_checked(membership: SwimMembership) -> None:
+    """Until the membership's check of an mDNS goodbye is over."""
+    await until(lambda: not any(t.get_name() == "dellm-swim-goodbye" for t in membership._tasks))
+
+
+async def test_an_mdns_goodbye_is_a_hint_checked_by_push_pull_never_proof(nodes):
+    await until(lambda: alive_everywhere(nodes))
+    watcher = nodes[0].membership
+    for task in list(watcher._tasks):
+        if task.get_name() == "dellm-swim":
+            task.cancel()  # no probes of our own: what changes below comes from the goodbye's check
+    # A goodbye for a node that still answers (forged: mDNS is unsigned) changes nothing.
+    watcher.on_removed(nodes[1].node_id)
+    await goodbye_checked(watcher)
+    assert watcher.core.state_of(nodes[1].node_id) == "alive"
+    # A node gone without its signed left entry (a crash right after its goodbye) is suspected at once.
+    gone = nodes.pop()
+    gone.membership._transport.abort()
+    for task in list(gone.membership._tasks):
+        task.cancel()
+    await gone.server.shutdown(0)
+    watcher.on_removed(gone.node_id)
+    await goodbye_checked(watcher)
+    assert watcher.core.state_of(gone.node_id) == "suspect"
+    await gone.close(0)
