@@ -112,16 +112,16 @@ def seeded(seed=7):
 
 
 def test_default_score_normalizes_rtt_by_at_least_the_scale():
-    peers = [peer("a", rtt=1.0, fitness=0.5), peer("b", rtt=2.0, fitness=0.5), peer("c", rtt=None, fitness=0.5)]
-    scores = score_peers(peers)  # RouteWeights(): rtt_scale_ms = 100
+    peers = [peer("a", rtt=30.0, fitness=0.5), peer("b", rtt=60.0, fitness=0.5), peer("c", rtt=None, fitness=0.5)]
+    scores = score_peers(peers)  # RouteWeights(): rtt_scale_ms = 3000
     assert scores["a"] == pytest.approx(0.7 * 0.01 + 0.3 * 0.5)
     assert scores["b"] == pytest.approx(0.7 * 0.02 + 0.3 * 0.5)
     assert scores["c"] == pytest.approx(0.7 * 0.015 + 0.3 * 0.5), "an unmeasured peer counts as a typical one"
-    outlier = [*peers, peer("d", rtt=1.0), peer("e", rtt=90.0)]
+    outlier = [*peers, peer("d", rtt=30.0), peer("e", rtt=2900.0)]
     assert score_peers(outlier)["c"] == pytest.approx(0.7 * 0.015 + 0.3 * 0.5), "typical: the median, not the mean"
     assert score_peers(peers, DELLM)["c"] == pytest.approx(0.7 * 1.0 + 0.3 * 0.5), "the DELLM rule: as the slowest"
     assert score_peers([peer("x", rtt=None)])["x"] == pytest.approx(0.7 + 0.3 * 0.5), "nobody measured"
-    far = [peer("a", rtt=100.0), peer("b", rtt=400.0)]
+    far = [peer("a", rtt=3000.0), peer("b", rtt=12000.0)]
     assert score_peers(far)["a"] == pytest.approx(0.7 * 0.25 + 0.3 * 0.5), "beyond the scale: the largest RTT"
 
 
@@ -132,7 +132,7 @@ def test_load_term_sends_work_to_the_idle_peer():
     assert [a.peer_id for a in route(CHUNK, peers, redundancy=1, weights=weights)] == ["b"]
     assert [a.peer_id for a in route(CHUNK, peers, redundancy=1, weights=weights, load={"b": 8})] == ["a"]
     second = route(CHUNK, peers, redundancy=2, weights=weights)[1]
-    assert second.peer_id == "a" and second.score == pytest.approx(0.7 * 0.1 + 0.3 * 0.5), "score: the base, no load"
+    assert second.peer_id == "a" and second.score == pytest.approx(0.7 * 10 / 3000 + 0.3 * 0.5, abs=1e-6), "the base"
 
 
 def test_never_a_peer_at_capacity_while_others_have_room():
@@ -181,6 +181,47 @@ def test_exploration_avoids_peers_that_often_disagreed():
         p.fitness = 0.5
     picks = Counter(a.peer_id for s in range(300) for a in route(CHUNK, good + bad, redundancy=2, rng=seeded(s)))
     assert picks["a"] + picks["b"] > 0.5 * 600
+
+
+def with_evidence(p, agreed, rewards):
+    p.agreed, p.rewards = agreed, rewards
+    return p
+
+
+def test_first_slot_takes_the_posterior_mean_of_agreement_once_a_peer_has_rewards():
+    # Fitness after ~30 rewards barely separates them (DELLM moves it 0.005 a reward); the counts do.
+    good = with_evidence(peer("g", rtt=60.0, fitness=0.56), 29, 30)
+    bad = with_evidence(peer("b", rtt=0.3, fitness=0.54), 20, 30)
+    firsts = Counter(route(CHUNK, [good, bad], redundancy=1, rng=seeded(s))[0].peer_id for s in range(50))
+    assert firsts == {"g": 50}
+    # The previous rule (fitness, RTT scale 100 ms): the 60 ms ping estimate decided.
+    before = RouteWeights(greedy="fitness", rtt_scale_ms=100.0)
+    assert {route(CHUNK, [good, bad], redundancy=1, weights=before)[0].peer_id for _ in range(5)} == {"b"}
+    # Without rewards the fitness stands for it (the network's view a coordinator copied, or neutral).
+    fresh = [peer("x", fitness=0.7), peer("y", fitness=0.5)]
+    assert {route(CHUNK, fresh, redundancy=1, rng=seeded(s))[0].peer_id for s in range(20)} == {"x"}
+    assert route(CHUNK, [good, bad], redundancy=1)[0].score == pytest.approx(0.7 * 0.02 + 0.3 * 0.44)
+    with pytest.raises(ValueError, match="greedy"):
+        RouteWeights(greedy="best")
+
+
+def test_noisy_rtt_estimates_do_not_decide_who_gets_the_work():
+    # One ping each at join, on a busy machine: estimates spread over 0.2-150 ms whatever the path (all
+    # loopback). The two proven accurate peers happened to measure slow; they still get most of the work
+    # (at most two of the three requests of a chunk can go to them).
+    import random
+
+    rng = random.Random(3)
+    accurate = [with_evidence(peer(x, rtt=rng.uniform(100, 150)), 95, 100) for x in "ab"]
+    rest = [with_evidence(peer(x, rtt=rng.uniform(0.2, 10)), 6, 10) for x in "cdefghij"]
+    peers = accurate + rest
+    runs = [[a.peer_id for a in route(CHUNK, peers, rng=seeded(s))] for s in range(300)]
+    assert all(r[0] in "ab" for r in runs), "the first slot (the greedy anchor) goes by the evidence"
+    picks = Counter(x for r in runs for x in r)
+    assert picks["a"] + picks["b"] > 0.4 * 900, picks  # twice their fair share; the rest, uncertain, are explored
+    before = RouteWeights(greedy="fitness", rtt_scale_ms=100.0)
+    old = [[a.peer_id for a in route(CHUNK, peers, weights=before, rng=seeded(s))] for s in range(300)]
+    assert not any(x in "ab" for r in old for x in r), "the previous rule: the RTT noise decided"
 
 
 def test_explore_zero_ranks_later_slots_by_posterior_mean():

@@ -7,10 +7,21 @@ Base score (the DELLM routing rule, lower is better)::
 with weights 0.7 and 0.3 and normalized RTT = RTT / max(largest RTT among
 the candidates, ``rtt_scale_ms``); a peer not yet measured counts as a
 typical one, the median measured RTT (see :func:`_rtt_normalization`). The
-scale (default 100 ms) keeps round-trip jitter that is small against an
-answer's generation time from outweighing fitness: divided by the largest
-RTT alone, 0.3 ms against 3 ms counts as much as 30 ms against 300 ms, and
-on a LAN the base score was the ping jitter (bench_scale).
+scale (default 3 s, about one answer of the default 160 tokens at the 27 ms
+a decode step takes on this project's CPU nodes, docs/results.md) weighs an
+RTT by the share of a request's time it is. Divided by the largest RTT
+alone, 0.3 ms against 3 ms counts as much as 30 ms against 300 ms; and RTT
+estimates are noisy: a coordinator measures a peer by a ping or two (at
+join, then a probe ack every N × 0.5 s under SWIM), and a ping that waits on
+a busy event loop reads 100 ms or more where the path takes 0.2 ms. With a
+100 ms scale, the live coordinator's estimates (0.2–184 ms, all loopback,
+``scripts/bench_scale.py`` at N = 100) decided the routing; replayed
+route-level with estimates drawn from 0.2–150 ms (``--sim-rtt-ms``) it used
+39 of 100 peers, the accurate ones took 34 % of the last 200 questions'
+requests in the worst of 3 seeds. Scales of 300 ms / 1 s / 3 s: 63 / 100 /
+100 peers, worst seed 60 / 78 / 82 %; with 0.2–450 ms, 1 s used 68 peers
+(63 %) and 3 s all 100 (83 %); with 0.2–5 ms estimates the scale made no
+difference (82–84 %; docs/results.md, issue 17).
 
 Load and spreading (:class:`RouteWeights`)::
 
@@ -27,11 +38,24 @@ up to a few rounds late, our own finished requests included), a peer near
 capacity counts as much slower. Peers at capacity are never chosen
 (:func:`eligible_peers`). The first assignment (the pipeline sends
 its greedy request there) goes to the least-loaded peer among those whose
-score is within ``near`` of the best, ties at random — the greedy rule
+greedy score is within ``near`` of the best, ties at random — the greedy rule
 "least loaded of the best choices" that the power of two choices
 generalizes (Mitzenmacher 2001, "The power of two choices in randomized
 load balancing", IEEE TPDS 12(10)): it keeps a queue from building at the
-one best peer while the near-equal others idle.
+one best peer while the near-equal others idle. The greedy score is the
+score above with the posterior mean μ of the peer's agreement (below) in
+place of its fitness once it has rewards (``greedy="posterior"``; without
+any, its fitness: the network's view it copied, or the neutral 0.5, which
+is also the uniform prior's mean). Both estimate how often the peer agrees
+with the vote, but DELLM's fitness moves 0.005 a reward: after 1,000
+questions at N = 100 the accurate peers' fitness averaged 0.59 against 0.53
+for the rest (live, bench_scale), while their shares of agreeing rewards
+were 95 % against 69 %, and the first slot — a third of the requests, and
+the anchor that breaks ties — followed RTT noise. Route-level (N = 100, 3
+seeds, 3 s scale) the posterior mean raised the accurate peers' share of the
+last 200 questions' requests from 80 % to 85 % and the swarm's accuracy over
+the first 200 from 58 % to 73 %. ``RouteWeights.dellm()`` and
+``greedy="fitness"`` keep the fitness.
 
 Exploration for the other assignments: Thompson sampling (Thompson 1933,
 Biometrika 25; Chapelle and Li 2011, "An empirical evaluation of Thompson
@@ -96,6 +120,9 @@ class RouteWeights:
             first assignment, which goes to the least loaded of them.
         rtt_scale_ms: RTT [ms] that normalizes to 1 at least (0: the largest
             candidate RTT alone, as the DELLM rule had it).
+        greedy: what stands for fitness in the first slot's score:
+            ``posterior`` (the posterior mean of agreement once the peer has
+            rewards, else its fitness) or ``fitness`` (DELLM's, always).
         explore: scale of the Thompson draw's spread (0: no exploration).
         prior_agree, prior_disagree: Beta prior (α₀, β₀) of a peer's
             agreement rate before any reward.
@@ -108,15 +135,22 @@ class RouteWeights:
     spread: float = 0.1
     load: float = 0.1
     near: float = 0.02
-    rtt_scale_ms: float = 100.0
+    rtt_scale_ms: float = 3000.0
     explore: float = 1.0
     prior_agree: float = 1.0
     prior_disagree: float = 1.0
+    greedy: str = "posterior"
+
+    def __post_init__(self) -> None:
+        if self.greedy not in ("posterior", "fitness"):
+            raise ValueError(f"greedy must be 'posterior' or 'fitness', not {self.greedy!r}")
 
     @classmethod
     def dellm(cls, rtt: float = 0.7, fitness: float = 0.3, spread: float = 0.1) -> RouteWeights:
         """The routing rule before load and exploration: the DELLM score, best first, ties by node id."""
-        return cls(rtt=rtt, fitness=fitness, spread=spread, load=0.0, near=0.0, rtt_scale_ms=0.0, explore=0.0)
+        return cls(
+            rtt=rtt, fitness=fitness, spread=spread, load=0.0, near=0.0, rtt_scale_ms=0.0, explore=0.0, greedy="fitness"
+        )
 
     @property
     def adaptive(self) -> bool:
@@ -269,11 +303,13 @@ def _choose_adaptive(
     scale, unmeasured = _rtt_normalization(candidates, weights)
     w_rtt, w_fit, w_load, spread = weights.rtt, weights.fitness, weights.load, weights.spread
     a0, b0, explore = weights.prior_agree, weights.prior_disagree, weights.explore
+    posterior = weights.greedy == "posterior"
     table, size = _NORMAL_QUANTILES, len(_NORMAL_QUANTILES)
     sqrt = math.sqrt
     # One pass over the candidates (N = 500 in bench_scale, budget 1 ms), a comprehension without method
     # calls: per peer (explore score, greedy score, load and spread terms, base score, peer) with
-    # greedy = base + load and spread terms, explore = the same with the draw θ in place of fitness.
+    # greedy = latency + w_fit × (1 − μ or fitness) + load and spread terms, explore = the same with the
+    # draw θ in place of μ, base = latency + w_fit × (1 − fitness) (the DELLM score, reported).
     rows = [
         (
             (latency := w_rtt * (unmeasured if (rtt := p.rtt_ms) is None else rtt / scale))
@@ -291,9 +327,9 @@ def _choose_adaptive(
                 - (mean := (alpha := a0 + p.agreed) / (total := alpha + b0 + p.rewards - p.agreed))
                 - explore * sqrt(mean * (1.0 - mean) / (total + 1.0)) * table[int(rand() * size)]
             ),
-            (base := latency + w_fit * (1.0 - p.fitness)) + extra,
+            latency + w_fit * (1.0 - (mean if posterior and p.rewards else p.fitness)) + extra,
             extra,
-            base,
+            latency + w_fit * (1.0 - p.fitness),
             p,
         )
         for p in candidates
