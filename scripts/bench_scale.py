@@ -1039,10 +1039,16 @@ async def bench_throughput(swarm: Swarm, concurrency: int, duration_s: float, ma
 
 # Routing that learns: SIMULATED answers with a hidden accuracy per node (issue 17)
 
-POLICIES = {"dellm": RouteWeights.dellm(), "adaptive": RouteWeights()}
+POLICIES = {
+    "dellm": RouteWeights.dellm(),
+    "adaptive": RouteWeights(),
+    # The default of the first issue-17 run (docs/results.md): DELLM fitness in the first slot, RTT scale 100 ms.
+    "adaptive-v1": RouteWeights(greedy="fitness", rtt_scale_ms=100.0),
+}
 POLICY_TEXT = {
     "dellm": "before: DELLM score only",
     "adaptive": "now: + load, near-equal spreading, Thompson sampling",
+    "adaptive-v1": "first issue-17 rule: fitness first slot, RTT scale 100 ms",
 }
 
 
@@ -1226,17 +1232,17 @@ def learning_verdicts(f: dict[str, Any]) -> dict[str, bool]:
 def simulate_routing(n: int, args: argparse.Namespace, policy: str, seed: int) -> dict[str, Any]:
     """The same learning loop without the network: ``route`` -> SIMULATED answers -> vote -> rewards -> fitness.
 
-    No sockets, processes or clocks: N peer records (capacity ``--capacity``, RTT drawn once per peer,
-    0.2-5 ms like a loopback or LAN ping), the questions asked in rounds of ``--learn-concurrency``
-    (each round routed with the previous rounds' rewards applied and its own requests counted in flight,
-    as concurrent questions see each other), answers drawn from the hidden accuracies, and the pipeline's
-    decisions replayed: the first assignment is the greedy anchor (:func:`with_anchor`), the answers
-    arrive in random order (equal answer times), the vote stops waiting once :func:`is_decided` says
-    the outstanding answers cannot change the winner, the default vote (``AskOptions().strategy``) with
-    the anchor rule decides, and :func:`chunk_rewards` rewards the answers in the vote; stragglers are
-    rewarded against the decided vote when ``--straggler-grace`` > 0 (with equal answer times they all
-    finish within it), else never. ``FitnessBook``'s update and counts. It isolates the routing rule
-    from the machine: the live phase's latency is this machine's, its learning is the rule's.
+    No sockets, processes or clocks: N peer records (capacity ``--capacity``, RTT estimate drawn once per peer from
+    ``--sim-rtt-ms``, default 0.2-5 ms like a loopback or LAN ping), the questions asked in rounds of
+    ``--learn-concurrency`` (each round routed with the previous rounds' rewards applied and its own requests
+    counted in flight, as concurrent questions see each other), answers drawn from the hidden accuracies, and the
+    pipeline's decisions replayed: the first assignment is the greedy anchor (:func:`with_anchor`), the answers
+    arrive in random order (equal answer times), the vote stops waiting once :func:`is_decided` says the outstanding
+    answers cannot change the winner, the default vote (``AskOptions().strategy``) with the anchor rule decides, and
+    :func:`chunk_rewards` rewards the answers in the vote; stragglers are rewarded against the decided vote when
+    ``--straggler-grace`` > 0 (with equal answer times they all finish within it), else never. ``FitnessBook``'s
+    update and counts. It isolates the routing rule from the machine: the live phase's latency is this machine's,
+    its learning is the rule's.
     """
     rng = random.Random(seed)
     accuracy = sim_accuracies(n, args, seed)
@@ -1244,7 +1250,7 @@ def simulate_routing(n: int, args: argparse.Namespace, policy: str, seed: int) -
     peers = [
         PeerRecord(
             node_id=f"sim-{i:04d}", url=f"ws://{HOST}:{20000 + i}", model=SIM_MODEL, capacity=args.capacity,
-            rtt_ms=rng.uniform(0.2, 5.0),
+            rtt_ms=rng.uniform(*args.sim_rtt_ms),
         )
         for i in range(n)
     ]  # fmt: skip
@@ -1332,7 +1338,7 @@ def simulate_routing(n: int, args: argparse.Namespace, policy: str, seed: int) -
 def simulate_routing_seeds(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """:func:`simulate_routing` for both policies over ``--offline-seeds`` seeds: the mean of each figure."""
     out: dict[str, Any] = {}
-    for policy in POLICIES:
+    for policy in args.policies_list:
         runs = [simulate_routing(n, args, policy, args.seed + s) for s in range(args.offline_seeds)]
         keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
         mean = {k: statistics.fmean(r[k] for r in runs if r[k] is not None) for k in keys if runs[0][k] is not None}
@@ -1654,7 +1660,7 @@ async def bench_size(n: int, args: argparse.Namespace, settings: dict[str, Any],
                     await asyncio.wait_for(swarm.close(), 10)
                 swarm = None
             out["learning"] = {}
-            for policy in POLICIES:
+            for policy in args.policies_list:
                 # Anti-entropy re-sends records applied in the last 10 s: let the earlier phase's fade.
                 await asyncio.sleep(args.learn_pause_s)
                 progress(
@@ -2069,14 +2075,14 @@ def wait_for_load(limit: float, max_s: float) -> bool:
         time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
 
 
-def _range(text: str) -> tuple[float, float]:
-    """``lo,hi`` -> (lo, hi), 0 <= lo <= hi <= 1 (an argparse type)."""
+def _range(text: str, top: float = 1.0) -> tuple[float, float]:
+    """``lo,hi`` -> (lo, hi), 0 <= lo <= hi <= ``top`` (an argparse type)."""
     try:
         lo, hi = (float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected lo,hi, got {text!r}") from None
-    if not 0 <= lo <= hi <= 1:
-        raise argparse.ArgumentTypeError(f"need 0 <= lo <= hi <= 1, got {text!r}")
+    if not 0 <= lo <= hi <= top:
+        raise argparse.ArgumentTypeError(f"need 0 <= lo <= hi <= {top:g}, got {text!r}")
     return lo, hi
 
 
@@ -2150,6 +2156,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--offline-seeds", type=int, default=3, help="seeds of the route-level learning simulation (0: skip; default 3)"
     )
+    p.add_argument(
+        "--policies",
+        default="dellm,adaptive",
+        help=f"routing policies of the learning phase, comma-separated, from {', '.join(POLICIES)} "
+        "(default dellm,adaptive)",
+    )
     p.add_argument("--learn-only", action="store_true", help="skip gossip, memory and fan-out: only the learning phase")
     p.add_argument("--learn-pause-s", type=float, default=11.0, help="pause before each policy [s] (default 11)")
     p.add_argument("--good-share", type=float, default=0.1, help="share of accurate simulated nodes (default 0.1)")
@@ -2163,6 +2175,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--good-range", type=_range, default=(0.85, 0.95), help="accurate nodes' range (default 0.85,0.95)")
     p.add_argument("--other-range", type=_range, default=(0.3, 0.6), help="other nodes' range (default 0.3,0.6)")
+    p.add_argument(
+        "--sim-rtt-ms",
+        type=lambda text: _range(text, 1e9),
+        default=(0.2, 5.0),
+        help="route-level replay: each peer's RTT estimate [ms] is drawn once, uniformly from lo,hi (default 0.2,5)",
+    )
     p.add_argument(
         "--straggler-grace",
         type=float,
@@ -2180,6 +2198,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--sizes: not a comma-separated list of integers: {args.sizes!r}")
     if not args.sizes_list or min(args.sizes_list) < 2:
         p.error("--sizes: every N must be at least 2")
+    args.policies_list = [x.strip() for x in args.policies.split(",") if x.strip()]
+    if not args.policies_list or set(args.policies_list) - set(POLICIES):
+        p.error(f"--policies: choose from {', '.join(POLICIES)}")
     if args.membership_only and not args.fp_run_s:
         args.fp_run_s = 60.0
     if args.quick:
