@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .protocol import DEFAULT_MAX_FRAME_BYTES
 
+DEFAULT_MEMBERSHIP = "swim"  # a node's and a Swarm's membership unless DELLM_MEMBERSHIP or the config says otherwise
+
 
 class ConfigError(ValueError):
     """The configuration is invalid (one-line reason in ``str``)."""
@@ -61,12 +63,13 @@ class NodeConfig(BaseSettings):
         fanout: peers contacted per gossip round.
         suspect_after_s: heartbeat silence before a peer is suspect [s].
         dead_after_s: heartbeat silence before a peer is dead [s].
-        membership: ``gossip`` (default for now: heartbeat gossip;
-            ``gossip_interval_s``, ``fanout``, ``suspect_after_s`` and
-            ``dead_after_s`` apply to it only) or ``swim`` (issue 14: SWIM
-            failure detection with Lifeguard, probes over UDP on the node's
-            port, signed member entries, see :mod:`dellm_p2p.membership`).
-            All nodes of a network must use the same one.
+        membership: ``swim`` (the default, issue 14: SWIM failure
+            detection with Lifeguard, probes over UDP on the node's port,
+            signed member entries, see :mod:`dellm_p2p.membership`) or
+            ``gossip`` (the older heartbeat gossip; ``gossip_interval_s``,
+            ``suspect_after_s`` and ``dead_after_s`` apply to it only).
+            All nodes of a network, and the coordinators that ask it, must
+            use the same one.
         probe_interval_s: SWIM protocol period [s]; suspicion and detection
             times scale with it (see :class:`dellm_p2p.membership.swim.SwimConfig`).
         push_pull_interval_s: base interval of SWIM's full-state sync with
@@ -131,7 +134,7 @@ class NodeConfig(BaseSettings):
     fanout: int = Field(default=3, ge=1, le=64)
     suspect_after_s: float = Field(default=3.0, gt=0)
     dead_after_s: float = Field(default=8.0, gt=0)
-    membership: Literal["swim", "gossip"] = "gossip"
+    membership: Literal["swim", "gossip"] = DEFAULT_MEMBERSHIP
     probe_interval_s: float = Field(default=0.5, gt=0)
     push_pull_interval_s: float = Field(default=30.0, gt=0)
     reward_window_s: float = Field(default=120.0, gt=0)

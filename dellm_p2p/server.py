@@ -33,7 +33,7 @@ from .engine import Delta, Engine, EngineError, GenerationRequest, PromptTooLong
 from .identity import Identity, node_id_matches
 
 if TYPE_CHECKING:
-    from .membership import FitnessBook, Membership
+    from .membership import FitnessBook, MembershipBase
 
 from .protocol import (
     AUTH_SCHEME,
@@ -163,7 +163,7 @@ class NodeServer:
         self.counters = ServerCounters()
         self.in_flight = 0
         self.shutting_down = False
-        self.membership: Membership | None = None  # set by the node when it joins a network
+        self.membership: MembershipBase | None = None  # set by the node when it joins a network (gossip or SWIM)
         self.fitness: FitnessBook | None = None
         self.url: str | None = None
         self._server: Server | None = None

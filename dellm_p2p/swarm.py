@@ -32,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from .client import PeerError
+from .config import DEFAULT_MEMBERSHIP
 from .coordinator.errors import AllPeersFailedError, DeadlineError, NoPeersError, QuestionError, SwarmError
 from .coordinator.events import Event, Final, SwarmAnswer
 from .coordinator.history import check_messages, split_conversation
@@ -75,9 +76,9 @@ class Swarm:
         identity: the key pair that signs this coordinator's reward records
             and gives its node id (e.g. ``load_identity(path)`` to keep one
             across runs); ``None``: a fresh ephemeral one.
-        membership: ``gossip`` or ``swim``: what the network's nodes run
+        membership: ``swim`` or ``gossip``: what the network's nodes run
             (``membership`` in their configuration; default: the
-            ``DELLM_MEMBERSHIP`` environment variable, else ``gossip``).
+            ``DELLM_MEMBERSHIP`` environment variable, else ``swim``).
     """
 
     def __init__(
@@ -93,7 +94,9 @@ class Swarm:
         identity: Identity | None = None,
         membership: str | None = None,
     ):
-        membership = membership or os.environ.get("DELLM_MEMBERSHIP", "gossip")
+        membership = membership or os.environ.get("DELLM_MEMBERSHIP") or DEFAULT_MEMBERSHIP
+        if membership not in ("swim", "gossip"):
+            raise ValueError(f"membership must be 'swim' or 'gossip', not {membership!r}")
         self.options = (options or AskOptions()).checked()
         self.identity = identity or Identity.generate()
         self.node_id = self.identity.node_id
@@ -119,10 +122,10 @@ class Swarm:
             identity=self.identity,
         )
         self.membership: Membership | SwimMembership
-        if membership == "swim":
-            self.membership = SwimMembership(**member, cluster_key=cluster_key)
-        else:
+        if membership == "gossip":
             self.membership = Membership(**member, gossip_interval_s=0.5)
+        else:
+            self.membership = SwimMembership(**member, cluster_key=cluster_key)
         self.fitness = FitnessBook(self.node_id, self.table, pool=self.pool, identity=self.identity)
         self.membership.fitness = self.fitness
         self._mdns = (

@@ -3,17 +3,21 @@
 * :mod:`.swim` — the SWIM failure detector with Lifeguard's refinements
   (Das, Gupta and Motivala 2002; Dadgar et al. 2018), sans-I/O: messages and
   a clock in, messages and events out; no sockets, no asyncio.
-* :mod:`.signed` — member entries signed by their member (Ed25519).
 * :mod:`.service` — the asyncio layer around the SWIM core
-  (:class:`SwimMembership`: datagrams, timers, push-pull, peer table).
+  (:class:`SwimMembership`, the default: datagrams, timers, push-pull, peer
+  table), and :func:`membership_for`, which builds the one a node's
+  configuration names.
 * :mod:`.gossip` — the connection pool (:class:`PeerPool`) and the older
   heartbeat gossip (:class:`Membership`, ``membership = "gossip"``).
+* :mod:`.base` — what both share (:class:`MembershipBase`: the peer table
+  and pool, byte counters, refusals, the leave sequence, the hooks).
 * :mod:`.fitness` — the reward rule and the gossip of signed reward records
   (:class:`FitnessBook`).
 
 ``dellm_p2p.fitness`` re-exports :mod:`.fitness` for older imports.
 """
 
+from .base import MembershipBase
 from .fitness import NEUTRAL_FITNESS, REJECT_REASONS, FitnessBook, apply_reward
 from .gossip import Membership, PeerPool
 from .service import SwimMembership, membership_for
@@ -23,6 +27,7 @@ __all__ = [
     "REJECT_REASONS",
     "FitnessBook",
     "Membership",
+    "MembershipBase",
     "PeerPool",
     "SwimMembership",
     "apply_reward",
