@@ -1111,6 +1111,29 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return num / den if den else None
 
 
+def spearman_bound(accuracy: list[float], answers: list[int], draws: int = 100, seed: int = 0) -> float | None:
+    """The Spearman(estimate, hidden accuracy) an oracle reaches with ``answers[i]`` graded answers of peer i.
+
+    Each peer's accuracy is estimated as its share of right answers among ``answers[i]`` drawn from its
+    hidden accuracy, graded against the truth (routing only sees agreement with a vote, a noisier grade);
+    mean over ``draws`` draws, ties broken at random. An upper bound, in expectation, for any fitness
+    learnt from that many answers per peer.
+    """
+    if len(accuracy) < 2:
+        return None
+    rng = random.Random(seed)
+    rhos = []
+    for _ in range(draws):
+        estimate = [
+            (sum(rng.random() < a for _ in range(m)) / m if m else 0.5) + 1e-9 * rng.random()
+            for a, m in zip(accuracy, answers, strict=True)
+        ]
+        rho = spearman(estimate, accuracy)
+        if rho is not None:
+            rhos.append(rho)
+    return statistics.fmean(rhos) if rhos else None
+
+
 def learning_figures(
     questions: list[dict[str, Any]],
     fitness: dict[str, float],
@@ -1208,6 +1231,8 @@ def learning_figures(
         "rewards_per_peer_median": statistics.median(evidence.get(node, (0, 0))[1] for node in nodes)
         if evidence is not None
         else None,
+        # The best any estimate could do with as many answers per peer as it asked of each (oracle grading).
+        "spearman_bound": spearman_bound(acc_list, [per_peer.get(node, 0) for node in nodes], draws=40),
     }
 
 
@@ -1885,6 +1910,7 @@ def offline_report(results: dict[str, Any], console: Any) -> None:
         "Spearman(posterior mean of agreement, hidden accuracy)",
         lambda m, f: fmt(m.get("spearman_posterior_accuracy")),
     )
+    row("Spearman an oracle reaches with the same answers per peer", lambda m, f: fmt(m.get("spearman_bound")))
     row("P(accurate peer's fitness > another's) (AUC)", lambda m, f: f"{m['auc_good_over_rest']:.2f}")
     row("rewards per peer (median)", lambda m, f: fmt(m.get("rewards_per_peer_median"), ".0f"))
     row(
@@ -1948,6 +1974,7 @@ def learning_report(results: dict[str, Any], console: Any) -> None:
         lambda f: f"{fmt(f['spearman_fitness_accuracy'])} ({fmt(f['spearman_ceiling'])})",
     )
     row("Spearman(posterior mean of agreement, hidden accuracy)", lambda f: fmt(f.get("spearman_posterior_accuracy")))
+    row("Spearman an oracle reaches with the same answers per peer", lambda f: fmt(f.get("spearman_bound")))
     row("P(accurate peer's fitness > another's) (AUC)", lambda f: fmt(f["auc_good_over_rest"]))
     row(
         "mean fitness: accurate / rest",
