@@ -296,3 +296,26 @@ def test_explicit_state_dir_wins(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert load_config(name="n", state_dir=str(tmp_path / "s")).resolved_state_dir == tmp_path / "s"
     assert load_config(name="n", state_dir="~/ids").resolved_state_dir == tmp_path / "home" / "ids"
+
+
+def test_swim_is_the_default_membership_of_nodes_and_coordinators_and_gossip_stays_selectable(monkeypatch):
+    from dellm_p2p.identity import Identity
+    from dellm_p2p.membership import Membership, PeerPool, SwimMembership, membership_for
+    from dellm_p2p.peer_table import PeerTable
+    from dellm_p2p.swarm import Swarm
+
+    def built(config: NodeConfig):
+        me = Identity.generate()
+        return membership_for(
+            config, node_id=me.node_id, name="n", url="ws://127.0.0.1:7", model=None, capacity=0,
+            table=PeerTable(me.node_id), pool=PeerPool(node_id=me.node_id, name="n", url=None), identity=me,
+        )  # fmt: skip
+
+    assert NodeConfig().membership == "swim" and isinstance(built(NodeConfig()), SwimMembership)
+    assert isinstance(Swarm(mdns=False).membership, SwimMembership)
+    assert isinstance(built(NodeConfig(membership="gossip")), Membership)
+    assert isinstance(Swarm(mdns=False, membership="gossip").membership, Membership)
+    monkeypatch.setenv("DELLM_MEMBERSHIP", "gossip")
+    assert NodeConfig().membership == "gossip" and isinstance(Swarm(mdns=False).membership, Membership)
+    with pytest.raises(ValueError, match="membership"):
+        Swarm(mdns=False, membership="heartbeat")

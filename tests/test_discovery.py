@@ -27,6 +27,7 @@ from dellm_p2p.peer_table import PeerTable
 from dellm_p2p.protocol import PROTOCOL_VERSION
 from dellm_p2p.server import NodeServer
 
+# Heartbeat gossip's timings, for runs with DELLM_MEMBERSHIP=gossip; SWIM (the default) runs its own defaults.
 FAST = {"DELLM_SUSPECT_AFTER_S": "1.5", "DELLM_DEAD_AFTER_S": "3", "DELLM_GOSSIP_INTERVAL_S": "0.3"}
 
 
