@@ -137,6 +137,10 @@ Messages (fields; units in brackets)
               lacks in those buckets. Same views: one exchange of 1 KiB
               whatever N. A replier that ignores buckets answers an empty
               push with nothing, and the initiator falls back to digests.
+              The opening frame (buckets or a digest, not both) and its
+              reply also carry the sender's reward records of the last
+              10 s as ``["r", record]`` changes (at most 64, newest):
+              anti-entropy for records a node missed or joined after.
 ``get_peers`` nonce (int). Answered by ``peers``.
 ``peers``     nonce, node_id, fitness (the node's own), agreed and rewards (optional, the evidence
               under its own fitness, see below), peers (rows of the node's peer table: node_id,
