@@ -26,10 +26,10 @@ push-pull and its reply also carry each side's recent records (at most
 node that joins just after a question, or missed the pushes and their
 piggybacked copies, still gets them.
 
-RTT: a coordinator pings each newly joined model peer; a node measures the
-RTT of each peer it push-pulls with over that connection (a ping, once), so
-a peer found by mDNS, a hello or a bootstrap URL shows an RTT within a
-second; probe acks refine it (EWMA) for every member within a probe pass.
+RTT: a coordinator pings each newly joined model peer; a push-pull with a
+peer whose RTT we lack starts with a ping on that connection, so a peer found
+by mDNS, a hello or a bootstrap URL shows in the table with an RTT; probe
+acks refine it (EWMA) for every member within a probe pass.
 
 Leaving: :meth:`SwimMembership.close` signs a *left* entry and sends it by
 datagram to a few members and over every open connection. An mDNS goodbye
@@ -458,6 +458,11 @@ class SwimMembership(MembershipBase):
         try:
             async with asyncio.timeout(self.rpc_timeout_s):
                 client = await self.pool.get(url)
+                # A first RTT sample of a partner we have none of (a join): probe acks measure each member
+                # only once per pass (N x the period). Taken before the sync and stored right after its rows
+                # are applied, so the partner never shows in our table without an RTT.
+                known = self.table.get(client.remote.node_id)
+                rtt_ms = await client.ping(self.rpc_timeout_s) if known is None or known.rtt_ms is None else None
                 scope = None
                 rewards = self._reward_changes()
                 if self.core.size() >= SUMMARY_MIN_MEMBERS:
@@ -478,6 +483,9 @@ class SwimMembership(MembershipBase):
                     reply = await client.sync(digest, missing, self.rpc_timeout_s, buckets=mine)
                     self.core.apply_changes(reply.changes, loop.time(), sync=True)
                 self._flush()
+                peer = self.table.get(client.remote.node_id)
+                if rtt_ms is not None and peer is not None and peer.rtt_ms is None and peer.url == url:
+                    peer.rtt_ms = rtt_ms
         except (PeerError, TimeoutError) as exc:
             why = str(exc) or f"no reply within {self.rpc_timeout_s:g} s"
             if not self._refused(url, exc) and self._failures.get(url) != why:
@@ -487,10 +495,6 @@ class SwimMembership(MembershipBase):
             return False
         self.refusals.pop(url, None)
         self._failures.pop(url, None)
-        peer = self.table.get(client.remote.node_id)
-        if peer is not None and peer.rtt_ms is None and peer.url == url:
-            # Probe acks measure each member once per pass (N x the period); the connection is open now.
-            self._spawn(self._measure(peer.node_id, url), "dellm-swim-rtt")
         return True
 
     def _reward_changes(self) -> list[list]:
