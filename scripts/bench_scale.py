@@ -1597,6 +1597,8 @@ async def bench_size(n: int, args: argparse.Namespace, settings: dict[str, Any],
             f"N={n}: route-level learning simulation, {args.offline_seeds} seeds x {args.learn_questions} questions"
         )
         out["learning_offline"] = simulate_routing_seeds(n, args)
+    if args.offline_only:
+        return
     procs = min(n, args.procs or max(os.cpu_count() or 1, math.ceil(n / 100)))
     out["procs"] = procs
     ctx = multiprocessing.get_context("spawn")
@@ -2188,6 +2190,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="dellm,adaptive",
         help=f"routing policies of the learning phase, comma-separated, from {', '.join(POLICIES)} "
         "(default dellm,adaptive)",
+    )
+    p.add_argument(
+        "--offline-only",
+        action="store_true",
+        help="only the routing time and the route-level learning simulation: no nodes, no network",
     )
     p.add_argument("--learn-only", action="store_true", help="skip gossip, memory and fan-out: only the learning phase")
     p.add_argument("--learn-pause-s", type=float, default=11.0, help="pause before each policy [s] (default 11)")
