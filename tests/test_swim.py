@@ -443,6 +443,27 @@ def test_a_newcomer_learns_everyone_through_a_scoped_push_pull():
     assert fresh.differing_buckets(a.bucket_hashes()) == set()
 
 
+def test_a_node_that_missed_a_refutation_gets_the_entry_from_the_member_it_gossips_dead_to():
+    net = Net(4)
+    observer, member = net.core(0), net.core(1)
+    old = member.me.incarnation
+    member._resign(old + 1)  # refuted earlier; the observer never heard (a lost datagram)
+    member.take_sends()
+    observer.on_dead(member.node_id, old, observer.node_id, net.now)
+    assert observer.state_of(member.node_id) == DEAD
+    # The observer gossips its claim to the recently dead member (as _gossip does); the member answers.
+    claim = ["d", member.node_id, old, observer.node_id]
+    member.handle({"t": "gossip", "from": observer.node_id, "c": [claim]}, net.url(0), net.now)
+    assert member.me.incarnation == old + 1, "a claim about an older incarnation is not refuted again"
+    (answer,) = member.take_sends()
+    assert answer.to == net.url(0) and answer.message["c"] == [member.me.to_wire()]
+    observer.handle(answer.message, net.url(1), net.now)
+    assert observer.state_of(member.node_id) == ALIVE
+    # Once per period per sender: a second copy of the claim right away gets no second answer.
+    member.handle({"t": "gossip", "from": observer.node_id, "c": [claim]}, net.url(0), net.now)
+    assert member.take_sends() == []
+
+
 def test_no_false_positives_with_five_percent_loss():
     net = Net(10, drop=0.05, seed=7)
     net.run(60)

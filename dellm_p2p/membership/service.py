@@ -87,6 +87,7 @@ MAC_CONTEXT = b"dellm-swim/1\x00"
 # Push-pull summarises the view in 64 bucket hashes (~600 bytes) from this many members on: below it, the
 # digest itself (~35 bytes a member) is smaller.
 SUMMARY_MIN_MEMBERS = 24
+JOIN_REPAIR_S = 5.0  # the first periodic push-pull comes this long (× 0.5-1.5) after start
 REWARDS_PER_SYNC = 64  # newest reward records a push-pull frame carries: ~16 KB at most
 DROP_ENV = "DELLM_BENCH_DROP_RATE"  # benchmarks only: drop this share of outgoing SWIM datagrams on purpose
 _STATES = {"alive": PeerState.ALIVE, "suspect": PeerState.SUSPECT, "dead": PeerState.DEAD, "left": PeerState.LEFT}
@@ -521,9 +522,13 @@ class SwimMembership(MembershipBase):
             self._joining.discard(url)
 
     async def _push_pull_loop(self) -> None:
+        # The first one soon after the join: while many nodes join at once, loaded loops and full receive
+        # buffers lose some of the gossip that carries their entries, and the next exchange is minutes
+        # away at N = 500 (push_pull_scale). With bucket summaries a push-pull between equal views is ~1 KiB.
+        interval = min(JOIN_REPAIR_S, self.push_pull_interval_s)
         while True:
-            interval = push_pull_scale(self.push_pull_interval_s, self.core.size())
             await asyncio.sleep(interval * self._rng.uniform(0.5, 1.5))  # jittered: no synchronized bursts
+            interval = push_pull_scale(self.push_pull_interval_s, self.core.size())
             live = self.core.live()
             if live:
                 await self.push_pull(self._rng.choice(live).entry.url)

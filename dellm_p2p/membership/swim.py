@@ -458,6 +458,8 @@ class Swim:
         self._next_housekeeping = 0.0
         self._size = 1  # live members and us, recounted every second (see _housekeeping)
         self._gossip_targets: list[Member] = []
+        self._claimed_me = False  # a change in the message being handled claimed we are suspect or dead
+        self._answered: dict[Any, float] = {}  # reply address -> when we last sent it our entry
         self.queue.put(self.node_id, self.me.to_wire())
 
     # Outputs.
@@ -634,7 +636,20 @@ class Swim:
         self._set(member, DEAD, incarnation, now, claimant)
         self.queue.put(node_id, ["d", node_id, incarnation, claimant])
 
+    def _answer_claim(self, reply_to: Any, now: float) -> None:
+        """The sender holds us suspect or dead: send it our current entry directly (once per period per sender).
+
+        Gossip of our refutation is sent a bounded number of times, and a node that missed it (a full
+        receive buffer, a stalled loop) keeps us dead until a push-pull minutes away; but it keeps
+        gossiping the claim to us for a while (recently dead members get gossip), so we answer it.
+        """
+        if self._answered.get(reply_to, -math.inf) > now - self.config.probe_interval_s:
+            return
+        self._answered[reply_to] = now
+        self._sends.append(Send(reply_to, {"t": "gossip", "from": self.node_id, "c": [self.me.to_wire()]}))
+
     def _refute(self, incarnation: int) -> None:
+        self._claimed_me = True
         if incarnation < self.me.incarnation or self.me.left:
             return  # about an older incarnation of us: already refuted
         self.counters["member_refuted"] += 1
@@ -674,7 +689,10 @@ class Swim:
             return
         changes = message.get("c")
         if isinstance(changes, list):
+            self._claimed_me = False
             self.apply_changes(changes, now)
+            if self._claimed_me:
+                self._answer_claim(reply_to, now)
         kind, seq = message.get("t"), message.get("seq")
         if kind == "ping" and _u64(seq):
             if message.get("to") in (None, self.node_id):  # a ping for whoever held this address before: no ack
@@ -835,6 +853,8 @@ class Swim:
                     self.tombstones.pop(next(iter(self.tombstones)))
         self._size = live
         self._gossip_targets = targets
+        if self._answered:
+            self._answered = {k: t for k, t in self._answered.items() if t > now - self.config.probe_interval_s}
 
     # Push-pull (full state sync, over a stream connection).
 
