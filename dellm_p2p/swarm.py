@@ -176,8 +176,12 @@ class Swarm:
         if self._mdns is not None:
             await self._mdns.start()
         deadline = time.monotonic() + self._discover_timeout_s
-        while not self._serving_peers():
+        # Every bootstrap peer gets its first answer in (or fails it) before we route: the first node
+        # found must not take every sample while the join with the second one is still under way.
+        while not self._serving_peers() or self.membership.joining:
             if time.monotonic() > deadline:
+                if self._serving_peers():
+                    break
                 await self.close()
                 raise NoPeersError(self._no_peers_reason())
             await asyncio.sleep(0.05)

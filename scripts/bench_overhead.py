@@ -115,7 +115,9 @@ async def main(args: argparse.Namespace) -> dict:
     try:
         url = await server.start("127.0.0.1", 0)
         client = await PeerClient.connect(url)
-        swarm = Swarm(peers=[url], mdns=False, discover_timeout_s=30)
+        # The bare NodeServer runs no membership: heartbeat gossip takes the peer from the handshake;
+        # SWIM would wait for a signed member entry that only a full node (dellm-node) sends.
+        swarm = Swarm(peers=[url], mdns=False, discover_timeout_s=30, membership="gossip")
         await swarm.start()
         qs = questions(args.requests)
         paths = {

@@ -315,3 +315,27 @@ async def test_events_are_typed_and_ordered(cluster):
     ready = [e for e in events if isinstance(e, CandidateReady)]
     assert all(e.candidate.answer is not None for e in ready)
     assert isinstance(events[-1], Final)
+
+
+async def test_start_waits_for_every_bootstrap_peer_to_answer_its_join():
+    """Two nodes that do not know each other: the Swarm routes to both, even when one join is slow."""
+    nodes = [SimNode(name, SimulatedEngine(token_interval_s=0.002)) for name in ("solo-a", "solo-b")]
+    urls = [await node.start([]) for node in nodes]
+    swarm = Swarm(peers=urls, mdns=False, discover_timeout_s=10)
+    if not hasattr(swarm.membership, "push_pull"):
+        pytest.skip("SWIM membership only (DELLM_MEMBERSHIP=gossip)")
+    real = swarm.membership.push_pull
+
+    async def slow_to_b(url: str) -> bool:
+        if url == urls[1]:
+            await asyncio.sleep(1.5)  # a busy node: its join answers late
+        return await real(url)
+
+    swarm.membership.push_pull = slow_to_b
+    try:
+        await swarm.start()
+        assert {p.node_id for p in swarm.table.alive() if p.model} == {n.node_id for n in nodes}
+    finally:
+        await swarm.close()
+        for node in nodes:
+            await node.close()

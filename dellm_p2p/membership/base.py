@@ -127,6 +127,11 @@ class MembershipBase:
     async def _release(self) -> None:
         """Release what :meth:`start` opened besides the pool."""
 
+    @property
+    def joining(self) -> bool:
+        """True while the first exchange with some bootstrap peer is still under way (a Swarm waits for it)."""
+        return False
+
     # Hooks called by the server and by mDNS discovery.
 
     def on_hello(self, hello: Hello) -> None:

@@ -195,6 +195,7 @@ class SwimMembership(MembershipBase):
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._joining: set[str] = set()
+        self._first_tries: set[str] = set(self.bootstrap)  # bootstrap URLs not tried once yet
         self._addrs: dict[str, tuple[str, int] | None] = {}
         self._rng = random.Random()
         self._next_sweep = 0.0
@@ -514,12 +515,20 @@ class SwimMembership(MembershipBase):
         try:
             delay = 0.5
             for _ in range(tries):
-                if await self.push_pull(url):
+                answered = await self.push_pull(url)
+                self._first_tries.discard(url)
+                if answered:
                     return
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
         finally:
             self._joining.discard(url)
+            self._first_tries.discard(url)
+
+    @property
+    def joining(self) -> bool:
+        """True until every bootstrap peer has answered our join push-pull or failed it once."""
+        return bool(self._first_tries)
 
     async def _push_pull_loop(self) -> None:
         # The first one soon after the join: while many nodes join at once, loaded loops and full receive
