@@ -166,6 +166,11 @@ class Swarm:
     async def start(self) -> None:
         """Join: discover nodes and copy their fitness.
 
+        Returns once a node serving a model is known and every node being
+        joined (bootstrap URLs, nodes mDNS found) has answered its first
+        exchange or failed it, or at the discovery deadline if some node
+        serves by then.
+
         Raises:
             NoPeersError: no node serving a model answered within the discovery timeout.
         """

@@ -195,7 +195,7 @@ class SwimMembership(MembershipBase):
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._joining: set[str] = set()
-        self._first_tries: set[str] = set(self.bootstrap)  # bootstrap URLs not tried once yet
+        self._first_tries: set[str] = set(self.bootstrap)  # join URLs (bootstrap, mDNS, hello) not tried once yet
         self._addrs: dict[str, tuple[str, int] | None] = {}
         self._rng = random.Random()
         self._next_sweep = 0.0
@@ -509,6 +509,7 @@ class SwimMembership(MembershipBase):
         if url in self._joining or url == self.url:
             return
         self._joining.add(url)
+        self._first_tries.add(url)
         self._spawn(self._join_until_answered(url), "dellm-swim-join")
 
     async def _join_until_answered(self, url: str, tries: int = 30) -> None:
@@ -527,7 +528,8 @@ class SwimMembership(MembershipBase):
 
     @property
     def joining(self) -> bool:
-        """True until every bootstrap peer has answered our join push-pull or failed it once."""
+        """True until every node we join through (bootstrap, found by mDNS, or that connected to us)
+        has answered our join push-pull or failed it once (each try is bounded by ``rpc_timeout_s``)."""
         return bool(self._first_tries)
 
     async def _push_pull_loop(self) -> None:
