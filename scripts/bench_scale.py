@@ -1329,7 +1329,11 @@ def simulate_routing(n: int, args: argparse.Namespace, policy: str, seed: int) -
             rewards = chunk_rewards(candidates, result)
             if stragglers and args.straggler_grace > 0 and rewards:
                 late = chunk_rewards(candidates + stragglers, result)
-                rewards |= {c.peer_id: late[c.peer_id] for c in stragglers if c.peer_id not in rewards}
+                rewards |= {
+                    c.peer_id: late[c.peer_id]
+                    for c in stragglers
+                    if c.peer_id not in rewards and peers[index[c.peer_id]].rewards < args.straggler_evidence
+                }
             for node_id, reward in rewards.items():
                 p = peers[index[node_id]]
                 p.fitness = apply_reward(p.fitness, reward)
@@ -1386,6 +1390,7 @@ async def bench_learning(
     options = AskOptions(
         redundancy=3, max_tokens=args.tokens + 8, timeout_s=60, chunk_timeout_s=30, decompose="none",
         synthesize=False, weights=POLICIES[policy], straggler_grace=args.straggler_grace,
+        straggler_evidence=args.straggler_evidence,
     )  # fmt: skip
     swarm = Swarm(peers=[boot_url], mdns=False, options=options, discover_timeout_s=args.join_timeout_s)
     questions: list[dict[str, Any]] = [{} for _ in range(args.learn_questions)]
@@ -2230,6 +2235,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=_default(AskOptions, "straggler_grace"),
         help="AskOptions.straggler_grace of the learning coordinators and of the route-level replay "
         "(0: stragglers cancelled unrewarded)",
+    )
+    p.add_argument(
+        "--straggler-evidence",
+        type=int,
+        default=_default(AskOptions, "straggler_evidence"),
+        help="AskOptions.straggler_evidence (the grace applies to peers with fewer rewards)",
     )
     p.add_argument("--seed", type=int, default=17, help="seed of the hidden accuracies and answers (default 17)")
     p.add_argument("--wait-load", type=float, help="first wait until the 1-min load average is below this")
