@@ -1211,6 +1211,11 @@ def learning_figures(
         "good_share_last": round(last_good / last_total, 4) if last_total else None,
         "accuracy_first": accuracy_of(questions[:window]),
         "accuracy_last": accuracy_of(last),
+        # Per block of window / 4 questions (50 of 1,000), in order: how fast the accuracy climbs.
+        "accuracy_curve": [
+            round(accuracy_of(questions[i : i + max(1, window // 4)]), 3)
+            for i in range(0, len(questions), max(1, window // 4))
+        ],
         "window": window,
         "peak_in_flight": max(peaks.values(), default=0),
         "capacity": capacity,
