@@ -232,3 +232,26 @@ async def test_hanging_synthesizer_cannot_outlive_the_question_deadline(cluster)
     assert isinstance(events[-1], Final) and elapsed < 4.5
     assert answer.synthesizer is None and "100" in answer.text
     assert answer.notes and "no synthesis within" in answer.notes[0]
+
+
+async def test_the_pool_does_not_evict_a_connection_it_just_handed_out(served, monkeypatch):
+    """Over max_connections, an idle connection just returned by get() stays open: its request is coming."""
+    from dellm_p2p.membership import gossip
+
+    _, url, _ = served
+    other = NodeServer(SimulatedEngine("x"), node_id="node-b", name="b", max_concurrency=8)
+    url_b = await other.start("127.0.0.1", 0)
+    pool = PeerPool(node_id="c", name="c", url=None, max_connections=1)
+    try:
+        first = await pool.get(url)  # handed out; its caller has not sent anything yet
+        await pool.get(url_b)  # over the limit: something idle is evicted, but not what was just handed out
+        assert not first.closed and pool.connection(url) is first
+        monkeypatch.setattr(gossip, "EVICT_GRACE_S", 0.0)  # once the grace is over, LRU eviction applies
+        third = NodeServer(SimulatedEngine("y"), node_id="node-c", name="c3", max_concurrency=8)
+        url_c = await third.start("127.0.0.1", 0)
+        await pool.get(url_c)
+        assert pool.connection(url) is None and len(pool) == 1
+        await third.shutdown(0)
+    finally:
+        await pool.close()
+        await other.shutdown(0)

@@ -60,6 +60,9 @@ def _forget_before(stamps: dict[str, float], horizon: float, members: int) -> di
     return {key: at for key, at in stamps.items() if at > horizon}
 
 
+EVICT_GRACE_S = 5.0  # a connection handed out this recently is never evicted (see PeerPool._evict)
+
+
 class PeerPool:
     """One reusable :class:`PeerClient` per peer URL.
 
@@ -190,11 +193,22 @@ class PeerPool:
         return client
 
     async def _evict(self) -> None:
-        """Close least recently used idle connections above ``max_connections``."""
+        """Close least recently used idle connections above ``max_connections``.
+
+        A connection handed out by :meth:`get` in the last ``EVICT_GRACE_S``
+        is kept even when idle: its caller may not have sent its request yet,
+        and closing it then failed that request with ``connection_lost``
+        (seen in ``scripts/bench_scale.py``'s live learning phase). The pool
+        may exceed ``max_connections`` for that long.
+        """
         excess = len(self._clients) - self.max_connections
         if excess <= 0:
             return
-        idle = sorted((u for u, c in self._clients.items() if not c.busy), key=lambda u: self._last_used.get(u, 0.0))
+        handed_out = time.monotonic() - EVICT_GRACE_S
+        idle = sorted(
+            (u for u, c in self._clients.items() if not c.busy and self._last_used.get(u, 0.0) < handed_out),
+            key=lambda u: self._last_used.get(u, 0.0),
+        )
         for url in idle[:excess]:
             self._last_used.pop(url, None)
             await self.drop(url, f"idle connection evicted (pool keeps {self.max_connections})")

@@ -18,8 +18,9 @@ hello that the core does not know, and every ``push_pull_interval_s`` ×
 pushPullScale: the interval grows with log N so a node's sync traffic does
 not grow with N).
 
-Reward records: the issuer pushes them to every member over websockets (as
-before); a node that applies one queues it in the core, which piggybacks it
+Reward records: the issuer pushes them over websockets to the ln N + 2 peers
+it holds pooled connections to (:meth:`FitnessBook.forward`); a node that
+applies one queues it in the core, which piggybacks it
 ``retransmit_mult`` times (:meth:`Swim.broadcast_reward`). The first frame of a
 push-pull and its reply also carry each side's recent records (at most
 :data:`REWARDS_PER_SYNC`, applied within the last 10 s): anti-entropy, so a
