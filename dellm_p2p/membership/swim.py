@@ -659,14 +659,19 @@ class Swim:
     # Rewards.
 
     def broadcast_reward(self, record: dict) -> None:
-        """Queue a reward record (its wire map) for piggybacked dissemination, ``retransmit_mult`` times.
+        """Queue a reward record (its wire map) for piggybacked dissemination, as often as a membership change.
 
-        Fewer than a membership change (no log N factor): the issuer already
-        pushes each record to every member it knows, so this only repairs
-        misses, and every copy beyond the first is a duplicate at the
-        receiver (issue 14: duplicates under a small constant per record).
+        Each node that applies it sends it ``retransmit_mult`` ×
+        ceil(log10(N + 1)) times (12 at N = 100 to 999). With
+        ``retransmit_mult`` times only (4), about e^-4 of the nodes (2 %)
+        never got a record (infection-style spread: the share left out s
+        solves s = e^(-t(1 - s)) for t transmissions per node), and push-pull
+        carries only the last 10 s of records: ``bench_scale.py`` at N = 100
+        reached 100, 99 and 97 of 100 nodes. Each node then receives about t
+        copies of a record: duplicates stay a small constant per node per
+        record (issue 14), about log N.
         """
-        self.queue.put("r:" + str(record.get("id")), ["r", record], self.config.retransmit_mult)
+        self.queue.put("r:" + str(record.get("id")), ["r", record])
 
     # Messages.
 
