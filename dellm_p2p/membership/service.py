@@ -196,7 +196,7 @@ class SwimMembership(MembershipBase):
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._joining: set[str] = set()
-        self._first_tries: set[str] = set(self.bootstrap)  # join URLs (bootstrap, mDNS, hello) not tried once yet
+        self._first_tries: set[str] = set()  # join URLs (bootstrap, mDNS, hello) not tried once yet
         self._addrs: dict[str, tuple[str, int] | None] = {}
         self._rng = random.Random()
         self._next_sweep = 0.0
@@ -431,12 +431,13 @@ class SwimMembership(MembershipBase):
         """
         now = asyncio.get_running_loop().time()
         self.core.apply_changes(message.changes, now, sync=True)
-        scope = self.core.differing_buckets(message.buckets) if message.buckets else None
+        mine = self.core.bucket_hashes() if message.buckets else []
+        scope = self.core.differing_buckets(message.buckets, mine) if message.buckets else None
         # The opening frame of a push-pull has buckets or a digest, not both; its reply carries our recent rewards.
         rewards = self._reward_changes() if bool(message.buckets) != bool(message.digest) else []
         reply = Sync.model_construct(nonce=message.nonce, reply=True, digest=[], changes=rewards, buckets=[])
         if scope is not None and not message.digest:
-            reply = reply.model_copy(update={"buckets": self.core.bucket_hashes(), "digest": self.core.digest(scope)})
+            reply = reply.model_copy(update={"buckets": mine, "digest": self.core.digest(scope)})
         elif message.digest:
             changes = self.core.newer_than(message.digest, scope)
             digest = self.core.digest() if scope is None else []
@@ -472,7 +473,7 @@ class SwimMembership(MembershipBase):
                     mine = self.core.bucket_hashes()
                     first = await client.sync([], rewards, self.rpc_timeout_s, buckets=mine)
                     self.core.apply_changes(first.changes, loop.time(), sync=True)  # its recent rewards
-                    scope = self.core.differing_buckets(first.buckets)
+                    scope = self.core.differing_buckets(first.buckets, mine)
                     rewards = []
                 if scope is None:  # a small view, or a peer without bucket summaries: full digests
                     reply = await client.sync(self.core.digest(), rewards, self.rpc_timeout_s)

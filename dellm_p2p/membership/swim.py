@@ -881,11 +881,14 @@ class Swim:
             acc[sync_bucket(m.entry.node_id)] ^= _row_hash(m.entry.node_id, m.incarnation, _RANK[m.state])
         return [value.to_bytes(8, "big") for value in acc]
 
-    def differing_buckets(self, theirs: Any) -> set[int] | None:
-        """Buckets whose hash differs from ``theirs`` (a peer's :meth:`bucket_hashes`); ``None`` when malformed."""
+    def differing_buckets(self, theirs: Any, mine: list[bytes] | None = None) -> set[int] | None:
+        """Buckets whose hash differs from ``theirs`` (a peer's :meth:`bucket_hashes`); ``None`` when malformed.
+
+        ``mine``: our :meth:`bucket_hashes` if the caller already has them (each is a pass over every member).
+        """
         if not isinstance(theirs, list | tuple) or len(theirs) != SYNC_BUCKETS:
             return None
-        mine = self.bucket_hashes()
+        mine = mine if mine is not None else self.bucket_hashes()
         return {i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b}
 
     def digest(self, scope: set[int] | None = None) -> list[list]:
