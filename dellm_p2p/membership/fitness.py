@@ -371,9 +371,7 @@ class FitnessBook:
     def spawn_forward(self, records: list[RewardRecord], fanout: int) -> None:
         """:meth:`forward` in the background (gossip must not hold up the caller)."""
         if self.pool is not None:
-            task = asyncio.get_running_loop().create_task(self.forward(records, fanout))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.track(asyncio.get_running_loop().create_task(self.forward(records, fanout)))
 
     async def forward(self, records: list[RewardRecord], fanout: int, timeout_s: float = 3.0) -> int:
         """Send ``records`` to random alive peers (with a URL); returns how many took them.
