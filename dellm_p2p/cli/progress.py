@@ -42,11 +42,19 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
     When stderr is not a terminal (piped, a log file) a live table cannot
     redraw in place, and its last frame runs into the next line: each status
     is then printed as a line of its own instead.
+
+    When stdout is not a terminal (``dellm ask … > answer.txt``) it holds
+    exactly the final answer: a synthesis is not streamed there, since the
+    coordinator may still reject it (it left out a voted answer, or its peer
+    failed). On a terminal the synthesis streams, and a rejected one is
+    followed by a marked line on stdout saying that the text above is void
+    (:data:`REPLACED_MARK`), then the answer that replaces it.
     """
     board = _Board()
     streaming = False
     streamed: list[str] = []  # synthesis text of the current synthesizer
     plain = not err.is_terminal
+    live_text = out.is_terminal  # stream synthesis tokens to stdout only where a reader sees them live
     live_display = _NoLive() if plain else Live(board.table(), console=err, refresh_per_second=8, transient=False)
     with live_display as live:
         async for event in swarm.stream(question):
@@ -66,7 +74,9 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
                     if cid in board.rows:
                         board.rows[cid]["failed"] += 1
                     if streaming and cid == "synthesis":  # the text so far is void; the next peer starts over
-                        out.print()
+                        if live_text and streamed:
+                            out.print()
+                            out.print(f"[bold yellow]{VOID_MARK}[/]")
                         streamed.clear()
                     err.print(f"[yellow]peer {peer[:8]} failed on {cid}: {reason}[/]")
                 case ChunkVoted(chunk_id=cid, result=result):
@@ -79,15 +89,17 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
                         live.stop()
                         streaming = True
                         err.print("[dim]synthesizing…[/]")
-                    out.print(text, end="", markup=False)
+                    if live_text:
+                        out.print(text, end="", markup=False)
                     streamed.append(text)
                 case Final(answer=answer):
                     live.update(board.table())
-                    if streaming and "".join(streamed).strip() == answer.text:
+                    shown = live_text and "".join(streamed).strip()
+                    if shown and shown == answer.text:
                         out.print()
-                    elif streaming:  # synthesis failed or dropped a vote after streaming: the fallback follows
+                    elif shown:  # synthesis failed or dropped a vote after streaming: the fallback follows
                         out.print()
-                        err.print("[yellow]the synthesized text above is replaced by the voted answers:[/]")
+                        out.print(f"[bold yellow]{REPLACED_MARK}[/]")
                         out.print(answer.text, markup=False)
                     else:
                         live.stop()
@@ -95,6 +107,11 @@ async def show_progress(swarm, question: str, out: Console, err: Console) -> Non
                     _summary(answer, err)
             live.update(board.table())
 
+
+#: The line on a terminal's stdout after a streamed synthesis the coordinator did not keep.
+REPLACED_MARK = "── the synthesized text above was rejected (the note below says why); the answer: ──"
+#: The line on a terminal's stdout after a synthesis whose peer failed mid-way (the next peer starts over).
+VOID_MARK = "── the text above is void (its peer failed); starting over: ──"
 
 #: Below this share of agreeing answers ``dellm ask`` warns on stderr.
 LOW_AGREEMENT = 0.5
