@@ -111,7 +111,7 @@ def verify_reward(public_key: bytes, record: RewardRecord) -> bool:
     """True when ``record.signature`` is the issuer's signature over its canonical encoding.
 
     ``public_key`` is the issuer's raw 32-byte key (the caller finds it; see
-    :meth:`dellm_p2p.fitness.FitnessBook.check`). ``hops`` is not signed.
+    :meth:`dellm_p2p.membership.fitness.FitnessBook.check`). ``hops`` is not signed.
     """
     return verify_signature(public_key, record.signature, reward_signing_bytes(record))
 

@@ -18,8 +18,9 @@ from .discovery import MdnsDiscovery
 from .engine import Engine
 from .engine.vllm_engine import vllm_on_cpu
 from .identity import Identity, load_identity
-from .membership import FitnessBook, Membership, PeerPool, SwimMembership, membership_for
+from .membership import FitnessBook, Membership, SwimMembership, membership_for
 from .peer_table import PeerTable
+from .pool import PeerPool
 from .security import client_ssl_context, load_cluster_key, server_ssl_context
 from .server import NodeServer
 

@@ -40,8 +40,9 @@ from .coordinator.pipeline import AskOptions, check_question
 from .coordinator.stream import stream_question
 from .discovery import MdnsDiscovery
 from .identity import Identity
-from .membership import FitnessBook, Membership, PeerPool, SwimMembership
+from .membership import FitnessBook, Membership, SwimMembership
 from .peer_table import PeerTable
+from .pool import PeerPool
 
 log = logging.getLogger(__name__)
 

@@ -107,11 +107,12 @@ from dellm_p2p.coordinator.route import RouteWeights, eligible_peers, route
 from dellm_p2p.coordinator.types import Candidate, Chunk, Operation
 from dellm_p2p.coordinator.vote import apply_anchor, is_decided, majority, vote
 from dellm_p2p.engine import Delta, Engine, EngineStats, GenerationRequest, ModelInfo, PromptTooLongError
-from dellm_p2p.fitness import FitnessBook, apply_reward
 from dellm_p2p.identity import Identity
-from dellm_p2p.membership import Membership, PeerPool, SwimMembership
+from dellm_p2p.membership import Membership, SwimMembership
+from dellm_p2p.membership.fitness import FitnessBook, apply_reward
 from dellm_p2p.membership.swim import SwimConfig
 from dellm_p2p.peer_table import PeerRecord, PeerState, PeerTable
+from dellm_p2p.pool import PeerPool
 from dellm_p2p.protocol import MemberEntry, Members, RewardRecord, decode, encode
 from dellm_p2p.runtime import run
 from dellm_p2p.server import NodeServer

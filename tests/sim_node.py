@@ -19,10 +19,11 @@ import sys
 from collections.abc import Callable
 
 from dellm_p2p.config import NodeConfig
-from dellm_p2p.fitness import FitnessBook
 from dellm_p2p.identity import Identity
-from dellm_p2p.membership import Membership, PeerPool, SwimMembership, membership_for
+from dellm_p2p.membership import Membership, SwimMembership, membership_for
+from dellm_p2p.membership.fitness import FitnessBook
 from dellm_p2p.peer_table import PeerTable
+from dellm_p2p.pool import PeerPool
 from dellm_p2p.server import NodeServer
 
 from .simulated_engine import SimulatedEngine

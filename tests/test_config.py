@@ -300,8 +300,9 @@ def test_explicit_state_dir_wins(monkeypatch, tmp_path):
 
 def test_swim_is_the_default_membership_of_nodes_and_coordinators_and_gossip_stays_selectable(monkeypatch):
     from dellm_p2p.identity import Identity
-    from dellm_p2p.membership import Membership, PeerPool, SwimMembership, membership_for
+    from dellm_p2p.membership import Membership, SwimMembership, membership_for
     from dellm_p2p.peer_table import PeerTable
+    from dellm_p2p.pool import PeerPool
     from dellm_p2p.swarm import Swarm
 
     def built(config: NodeConfig):

@@ -22,8 +22,9 @@ from dellm_p2p.client import PeerClient
 from dellm_p2p.discovery import SERVICE_TYPE
 from dellm_p2p.identity import Identity
 from dellm_p2p.local import NodeProcess
-from dellm_p2p.membership import Membership, PeerPool
+from dellm_p2p.membership import Membership
 from dellm_p2p.peer_table import PeerTable
+from dellm_p2p.pool import PeerPool
 from dellm_p2p.protocol import PROTOCOL_VERSION
 from dellm_p2p.server import NodeServer
 

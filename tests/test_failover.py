@@ -16,8 +16,9 @@ from dellm_p2p.client import PeerClient, PeerError
 from dellm_p2p.coordinator.events import Final, PeerFailed, SynthesisToken
 from dellm_p2p.coordinator.synthesize import fallback_answer
 from dellm_p2p.engine import EngineError
-from dellm_p2p.membership import Membership, PeerPool
+from dellm_p2p.membership import Membership
 from dellm_p2p.peer_table import PeerTable
+from dellm_p2p.pool import PeerPool
 from dellm_p2p.protocol import Done, Members, Ping, ProtocolError, SamplingParams, Token, decode
 from dellm_p2p.server import NodeServer
 from dellm_p2p.swarm import Swarm
@@ -236,7 +237,7 @@ async def test_hanging_synthesizer_cannot_outlive_the_question_deadline(cluster)
 
 async def test_the_pool_does_not_evict_a_connection_it_just_handed_out(served, monkeypatch):
     """Over max_connections, an idle connection just returned by get() stays open: its request is coming."""
-    from dellm_p2p.membership import gossip
+    from dellm_p2p import pool as pool_module
 
     _, url, _ = served
     other = NodeServer(SimulatedEngine("x"), node_id="node-b", name="b", max_concurrency=8)
@@ -246,7 +247,7 @@ async def test_the_pool_does_not_evict_a_connection_it_just_handed_out(served, m
         first = await pool.get(url)  # handed out; its caller has not sent anything yet
         await pool.get(url_b)  # over the limit: something idle is evicted, but not what was just handed out
         assert not first.closed and pool.connection(url) is first
-        monkeypatch.setattr(gossip, "EVICT_GRACE_S", 0.0)  # once the grace is over, LRU eviction applies
+        monkeypatch.setattr(pool_module, "EVICT_GRACE_S", 0.0)  # once the grace is over, LRU eviction applies
         third = NodeServer(SimulatedEngine("y"), node_id="node-c", name="c3", max_concurrency=8)
         url_c = await third.start("127.0.0.1", 0)
         await pool.get(url_c)

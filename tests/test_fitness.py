@@ -12,10 +12,11 @@ import pytest
 from dellm_p2p.client import PeerClient, PeerError
 from dellm_p2p.coordinator.reward import AGREE, DISAGREE, SPEED_BONUS, chunk_rewards, reward_records
 from dellm_p2p.coordinator.types import Candidate, VoteResult
-from dellm_p2p.fitness import FitnessBook, apply_reward
 from dellm_p2p.identity import Identity, verify_reward
-from dellm_p2p.membership import Membership, PeerPool
+from dellm_p2p.membership import Membership
+from dellm_p2p.membership.fitness import FitnessBook, apply_reward
 from dellm_p2p.peer_table import PeerTable
+from dellm_p2p.pool import PeerPool
 from dellm_p2p.protocol import (
     CLOSE_IDENTITY_MISMATCH,
     PROTOCOL_VERSION,

@@ -94,8 +94,8 @@ def test_library_code_prints_nothing():
 def test_a_reward_from_an_unknown_issuer_is_logged_at_info_not_warning(caplog):
     import logging
 
-    from dellm_p2p.fitness import FitnessBook
     from dellm_p2p.identity import Identity
+    from dellm_p2p.membership.fitness import FitnessBook
     from dellm_p2p.peer_table import PeerTable
 
     from .test_fitness import signed

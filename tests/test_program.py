@@ -12,14 +12,17 @@ from dellm_p2p.coordinator.decompose import chunk_prompt, decompose
 from dellm_p2p.coordinator.program import (
     MAX_EXPRESSION_CHARS,
     ExpressionError,
+    candidate_answer,
     evaluate,
     find_expression,
     format_number,
+    missing_numbers,
     program_answer,
     program_prompt,
     uses_program,
 )
-from dellm_p2p.coordinator.types import Chunk, Operation
+from dellm_p2p.coordinator.types import Candidate, Chunk, Operation
+from dellm_p2p.coordinator.vote import apply_anchor, vote
 
 
 @pytest.mark.parametrize(
@@ -143,3 +146,50 @@ def test_only_one_sentence_math_chunks_are_program_aided():
     _, second = decompose("Calculate 10% of 1000, then multiply that by 3")
     prompt = chunk_prompt(second, {"c1": "100"}, program_aided=True)
     assert prompt.startswith("Question: Earlier result (c1): 100\n") and "math expression" in prompt
+
+
+# --------------------------------------------------- expressions that leave out a stated number (issue 24)
+
+
+@pytest.mark.parametrize(
+    ("expression", "question", "missing"),
+    [
+        ("4 - 7", "What is (4 - 7) - 3?", ["3"]),
+        ("(4 - 7) - 3", "What is (4 - 7) - 3?", []),
+        ("3 + 5", "If I have 3 apples, buy 5 more and eat 2, how many apples do I have?", ["2"]),
+        ("3 + 5 - 2", "If I have 3 apples, buy 5 more and eat 2, how many apples do I have?", []),
+        ("0.15 * 80", "What is 15% of 80?", []),  # a percentage may be written over 100
+        ("15% * 80", "What is 15% of 80?", []),
+        ("1000 * 10 / 100", "Calculate 10% interest on $1,000", []),  # "1,000" is 1000
+        ("80 * 2", "What is 15% of 80?", ["15"]),
+        ("2 * 5", "What is the 3rd multiple of 2, times 5?", []),  # an ordinal is not a stated number
+        ("7 + 3", "What is my favourite number plus 3?", []),  # numbers from elsewhere are allowed
+        ("12 * 2", "What is three times 12?", []),  # only numerals are required
+    ],
+)
+def test_missing_numbers(expression, question, missing):
+    assert missing_numbers(expression, question) == missing
+
+
+def test_an_expression_that_leaves_out_a_number_gets_no_vote_but_keeps_its_display():
+    chunk = Chunk("c1", "What is (4 - 7) - 3?", Operation.MATH)
+    assert candidate_answer("4 - 7 = -3", chunk) == (None, "-3", "4 - 7")
+    assert candidate_answer("(4 - 7) - 3 = -6", chunk) == ("-6", "-6", "(4 - 7) - 3")
+    # Not program-aided: the reply's own number is read as before.
+    assert candidate_answer("4 - 7 = -3", chunk, program_aided=False)[0] == "-3"
+
+
+def test_the_greedy_reply_that_uses_every_number_beats_samples_that_drop_one():
+    chunk = Chunk("c1", "What is (4 - 7) - 3?", Operation.MATH)
+
+    def reply(text: str, greedy: bool = False) -> Candidate:
+        key, display, expression = candidate_answer(text, chunk)
+        return Candidate("p", text, key, display, greedy=greedy, expression=expression)
+
+    candidates = [reply("(4 - 7) - 3", greedy=True)] + [reply("4 - 7 = -3") for _ in range(4)]
+    result = apply_anchor(vote(candidates, "majority"), candidates)
+    assert result.answer == "-6"
+    # When no reply uses every number, the greedy reply is still what the user gets.
+    dropped = [reply("4 - 7", greedy=True)] + [reply("7 - 3") for _ in range(4)]
+    result = apply_anchor(vote(dropped, "majority"), dropped)
+    assert result.winner is dropped[0]

@@ -23,8 +23,8 @@ from dellm_p2p.client import AuthenticationError, PeerClient, PeerError
 from dellm_p2p.config import ConfigError, load_config
 from dellm_p2p.identity import Identity
 from dellm_p2p.local import NodeProcess
-from dellm_p2p.membership import PeerPool
 from dellm_p2p.peer_table import PeerTable
+from dellm_p2p.pool import PeerPool
 from dellm_p2p.protocol import (
     AUTH_SCHEME,
     CLOSE_AUTH_FAILED,

@@ -22,10 +22,10 @@ from dellm_p2p.coordinator.events import (
     PeerToken,
     SynthesisToken,
 )
-from dellm_p2p.fitness import FitnessBook
 from dellm_p2p.identity import Identity
-from dellm_p2p.membership import PeerPool
+from dellm_p2p.membership.fitness import FitnessBook
 from dellm_p2p.peer_table import PeerTable
+from dellm_p2p.pool import PeerPool
 from dellm_p2p.server import NodeServer
 from dellm_p2p.swarm import AllPeersFailedError, NoPeersError, QuestionError, Swarm, SwarmError
 

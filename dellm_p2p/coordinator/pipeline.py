@@ -28,8 +28,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..client import PeerError
-from ..membership import FitnessBook, PeerPool
+from ..membership import FitnessBook
 from ..peer_table import PeerTable
+from ..pool import PeerPool
 from ..protocol import Done, SamplingParams, Token
 from .decompose import (
     LLM_DECOMPOSE_PROMPT,

@@ -40,6 +40,7 @@ __all__ = [
     "evaluate",
     "find_expression",
     "format_number",
+    "missing_numbers",
     "program_answer",
     "program_prompt",
     "uses_program",
@@ -291,15 +292,66 @@ def uses_program(chunk: Chunk, program_aided: bool = True) -> bool:
     return _SENTENCE_BREAK.search(chunk.text.strip()) is None
 
 
+# A number as the question states it: "3", "4.5", "1,000", "15%" (the sign is not part of it: "-7" uses 7);
+# not an ordinal ("3rd") nor part of a word ("x2", "COVID-19" keeps 19: written apart, it is a number).
+_STATED = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?!\.?\d)(?!st\b|nd\b|rd\b|th\b)(\s*(?:%|percent\b))?")
+
+
+def _stated(text: str) -> list[tuple[Fraction, bool]]:
+    """Distinct ``(value, is_percent)`` of the numerals in ``text``, in order."""
+    out: list[tuple[Fraction, bool]] = []
+    for match in _STATED.finditer(text):
+        value = Fraction(match.group(1).replace(",", "") + (match.group(2) or ""))
+        item = (value, bool(match.group(3)))
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def missing_numbers(expression: str, question: str) -> list[str]:
+    """The numbers ``question`` states that ``expression`` leaves out (as written in the question), in order.
+
+    A stated number counts as used when the expression holds the same value
+    ("1,000" and "1000.0" are 1000); a percentage also when it holds the
+    value over 100 ("15%" is used by "0.15 * 80"). Only numerals count:
+    "three apples" requires nothing, and numbers the expression adds (a
+    dependency's answer, a number from earlier in the conversation, a unit
+    factor) are allowed. "(4 - 7) - 3" answered with "4 - 7" leaves out
+    ``["3"]``.
+
+    Args:
+        expression: the arithmetic the reply wrote (:func:`find_expression`).
+        question: the chunk's text as the user wrote it.
+    """
+    used = {value for value, _ in _stated(expression)}
+    missing = []
+    for value, percent in _stated(question):
+        if value in used or (percent and value / 100 in used):
+            continue
+        missing.append(format_number(value))
+    return missing
+
+
 def candidate_answer(text: str, chunk: Chunk, program_aided: bool = True) -> tuple[str | None, str, str | None]:
     """``(vote key, display, expression)`` of one reply to ``chunk``, the way the coordinator reads it.
 
     :func:`program_answer` when the chunk was asked program-aided
     (:func:`uses_program`), else :func:`~dellm_p2p.coordinator.extract.extract_answer`
     with expression ``None``.
+
+    A program-aided reply whose expression leaves out a number the chunk
+    states (:func:`missing_numbers`) gets no vote: its key is ``None``, its
+    display and expression are kept (so it can still be shown, e.g. as the
+    greedy anchor when no reply used every number). Measured on a held-out
+    set of three-operation questions (``scripts/three_ops.py``,
+    docs/results.md): samples writing "4 - 7" for "What is (4 - 7) - 3?"
+    outvoted the greedy reply's "-6".
     """
     if uses_program(chunk, program_aided):
-        return program_answer(text)
+        key, display, expression = program_answer(text)
+        if key is not None and expression is not None and missing_numbers(expression, chunk.text):
+            return None, display, expression
+        return key, display, expression
     from .extract import extract_answer
 
     answer, display = extract_answer(text, chunk.operation, chunk.text)

@@ -7,7 +7,7 @@ any of them does. When the vote has no winner, or the greedy anchor decided
 because no answer had a strict plurality (``VoteResult.anchored``), nobody
 is rewarded: there was no consensus to agree with, and rewarding agreement
 with the greedy reply would only favour the peer that was asked greedily. The
-fitness update itself is :func:`dellm_p2p.fitness.apply_reward`.
+fitness update itself is :func:`dellm_p2p.membership.fitness.apply_reward`.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ Exploration for the other assignments: Thompson sampling (Thompson 1933,
 Biometrika 25; Chapelle and Li 2011, "An empirical evaluation of Thompson
 sampling", NIPS) on each peer's posterior of agreeing with the vote. With
 ``s`` agreeing and ``f`` disagreeing rewards (counted by
-:class:`~dellm_p2p.fitness.FitnessBook`) and a Beta(α₀, β₀) prior the
+:class:`~dellm_p2p.membership.fitness.FitnessBook`) and a Beta(α₀, β₀) prior the
 posterior is Beta(α₀ + s, β₀ + f), mean μ = α/(α+β) and standard deviation
 σ = sqrt(μ(1 − μ)/(α + β + 1)). Each route draws, per candidate::
 

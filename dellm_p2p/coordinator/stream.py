@@ -13,8 +13,9 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from ..client import PeerError
-from ..membership import FitnessBook, PeerPool
+from ..membership import FitnessBook
 from ..peer_table import PeerTable
+from ..pool import PeerPool
 from .errors import AllPeersFailedError, DeadlineError, SwarmError
 from .events import Event, Final
 from .pipeline import AskOptions, QuestionRun

@@ -30,9 +30,10 @@ from ..peer_table import PeerRecord, PeerState
 from ..protocol import Done, ErrorCode, SamplingParams, Token
 
 if TYPE_CHECKING:
-    from ..membership import FitnessBook, PeerPool
+    from ..membership import FitnessBook
     from ..node import Node
     from ..peer_table import PeerTable
+    from ..pool import PeerPool
     from ..swarm import Swarm
 
 DIRECT_TRIES = 4  # peers tried for a peer-model request before giving up

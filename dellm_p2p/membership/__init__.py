@@ -7,19 +7,17 @@
   (:class:`SwimMembership`, the default: datagrams, timers, push-pull, peer
   table), and :func:`membership_for`, which builds the one a node's
   configuration names.
-* :mod:`.gossip` — the connection pool (:class:`PeerPool`) and the older
-  heartbeat gossip (:class:`Membership`, ``membership = "gossip"``).
+* :mod:`.gossip` — the older heartbeat gossip (:class:`Membership`,
+  ``membership = "gossip"``).
 * :mod:`.base` — what both share (:class:`MembershipBase`: the peer table
   and pool, byte counters, refusals, the leave sequence, the hooks).
 * :mod:`.fitness` — the reward rule and the gossip of signed reward records
   (:class:`FitnessBook`).
-
-``dellm_p2p.fitness`` re-exports :mod:`.fitness` for older imports.
 """
 
 from .base import MembershipBase
 from .fitness import NEUTRAL_FITNESS, REJECT_REASONS, FitnessBook, apply_reward
-from .gossip import Membership, PeerPool
+from .gossip import Membership
 from .service import SwimMembership, membership_for
 
 __all__ = [
@@ -28,7 +26,6 @@ __all__ = [
     "FitnessBook",
     "Membership",
     "MembershipBase",
-    "PeerPool",
     "SwimMembership",
     "apply_reward",
     "membership_for",

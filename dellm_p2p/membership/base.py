@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from ..discovery import Announcement
     from ..identity import Identity
     from ..peer_table import PeerTable
+    from ..pool import PeerPool
     from ..protocol import Hello, Members
-    from .gossip import PeerPool
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ from ..protocol import RewardRecord
 
 if TYPE_CHECKING:
     from ..peer_table import PeerTable
-    from .gossip import PeerPool
+    from ..pool import PeerPool
 
 log = logging.getLogger(__name__)
 

@@ -61,9 +61,10 @@ import msgpack
 from ..client import PeerError
 from ..discovery import Announcement
 from ..peer_table import PeerState, PeerTable
+from ..pool import PeerPool
 from ..protocol import Hello, Members, RewardRecord, Sync
 from .base import MembershipBase
-from .gossip import Membership, PeerPool
+from .gossip import Membership
 from .swim import (
     ALIVE,
     COUNTERS,
