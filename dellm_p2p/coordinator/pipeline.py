@@ -60,6 +60,7 @@ from .reward import chunk_rewards
 from .route import RouteWeights, eligible_peers, route, score_peers
 from .synthesize import fallback_answer, reply_text, synthesis_messages, unkept_answers
 from .types import Assignment, Candidate, Chunk, VoteResult
+from .units import unit_vote
 from .vote import STRATEGIES, apply_anchor, is_decided, judge_vote, majority, vote
 
 log = logging.getLogger(__name__)
@@ -297,6 +298,10 @@ class QuestionRun:
         trace = self.traces[chunk.id]
         started = time.perf_counter()
         try:
+            if self.options.program_aided and (computed := unit_vote(chunk)) is not None:
+                trace.vote = computed  # a unit conversion: computed with pint, no peer asked (.units)
+                await self.emit(ChunkVoted(chunk.id, computed))
+                return
             for dep in chunk.depends_on:
                 await self.finished[dep].wait()
             # A dependency's short answer ("100"), not its whole reply: small models lose the thread.
