@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from .client import PeerClient
 from .config import NodeConfig
 from .cores import CoreClaim, CoreClaimError, claim_cores, parse_cpu_list
 from .discovery import MdnsDiscovery
@@ -19,7 +20,7 @@ from .engine import Engine
 from .engine.vllm_engine import vllm_on_cpu
 from .identity import Identity, load_identity
 from .membership import FitnessBook, Membership, SwimMembership, membership_for
-from .peer_table import PeerTable
+from .peer_table import PeerRecord, PeerState, PeerTable
 from .pool import PeerPool
 from .security import client_ssl_context, load_cluster_key, server_ssl_context
 from .server import NodeServer
@@ -279,6 +280,59 @@ class Node:
                 fingerprint=self.identity.fingerprint,
             )
             await self.mdns.start()
+
+    # What the HTTP gateway asks of its node (dellm_p2p.http.gateway.LocalNode).
+
+    def network(self) -> tuple[PeerTable, PeerPool, FitnessBook]:
+        """The started node's peer table, connection pool and fitness book.
+
+        Raises:
+            RuntimeError: the node is not started (or closed).
+        """
+        if self.table is None or self.membership is None or self.fitness is None:
+            raise RuntimeError("the node is not started")
+        return self.table, self.membership.pool, self.fitness
+
+    def in_flight(self) -> int:
+        """Requests this node's server is serving now (0 when it does not serve)."""
+        return self.server.in_flight if self.server is not None else 0
+
+    def self_record(self) -> PeerRecord | None:
+        """This node as one peer of its own network (alive, RTT 0 ms, its own fitness now).
+
+        ``None`` when it serves no model, or once its server has stopped.
+        """
+        server = self.server
+        if server is None or not server.hello.model:
+            return None
+        return PeerRecord(
+            node_id=self.node_id,
+            url=self.url,
+            name=self.config.name,
+            model=server.hello.model,
+            capacity=server.hello.capacity,
+            in_flight=server.in_flight,
+            rtt_ms=0.0,
+            fitness=self.fitness.self_fitness if self.fitness else 0.5,
+            state=PeerState.ALIVE,
+            source="self",
+        )
+
+    async def connect_self(self) -> PeerClient:
+        """A plain client connection to this node's own server, over loopback.
+
+        No identity and no listen URL: the server refuses its own node id.
+
+        Raises:
+            dellm_p2p.client.PeerError: the server cannot be reached.
+        """
+        return await PeerClient.connect(
+            self.url,
+            name=f"{self.config.name}-http",
+            cluster_key=self._cluster_key,
+            ssl_context=self._client_ssl,
+            max_frame_bytes=self.config.max_frame_bytes,
+        )
 
     async def _save_fitness(self, every_s: float = 5.0) -> None:
         """Persist fitness every few seconds when it changed, so a crash loses little."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..client import PeerClient, PeerError
 from ..coordinator.errors import AllPeersFailedError, NoPeersError, QuestionError
@@ -31,7 +31,6 @@ from ..protocol import Done, ErrorCode, SamplingParams, Token
 
 if TYPE_CHECKING:
     from ..membership import FitnessBook
-    from ..node import Node
     from ..peer_table import PeerTable
     from ..pool import PeerPool
     from ..swarm import Swarm
@@ -43,24 +42,56 @@ class UnknownModelError(LookupError):
     """No peer in the network announces the requested model."""
 
 
+class LocalNode(Protocol):
+    """What :meth:`Gateway.for_node` needs from the node it runs on (:class:`dellm_p2p.node.Node` is one).
+
+    The HTTP layer knows this interface, never the node itself: the node
+    imports the HTTP layer, and nothing here imports it back.
+    """
+
+    node_id: str
+    url: str
+
+    def network(self) -> tuple[PeerTable, PeerPool, FitnessBook]:
+        """The started node's peer table, connection pool and fitness book."""
+        ...
+
+    def in_flight(self) -> int:
+        """Requests the node's server is serving now."""
+        ...
+
+    def self_record(self) -> PeerRecord | None:
+        """The node as one peer of its own network; ``None`` when it serves no model."""
+        ...
+
+    async def connect_self(self) -> PeerClient:
+        """A plain client connection to the node's own server (loopback)."""
+        ...
+
+
 class _TableWithSelf:
     """The node's peer table plus a record for the node itself (routing sees it as one more peer)."""
 
-    def __init__(self, table: PeerTable, me: Callable[[], PeerRecord]):
+    def __init__(self, table: PeerTable, me: Callable[[], PeerRecord | None]):
         self._table, self._me = table, me
 
+    def _mine(self) -> list[PeerRecord]:
+        me = self._me()
+        return [me] if me is not None else []  # None once the node's server has stopped
+
     def alive(self) -> list[PeerRecord]:
-        return [*self._table.alive(), self._me()]
+        return [*self._table.alive(), *self._mine()]
 
     def records(self) -> list[PeerRecord]:
-        return [*self._table.records(), self._me()]
+        return [*self._table.records(), *self._mine()]
 
     def get(self, node_id: str) -> PeerRecord | None:
         me = self._me()
-        return me if node_id == me.node_id else self._table.get(node_id)
+        return me if me is not None and node_id == me.node_id else self._table.get(node_id)
 
     def touch(self, node_id: str) -> None:
-        if node_id != self._me().node_id:
+        me = self._me()
+        if me is None or node_id != me.node_id:
             self._table.touch(node_id)
 
     def __getattr__(self, name: str) -> Any:
@@ -140,49 +171,21 @@ class Gateway:
         )
 
     @classmethod
-    def for_node(cls, node: Node, options: AskOptions | None = None) -> Gateway:
-        """A gateway over a started :class:`~dellm_p2p.node.Node`, the node itself included when it serves a model."""
-        assert node.table is not None and node.fitness is not None and node.membership is not None
-        server = node.server
-        assert server is not None
-        hello = server.hello
-        table: Any = node.table
-        pool: Any = node.membership.pool
-        if hello.model:
-
-            def me() -> PeerRecord:
-                return PeerRecord(
-                    node_id=node.node_id,
-                    url=node.url,
-                    name=node.config.name,
-                    model=hello.model,
-                    capacity=hello.capacity,
-                    in_flight=server.in_flight,
-                    rtt_ms=0.0,
-                    fitness=node.fitness.self_fitness if node.fitness else 0.5,
-                    state=PeerState.ALIVE,
-                    source="self",
-                )
-
-            async def connect() -> PeerClient:
-                # A plain client (no identity, no listen URL): the server refuses its own node id.
-                return await PeerClient.connect(
-                    node.url,
-                    name=f"{node.config.name}-http",
-                    cluster_key=node._cluster_key,
-                    ssl_context=node._client_ssl,
-                    max_frame_bytes=node.config.max_frame_bytes,
-                )
-
-            table = _TableWithSelf(node.table, me)
-            pool = _PoolWithSelf(node.membership.pool, node.url, connect)
+    def for_node(cls, node: LocalNode, options: AskOptions | None = None) -> Gateway:
+        """A gateway over a started node, the node itself included when it serves a model."""
+        table: Any
+        pool: Any
+        table, pool, fitness = node.network()
+        if node.self_record() is not None:
+            table = _TableWithSelf(table, node.self_record)
+            pool = _PoolWithSelf(pool, node.url, node.connect_self)
         return cls(
             node_id=node.node_id,
             table=table,
             pool=pool,
-            fitness=node.fitness,
+            fitness=fitness,
             options=options,
-            in_flight=lambda: server.in_flight,
+            in_flight=node.in_flight,
         )
 
     async def close(self) -> None:
