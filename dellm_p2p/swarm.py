@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 from .client import PeerError
 from .config import DEFAULT_MEMBERSHIP
+from .coordinator.admission import Admission
 from .coordinator.errors import AllPeersFailedError, DeadlineError, NoPeersError, QuestionError, SwarmError
 from .coordinator.events import Event, Final, SwarmAnswer
 from .coordinator.history import check_messages, split_conversation
@@ -138,6 +139,8 @@ class Swarm:
             self.membership = SwimMembership(**member, cluster_key=cluster_key)
         self.fitness = FitnessBook(self.node_id, self.table, pool=self.pool, identity=self.identity)
         self.membership.fitness = self.fitness
+        # Questions asked at once share the peers' slots: what they cannot take now waits here.
+        self.admission = Admission(self.table)
         self._mdns = (
             MdnsDiscovery(
                 node_id=self.node_id,
@@ -198,6 +201,7 @@ class Swarm:
         """Leave: stop discovery, let reward gossip go out (up to 2 s), close connections. Idempotent."""
         if self._mdns is not None:
             await self._mdns.close()
+        await self.admission.close()
         await self.fitness.flush()
         await self.membership.close()
         await self.fitness.close()
@@ -288,7 +292,7 @@ class Swarm:
             raise NoPeersError(self._no_peers_reason())
         async for event in stream_question(
             text, opts, coordinator_id=self.node_id, table=self.table, pool=self.pool,
-            fitness=self.fitness, history=earlier,
+            fitness=self.fitness, history=earlier, admission=self.admission,
         ):  # fmt: skip
             yield event
 

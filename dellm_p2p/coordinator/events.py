@@ -85,6 +85,8 @@ class ChunkTrace:
     rewards: dict[str, float] = field(default_factory=dict)
     stragglers_cancelled: int = 0
     elapsed_ms: float = 0.0
+    redundancy: int = 0  # answers asked (k): the question's redundancy, less under load (admission)
+    queued_ms: float = 0.0  # time the chunk waited in the coordinator's admission queue [ms]
 
 
 @dataclass

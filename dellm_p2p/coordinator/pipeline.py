@@ -32,6 +32,7 @@ from ..membership import FitnessBook
 from ..peer_table import PeerTable
 from ..pool import PeerPool
 from ..protocol import Done, SamplingParams, Token
+from .admission import Ticket
 from .decompose import (
     LLM_DECOMPOSE_PROMPT,
     DecompositionError,
@@ -221,8 +222,10 @@ class QuestionRun:
         fitness: FitnessBook,
         emit: Callable[[Event], Awaitable[None]],
         history: Sequence[Mapping[str, str]] = (),
+        ticket: Ticket | None = None,
     ):
         self.question = question
+        self.ticket = ticket  # the coordinator's admission queue (slots of all its questions, adaptive k)
         self.history = [dict(m) for m in history]
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
         self.options = options
@@ -331,13 +334,14 @@ class QuestionRun:
         async def dispatch(wanted: int, greedy: bool = False) -> None:
             # Prefer peers not yet used for this chunk; fall back to used ones (more samples), never failed ones.
             peers = self.table.alive()
-            fresh = eligible_peers(peers, self.load, exclude=failed | tried)
+            load = self.ticket.load if self.ticket is not None else self.load  # every question's, under admission
+            fresh = eligible_peers(peers, load, exclude=failed | tried)
             assignments = route(
                 chunk,
                 peers,
                 redundancy=wanted,
                 weights=opts.weights,
-                load=self.load,
+                load=load,
                 assigned=self.assigned,
                 exclude=(failed | tried) if fresh else failed,
             )
@@ -346,11 +350,14 @@ class QuestionRun:
             for a in assignments:
                 tried.add(a.peer_id)
                 self.assigned[a.peer_id] += 1
-                pending[asyncio.create_task(self._request(chunk, a, prompt))] = a
+                task = asyncio.create_task(self._request(chunk, a, prompt))
+                pending[task] = a
+                if self.ticket is not None:
+                    self.ticket.hold(task, a)  # its slots are in use until the request ends
             trace.assignments.extend(assignments)
             await self.emit(ChunkRouted(chunk.id, tuple(assignments)))
 
-        await dispatch(opts.redundancy, greedy=opts.anchor)
+        await dispatch(await self._redundancy(trace), greedy=opts.anchor)
         started = time.perf_counter()
         handed_off = 0  # stragglers left to finish in the background
         try:
@@ -398,6 +405,21 @@ class QuestionRun:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _redundancy(self, trace: ChunkTrace) -> int:
+        """The chunk's k: ``redundancy``, or under an admission queue what it grants (waiting for a slot).
+
+        The one place the pipeline decides a chunk's redundancy
+        (:func:`~.admission.adaptive_redundancy`); sets ``trace.redundancy``
+        and ``trace.queued_ms`` (the wait [ms]).
+        """
+        k = self.options.redundancy
+        if self.ticket is not None:
+            queued = time.perf_counter()
+            k = await self.ticket.admit(k)
+            trace.queued_ms = round((time.perf_counter() - queued) * 1000, 3)
+        trace.redundancy = k
+        return k
 
     def _finish_later(self, trace: ChunkTrace, stragglers: dict[asyncio.Task, Assignment], grace_s: float) -> None:
         """Let a decided chunk's stragglers run up to ``grace_s`` [s] more, then reward those that answered.

@@ -16,6 +16,7 @@ from ..client import PeerError
 from ..membership import FitnessBook
 from ..peer_table import PeerTable
 from ..pool import PeerPool
+from .admission import LOCAL_KEY, Admission
 from .errors import AllPeersFailedError, DeadlineError, SwarmError
 from .events import Event, Final
 from .pipeline import AskOptions, QuestionRun
@@ -30,6 +31,8 @@ async def stream_question(
     pool: PeerPool,
     fitness: FitnessBook,
     history: Sequence[Mapping[str, str]] = (),
+    admission: Admission | None = None,
+    client: str = LOCAL_KEY,
 ) -> AsyncIterator[Event]:
     """Run one :class:`QuestionRun` in a task and yield its events, ending with :class:`Final`.
 
@@ -38,17 +41,27 @@ async def stream_question(
     consumer) cancels the run, whose peer requests then send ``cancel`` so
     the peers abort their generations.
 
+    With an ``admission`` queue (the coordinator's, shared by its questions)
+    the question takes a ticket under the client key ``client`` before it
+    starts: its chunks wait there for free slots, fairly across keys, within
+    ``options.timeout_s``, and their redundancy adapts to the load
+    (:mod:`.admission`).
+
     Raises:
+        QueueFullError: the admission queue is full (before any event).
         DeadlineError: ``options.timeout_s`` passed.
         NoPeersError, AllPeersFailedError, SwarmError: as raised by the pipeline
             (a peer's :class:`PeerError` surfaces as :class:`AllPeersFailedError`).
     """
+    ticket = admission.ticket(client) if admission is not None else None
     queue: asyncio.Queue = asyncio.Queue()
     run = QuestionRun(
         question, options, coordinator_id=coordinator_id, table=table, pool=pool,
-        fitness=fitness, emit=queue.put, history=history,
+        fitness=fitness, emit=queue.put, history=history, ticket=ticket,
     )  # fmt: skip
     task = asyncio.create_task(run.run())
+    if ticket is not None:
+        task.add_done_callback(lambda _: ticket.close())
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
         while (event := await queue.get()) is not None:

@@ -39,7 +39,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -51,13 +51,15 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..client import PeerError
+from ..coordinator.admission import QueueFullError
 from ..coordinator.errors import AllPeersFailedError, DeadlineError, NoPeersError, QuestionError, SwarmError
 from ..coordinator.events import Event, Final, PeerFailed, SwarmAnswer, SynthesisToken
-from ..coordinator.history import split_conversation
+from ..coordinator.history import estimate_tokens, split_conversation
 from ..coordinator.pipeline import AskOptions, check_question
 from ..protocol import Done, SamplingParams, Token
 from .dashboard import Dashboard, add_dashboard
 from .gateway import Gateway, UnknownModelError
+from .limits import Limiter, RateLimited, RateLimits, client_key
 from .metrics import ApiMetrics
 from .schemas import (
     DELLM_MODEL,
@@ -96,17 +98,23 @@ class ApiSettings:
     Attributes:
         api_key: the bearer key requests must carry (``None``: open).
         max_body_bytes: largest request body [bytes]; more gets 413.
-        max_concurrent: completions answered at once; more get 429.
+        max_concurrent: peer-model completions answered at once; more get 429
+            (``model: dellm`` questions wait in the admission queue instead).
+        max_queue: ``model: dellm`` questions that may wait for the swarm at
+            once (the gateway's admission queue); more get 429.
         request_timeout_s: deadline of a peer-model request [s]
             (``model: dellm`` questions use the pipeline's ``timeout_s``).
-        retry_after_s: ``Retry-After`` of a 429 [s].
+        retry_after_s: ``Retry-After`` of a 429 for too many peer-model requests [s].
+        limits: per-client requests and tokens per minute (off by default; :mod:`.limits`).
     """
 
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
     max_concurrent: int = 64
+    max_queue: int = 1024
     request_timeout_s: float = 180.0
     retry_after_s: int = 1
+    limits: RateLimits = field(default_factory=RateLimits)
 
 
 class ApiError(Exception):
@@ -143,6 +151,10 @@ def api_error(exc: BaseException) -> ApiError:
             return exc
         case QuestionError():
             return ApiError(400, str(exc), code="invalid_question")
+        case QueueFullError() | RateLimited():
+            code = "queue_full" if isinstance(exc, QueueFullError) else "rate_limit_exceeded"
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            return ApiError(429, str(exc), type="rate_limit_error", code=code, headers=headers)
         case UnknownModelError():
             return ApiError(
                 404,
@@ -215,6 +227,8 @@ class _Api:
         self.active = 0
         self.started = int(time.time())
         self.dashboard = Dashboard(gateway)  # records the questions answered through the pipeline
+        gateway.admission.max_queue = settings.max_queue
+        self.limiter = Limiter(settings.limits) if settings.limits.enabled else None
 
     def error_response(self, exc: ApiError) -> JSONResponse:
         self.metrics.errors.labels(str(exc.status)).inc()
@@ -262,9 +276,15 @@ class _Api:
                 400, f"{param}: {first['msg']}" if param else first["msg"], param=param, code="invalid_parameter"
             ) from None
 
-    def admit(self) -> _Slot:
-        """Take one of ``max_concurrent`` slots; 429 with ``Retry-After`` when none is free."""
-        if self.active >= self.settings.max_concurrent:
+    def admit(self, key: str, tokens: int, *, limited: bool = True) -> _Slot:
+        """Admit one completion request of client ``key`` costing about ``tokens`` tokens.
+
+        Charges the client's rate limits (429 with ``Retry-After`` when a bucket
+        is empty) and, when ``limited`` (peer-model requests), takes one of
+        ``max_concurrent`` slots (429 when none is free); ``model: dellm``
+        questions queue in the gateway's admission queue instead.
+        """
+        if limited and self.active >= self.settings.max_concurrent:
             raise ApiError(
                 429,
                 f"{self.active} requests are being answered; the limit is "
@@ -273,9 +293,10 @@ class _Api:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(self.settings.retry_after_s)},
             )
+        charged = self.limiter.admit(key, tokens) if self.limiter is not None else 0
         self.active += 1
         self.metrics.in_flight.inc()
-        return _Slot(self)
+        return _Slot(self, key, charged)
 
     def _release(self) -> None:
         self.active -= 1
@@ -353,7 +374,11 @@ class _Api:
         prompt: str | None = None,
     ) -> Response:
         """Both completion endpoints: pick the door (pipeline or one peer model), stream or not."""
-        slot = self.admit()
+        key = client_key(body.user, request.headers.get("authorization"), request.client and request.client.host)
+        estimate = estimate_tokens(messages or [{"role": "user", "content": prompt or ""}])
+        slot = self.admit(
+            key, estimate + (body.token_limit() or DEFAULT_PEER_MAX_TOKENS), limited=body.model != DELLM_MODEL
+        )
         streaming = False
         try:
             if body.model == DELLM_MODEL:
@@ -424,7 +449,9 @@ class _Api:
         started = time.perf_counter()
         rid = _request_id(endpoint)
         events = aiter(
-            self.dashboard.track(rid, question, self.gateway.stream(question, history=history, options=options))
+            self.dashboard.track(
+                rid, question, self.gateway.stream(question, history=history, options=options, client=slot.key)
+            )
         )
         if body.stream:
             try:
@@ -439,6 +466,7 @@ class _Api:
         finally:
             await events.aclose()
         self._record(answer, started, first_token)
+        slot.settle(sum(answer.usage.values()))
         usage = Usage.of(answer.usage.get("prompt_tokens", 0), answer.usage.get("completion_tokens", 0))
         created = int(time.time())
         if endpoint == "chat":
@@ -515,6 +543,7 @@ class _Api:
                             first_token = first_token or time.perf_counter()
                             yield chunk(Delta(content=rest))
                         self._record(answer, started, first_token)
+                        slot.settle(sum(answer.usage.values()))
                         yield chunk(Delta(), finish="stop", trace=_trace(answer))
                         if body.stream_options is not None and body.stream_options.include_usage:
                             usage = Usage.of(
@@ -579,6 +608,7 @@ class _Api:
         finally:
             await items.aclose()  # type: ignore[attr-defined]
         self._record_direct(done, started, first_token)
+        slot.settle(done.usage.prompt_tokens + done.usage.completion_tokens)
         usage = Usage.of(done.usage.prompt_tokens, done.usage.completion_tokens)
         reasons = done.finish_reasons
         created = int(time.time())
@@ -633,6 +663,7 @@ class _Api:
                     if body.stream_options is not None and body.stream_options.include_usage:
                         yield chunk(None, usage=Usage.of(item.usage.prompt_tokens, item.usage.completion_tokens))
                     self._record_direct(item, started, first_token)
+                    slot.settle(item.usage.prompt_tokens + item.usage.completion_tokens)
                     outcome = "answered"
                 nxt = await anext(items, None)
                 item = nxt.item if nxt is not None else None
@@ -648,10 +679,19 @@ class _Api:
 
 
 class _Slot:
-    """One admitted completion request; :meth:`release` frees it once, however often it is called."""
+    """One admitted completion request of client ``key`` (``charged`` tokens to its limit up front);
+    :meth:`release` frees it once, however often it is called."""
 
-    def __init__(self, api: _Api):
+    def __init__(self, api: _Api, key: str, charged: int = 0):
         self._api: _Api | None = api
+        self._limiter = api.limiter
+        self.key, self.charged = key, charged
+
+    def settle(self, used: int) -> None:
+        """The request cost ``used`` tokens: charge the client's limit the difference to the estimate, once."""
+        if self._limiter is not None and self.charged:
+            self._limiter.settle(self.key, self.charged, used)
+            self.charged = 0
 
     def release(self) -> None:
         if self._api is not None:

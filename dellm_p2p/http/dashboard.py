@@ -286,6 +286,7 @@ class Dashboard:
         self._points: list[list[Any]] = []  # [node id, t ms, fitness, reward] since the last tick
         self._dirty: dict[str, _QuestionLog] = {}
         self._last_peers: list[dict[str, Any]] | None = None
+        self._last_queue: dict[str, Any] | None = None
         for record in gateway.table.records():
             self._series(record.node_id, record.fitness)
         gateway.fitness.listeners.append(self._on_reward)
@@ -362,6 +363,14 @@ class Dashboard:
             "tick_s": self.tick_s,
         }
 
+    def queue(self) -> dict[str, Any]:
+        """The admission queue: ``{queued_questions, queued_chunks, free_slots, answers_in_flight,
+        k_used: {k: chunks}, wait_p50_s, wait_max_s}`` (waits [s] of the last 1,000 admitted chunks)."""
+        stats = self.gateway.admission.stats()
+        stats.pop("admitted", None)
+        stats.pop("refused", None)
+        return {k: (_round(v, 3) if k.startswith("wait") else v) for k, v in stats.items()}
+
     def state(self) -> dict[str, Any]:
         """The whole picture: ``{"node": {node_id, name, model, started, now, tick_s}, "peers": [row],
         "fitness": {node id: [[t ms, fitness, reward or null]]}, "names": {node id: name},
@@ -373,6 +382,7 @@ class Dashboard:
             "fitness": {node_id: list(points) for node_id, points in self.series.items()},
             "names": {node_id: self.name(node_id) for node_id in self.series},
             "questions": [q.to_json() for q in reversed(self.questions)],
+            "queue": self.queue(),
         }
 
     # Questions.
@@ -456,6 +466,10 @@ class Dashboard:
         if peers != self._last_peers:
             self._last_peers = peers
             self._publish(_sse("peers", {"peers": peers, "names": {p["node_id"]: p["name"] for p in peers}}))
+        queue = self.queue()
+        if queue != self._last_queue:
+            self._last_queue = queue
+            self._publish(_sse("queue", queue))
         if self._points:
             points, self._points = self._points, []
             self._publish(_sse("fitness", {"points": points, "now": _ms(time.time())}))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..client import PeerClient, PeerError
+from ..coordinator.admission import LOCAL_KEY, Admission
 from ..coordinator.errors import AllPeersFailedError, NoPeersError, QuestionError
 from ..coordinator.events import Event
 from ..coordinator.pipeline import AskOptions
@@ -143,6 +144,8 @@ class Gateway:
         table, pool, fitness: the network view questions run with.
         options: default :class:`AskOptions` of ``model: dellm`` questions.
         in_flight: requests the node serves now (``None`` for a swarm).
+        admission: the admission queue ``model: dellm`` questions wait in
+            (``None``: a new one over ``table``; a swarm's gateway shares the swarm's).
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class Gateway:
         fitness: FitnessBook,
         options: AskOptions | None = None,
         in_flight: Callable[[], int] | None = None,
+        admission: Admission | None = None,
     ):
         self.node_id = node_id
         self.table = table
@@ -161,14 +165,16 @@ class Gateway:
         self.fitness = fitness
         self.options = (options or AskOptions()).checked()
         self.in_flight = in_flight or (lambda: 0)
+        self.admission = admission if admission is not None else Admission(table)  # type: ignore[arg-type]
         self.load: dict[str, int] = {}  # peer-model requests in flight per node id, from this gateway
 
     @classmethod
     def for_swarm(cls, swarm: Swarm) -> Gateway:
         """A gateway over a started :class:`Swarm`'s view (it serves nothing itself)."""
         return cls(
-            node_id=swarm.node_id, table=swarm.table, pool=swarm.pool, fitness=swarm.fitness, options=swarm.options
-        )
+            node_id=swarm.node_id, table=swarm.table, pool=swarm.pool, fitness=swarm.fitness, options=swarm.options,
+            admission=swarm.admission,
+        )  # fmt: skip
 
     @classmethod
     def for_node(cls, node: LocalNode, options: AskOptions | None = None) -> Gateway:
@@ -189,7 +195,8 @@ class Gateway:
         )
 
     async def close(self) -> None:
-        """Close the loopback connection, if any. Idempotent."""
+        """Close the loopback connection, if any, and stop the admission queue's ticker. Idempotent."""
+        await self.admission.close()
         if isinstance(self.pool, _PoolWithSelf):
             await self.pool.close()
 
@@ -216,9 +223,16 @@ class Gateway:
     # Answering.
 
     async def stream(
-        self, question: str, *, history: Sequence[Mapping[str, str]] = (), options: AskOptions | None = None
+        self,
+        question: str,
+        *,
+        history: Sequence[Mapping[str, str]] = (),
+        options: AskOptions | None = None,
+        client: str = LOCAL_KEY,
     ) -> AsyncIterator[Event]:
         """The pipeline's events for ``question`` (checked) ending with ``Final``; errors as ``stream_question``.
+
+        The question waits in :attr:`admission` under the client key ``client`` when the peers are busy.
 
         Raises:
             NoPeersError: no alive peer serves a model.
@@ -233,6 +247,8 @@ class Gateway:
             pool=self.pool,
             fitness=self.fitness,
             history=history,  # type: ignore[arg-type]
+            admission=self.admission,
+            client=client,
         ):
             yield event
 

@@ -47,6 +47,23 @@ class _NetworkCollector(Collector):
         node = GaugeMetricFamily("dellm_node_in_flight_requests", "Generations this node serves now")
         node.add_metric([], self.gateway.in_flight())
         yield node
+        admission = self.gateway.admission
+        for name, text, value in (
+            ("dellm_admission_queued_chunks", "Chunks waiting for free slots", admission.queued_chunks),
+            ("dellm_admission_queued_questions", "Questions waiting for their first slot", admission.queued_questions),
+            ("dellm_admission_free_slots", "Answers the peers can take now", admission.free_slots()),
+            (
+                "dellm_admission_answers_in_flight",
+                "Answers this coordinator has in flight",
+                sum(admission.load.values()),
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], value)
+            yield gauge
+        refused = CounterMetricFamily("dellm_admission_refused", "Questions refused because the queue was full")
+        refused.add_metric([], admission.refused)
+        yield refused
 
 
 class ApiMetrics:
@@ -78,7 +95,20 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.queue_wait = Histogram(
+            "dellm_admission_wait_seconds",
+            "Time a chunk waited for free slots [s]",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redundancy = Counter("dellm_redundancy_used", "Chunks admitted per redundancy k used", ["k"], registry=r)
         r.register(_NetworkCollector(gateway))
+        gateway.admission.listeners.append(self.admitted)
+
+    def admitted(self, wait_s: float, k: int) -> None:
+        """A chunk was admitted after ``wait_s`` [s] with redundancy ``k``."""
+        self.queue_wait.observe(wait_s)
+        self.redundancy.labels(str(k)).inc()
 
     def question(self, answer: SwarmAnswer) -> None:
         """Count a pipeline answer's chunks, candidates, votes and agreement."""

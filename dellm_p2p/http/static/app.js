@@ -169,6 +169,7 @@ function handle(kind, data) {
     view.fitness = data.fitness;
     view.questions = new Map();
     for (const q of data.questions.slice().reverse()) view.questions.set(q.id, q);
+    renderQueue(data.queue);
     renderNode();
     renderPeers();
     renderQuestions();
@@ -179,6 +180,8 @@ function handle(kind, data) {
       if (!view.fitness[p.node_id]) view.fitness[p.node_id] = [[Date.now(), p.fitness, null]];
     }
     renderPeers();
+  } else if (kind === "queue") {
+    renderQueue(data);
   } else if (kind === "fitness") {
     view.now = data.now;
     for (const [id, t, f, r] of data.points) (view.fitness[id] = view.fitness[id] || []).push([t, f, r]);
@@ -193,6 +196,14 @@ function handle(kind, data) {
 }
 
 // ---- rendering ----
+
+function renderQueue(q) {
+  if (!q) return;
+  const ks = Object.entries(q.k_used || {}).map(([k, n]) => "k=" + k + ": " + n).join(", ");
+  const wait = q.wait_p50_s == null ? "" : " · wait p50 " + q.wait_p50_s + " s, max " + q.wait_max_s + " s";
+  $("queue").textContent = " · queue " + q.queued_questions + " questions (" + q.queued_chunks + " chunks) · " +
+    q.free_slots + " free slots" + wait + (ks ? " · " + ks : "");
+}
 
 function renderNode() {
   const n = view.node;
