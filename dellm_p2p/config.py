@@ -105,6 +105,13 @@ class NodeConfig(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="DELLM_", extra="forbid", validate_default=True)
+        learn_records: keep the consensus this node's questions reach per
+            chunk in ``<state_dir>/learn/records.jsonl`` (issue 23; ``dellm
+            learn export``); ``false`` keeps nothing.
+        learn_max_records: records kept (the newest).
+        learn_serve: serve the adapter adopted for this node's model
+            (``<state_dir>/learn/adopted.json``, see ``dellm learn``) with
+            vLLM's LoRA support; the node then announces ``<model>:<adapter>``.
 
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
     host: str = "127.0.0.1"
@@ -157,6 +164,9 @@ class NodeConfig(BaseSettings):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
+    learn_records: bool = True
+    learn_max_records: int = Field(default=10_000, ge=1, le=10_000_000)
+    learn_serve: bool = True
         if not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError("use letters, digits, '-', '_' or '.'")
         return value

@@ -19,6 +19,7 @@ from .discovery import MdnsDiscovery
 from .engine import Engine
 from .engine.vllm_engine import vllm_on_cpu
 from .identity import Identity, load_identity
+from .learn.records import RecordStore
 from .membership import FitnessBook, Membership, SwimMembership, membership_for
 from .peer_table import PeerRecord, PeerState, PeerTable
 from .pool import PeerPool
@@ -148,6 +149,10 @@ class Node:
         self.gateway = None  # dellm_p2p.http.gateway.Gateway behind it
         self.http_url = ""  # http://host:port of the API once it listens
         self.cores: CoreClaim | None = None
+        # The consensus this node's questions reach (issue 23), unless learn_records is off.
+        self.records = (
+            RecordStore(config.resolved_state_dir / "learn", config.learn_max_records) if config.learn_records else None
+        )
 
     async def start(self) -> str:
         """Load and warm up the model, then listen. Returns the ``ws://`` URL.
@@ -212,7 +217,7 @@ class Node:
         from .http.server import HttpServer
 
         config = self.config
-        self.gateway = Gateway.for_node(self)
+        self.gateway = Gateway.for_node(self, records=self.records)
         settings = ApiSettings(
             api_key=self._api_key,
             max_body_bytes=config.http_max_body_bytes,

@@ -41,6 +41,7 @@ from .coordinator.pipeline import AskOptions, check_question
 from .coordinator.stream import stream_question
 from .discovery import MdnsDiscovery
 from .identity import Identity
+from .learn.records import RecordStore
 from .membership import FitnessBook, Membership, SwimMembership
 from .peer_table import PeerTable
 from .pool import PeerPool
@@ -89,6 +90,9 @@ class Swarm:
         membership: ``swim`` or ``gossip``: what the network's nodes run
             (``membership`` in their configuration; default: the
             ``DELLM_MEMBERSHIP`` environment variable, else ``swim``).
+        records: where this coordinator keeps the consensus it reaches per
+            chunk (:class:`~dellm_p2p.learn.records.RecordStore`, issue 23);
+            ``None``: nothing is kept.
     """
 
     def __init__(
@@ -103,7 +107,9 @@ class Swarm:
         ssl_context: ssl.SSLContext | None = None,
         identity: Identity | None = None,
         membership: str | None = None,
+        records: RecordStore | None = None,
     ):
+        self.records = records
         membership = membership or os.environ.get("DELLM_MEMBERSHIP") or DEFAULT_MEMBERSHIP
         if membership not in ("swim", "gossip"):
             raise ValueError(f"membership must be 'swim' or 'gossip', not {membership!r}")
@@ -294,6 +300,7 @@ class Swarm:
             text, opts, coordinator_id=self.node_id, table=self.table, pool=self.pool,
             fitness=self.fitness, history=earlier, admission=self.admission,
         ):  # fmt: skip
+            on_answer=self.records.record_answer if self.records is not None else None,
             yield event
 
     async def chat(self, messages: Sequence[Mapping[str, str]], **options) -> SwarmAnswer:

@@ -3,7 +3,9 @@
 Each line you type is asked with the conversation so far as context
 (:meth:`dellm_p2p.swarm.Swarm.stream` with ``history``), with the same live
 progress and low-agreement line as ``dellm ask``; the answer streams on
-stdout. ``/reset`` forgets the conversation, ``/exit`` (or Ctrl-D) quits.
+stdout, and a blank line ends each turn. With piped input each question is
+echoed on stdout (``you> …``) above its answer, so the transcript reads as
+on a terminal. ``/reset`` forgets the conversation, ``/exit`` (or Ctrl-D) quits.
 Ctrl-C cancels the answer being written (the peers abort it) and keeps the
 conversation; at the prompt it quits with exit code 130.
 """
@@ -24,6 +26,8 @@ from ..coordinator.events import Event, Final
 from .progress import show_progress
 
 HELP = "/reset forgets the conversation, /exit or Ctrl-D quits, Ctrl-C cancels an answer"
+#: Starts the prompt on a terminal, and each question echoed on stdout when the input is piped.
+TURN_PREFIX = "you> "
 
 LineReader = Callable[[str], Awaitable[str | None]]
 
@@ -86,7 +90,7 @@ async def repl(
     read_line = read_line or stdin_reader()
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
-    prompt = "you> " if sys.stdin.isatty() else ""
+    prompt = TURN_PREFIX if sys.stdin.isatty() else ""
     loop = asyncio.get_running_loop()
     answering: asyncio.Task | None = None
     quit_now = asyncio.Event()
@@ -130,6 +134,8 @@ async def repl(
             if text.startswith("/"):
                 err.print(f"unknown command {text.split()[0]}: {HELP}", markup=False)
                 continue
+            if not prompt:  # piped: the transcript shows each question above its answer, as a terminal does
+                out.print(f"{TURN_PREFIX}{text}", markup=False, highlight=False)
             turn = _Turn(swarm, history)
             user_cancelled = False
             answering = asyncio.create_task(show_progress(turn, text, out, err))
@@ -145,6 +151,7 @@ async def repl(
                 continue
             finally:
                 answering = None
+            out.print()  # a blank line ends the turn
             if turn.answer is not None:
                 history += [{"role": "user", "content": text}, {"role": "assistant", "content": turn.answer.text}]
     finally:

@@ -18,9 +18,10 @@ the text sent to a peer.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError, field_validator
@@ -39,6 +40,7 @@ __all__ = [
     "decompose",
     "parse_llm_decomposition",
     "render_chunk_prompt",
+    "with_conversation",
 ]
 
 #: Fewer words than this is a phrase, not a task: merged into a neighbour.
@@ -132,6 +134,8 @@ _KEYWORDS: dict[Operation, tuple[re.Pattern[str], ...]] = {
             # Word operators count next to an operand: "12 times 7", not "how times have changed".
             r"(?:\d|\b(?:result|answer|it|that|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve"
             r"|twenty|hundred|thousand))\s+(?:times|plus|minus)\b",
+            # ... or before a numeral: "my favourite number plus 3" (not "plus one fun fact").
+            r"\b(?:times|plus|minus)\s+\d",
             r"\b(?:multiply|multiplied|multiplying|multiplication)\b",
             r"\b(?:divide|divided|dividing|division)\b",
             r"\binterest\s+(?:rates?|on|earned|of)\b|\b(?:compound|simple|annual|monthly|\d%?)\s+interest\b",
@@ -303,12 +307,13 @@ def decompose(question: str, *, max_chunks: int = 8) -> list[Chunk]:
 def render_chunk_prompt(chunk: Chunk, answers: dict[str, str]) -> str:
     """The text sent to a peer for ``chunk``.
 
-    One line ``Earlier result (<id>): <answer>`` per dependency whose answer is
+    The chunk's conversation context first (:attr:`Chunk.context`, set by
+    :func:`with_conversation`), then one line ``Earlier result (<id>): <answer>`` per dependency whose answer is
     in ``answers`` and not blank (whitespace collapsed, cut to 300 characters:
     the peers are tiny models), then the chunk text. Unknown dependencies are
     left out. Without any it is just ``chunk.text``.
     """
-    lines = []
+    lines = [chunk.context] if chunk.context else []
     for dep in chunk.depends_on:
         answer = " ".join((answers.get(dep) or "").split())
         if not answer:
@@ -339,6 +344,53 @@ def chunk_prompt(chunk: Chunk, answers: dict[str, str], *, program_aided: bool =
     if uses_program(chunk, program_aided):
         return program_prompt(prompt)
     return f"{prompt}\n{ANSWER_SUFFIX}" if chunk.operation is Operation.MATH else prompt
+
+
+# The chunk speaks of the user or the assistant, or refers back: it may need what earlier turns said.
+_PERSONAL = re.compile(r"(?i)\b(?:i|me|my|mine|myself|we|us|our|ours|you|your|yours)\b")
+
+
+def _quote(text: str, limit: int) -> str:
+    """``text`` with whitespace collapsed, its newest ``limit`` characters (an ellipsis marks a cut)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :].lstrip()
+
+
+def with_conversation(chunks: Iterable[Chunk], history: Iterable[Mapping[str, str]]) -> list[Chunk]:
+    """``chunks`` with :attr:`Chunk.context` set from the conversation's earlier turns where they refer to them.
+
+    A chunk refers to the conversation when it speaks of the user or the
+    assistant ("my", "I", "your", …) or refers back ("that", "it", "the
+    result"): it then carries ``Earlier in this conversation the user said:
+    <the user's earlier turns>`` (newest :data:`MAX_CONTEXT_CHARS` characters)
+    and, when it refers back, ``Your previous answer: <the last assistant
+    turn>``. Facts the user stated are what a later question builds on
+    ("My favourite number is 7." → "what is my favourite number plus 3?");
+    the chat messages before the prompt carry the same turns, but the
+    default 135M model answered "7 is indeed the answer" from them, and a
+    program-aided chunk's expression needs the number in the question it
+    restates. System messages are not quoted (they stay the system message).
+
+    Args:
+        chunks: the decomposed chunks.
+        history: the earlier messages (``{"role", "content"}``), oldest first.
+
+    Returns:
+        New chunks (the input is not changed); the same chunks without history.
+    """
+    turns = [(m.get("role"), m.get("content") or "") for m in history]
+    said = " ".join(content for role, content in turns if role == "user" and content.strip())
+    answered = next((content for role, content in reversed(turns) if role == "assistant" and content.strip()), "")
+    out = []
+    for chunk in chunks:
+        lines = []
+        back = _refers_back(_mask_protected(chunk.text))
+        if said and (back or _PERSONAL.search(chunk.text)):
+            lines.append(f"Earlier in this conversation the user said: {_quote(said, MAX_CONTEXT_CHARS)}")
+        if answered and back:
+            lines.append(f"Your previous answer: {_quote(answered, MAX_CONTEXT_CHARS)}")
+        out.append(dataclasses.replace(chunk, context="\n".join(lines)) if lines else chunk)
+    return out
 
 
 _OPERATION_NAMES = "|".join(op.value for op in Operation)

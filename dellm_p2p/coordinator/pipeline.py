@@ -41,6 +41,7 @@ from .decompose import (
     complexity,
     decompose,
     parse_llm_decomposition,
+    with_conversation,
 )
 from .errors import AllPeersFailedError, NoPeersError, QuestionError
 from .events import (
@@ -259,7 +260,7 @@ class QuestionRun:
         opts = self.options
         async with asyncio.timeout(opts.timeout_s) as scope:
             self.deadline = scope.when()
-            chunks = await self._decompose()
+            chunks = with_conversation(await self._decompose(), self.history)  # earlier turns they refer to
             for chunk in chunks:
                 self.traces[chunk.id] = ChunkTrace(chunk)
                 self.finished[chunk.id] = asyncio.Event()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from ..client import PeerError
 from ..membership import FitnessBook
@@ -18,7 +18,7 @@ from ..peer_table import PeerTable
 from ..pool import PeerPool
 from .admission import LOCAL_KEY, Admission
 from .errors import AllPeersFailedError, DeadlineError, SwarmError
-from .events import Event, Final
+from .events import Event, Final, SwarmAnswer
 from .pipeline import AskOptions, QuestionRun
 
 
@@ -33,6 +33,7 @@ async def stream_question(
     history: Sequence[Mapping[str, str]] = (),
     admission: Admission | None = None,
     client: str = LOCAL_KEY,
+    on_answer: Callable[[SwarmAnswer], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Event]:
     """Run one :class:`QuestionRun` in a task and yield its events, ending with :class:`Final`.
 
@@ -46,6 +47,10 @@ async def stream_question(
     starts: its chunks wait there for free slots, fairly across keys, within
     ``options.timeout_s``, and their redundancy adapts to the load
     (:mod:`.admission`).
+
+    ``on_answer`` is awaited with the answer before :class:`Final` is
+    yielded (e.g. :meth:`dellm_p2p.learn.records.RecordStore.record_answer`,
+    which keeps the consensus reached per chunk; it must not raise).
 
     Raises:
         QueueFullError: the admission queue is full (before any event).
@@ -74,6 +79,8 @@ async def stream_question(
             raise as_swarm_error(first_leaf(group)) from None
         except PeerError as exc:
             raise as_swarm_error(exc) from None
+        if on_answer is not None:
+            await on_answer(answer)
         yield Final(answer)
     finally:
         if not task.done():

@@ -33,6 +33,11 @@ class Chunk:
         complexity: 0 (trivial) … 1 (hard), from length and operation.
         depends_on: ids of earlier chunks whose answers this one uses
             (e.g. "…, then find savings accounts paying that much").
+        context: what earlier turns of the conversation said that this
+            chunk refers to ("My favourite number is 7." for "what is my
+            favourite number plus 3?"), quoted in its prompt; empty when
+            it refers to nothing earlier
+            (:func:`~dellm_p2p.coordinator.decompose.with_conversation`).
     """
 
     id: str
@@ -40,6 +45,7 @@ class Chunk:
     operation: Operation = Operation.GENERAL
     complexity: float = 0.5
     depends_on: tuple[str, ...] = ()
+    context: str = ""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from ..peer_table import PeerRecord, PeerState
 from ..protocol import Done, ErrorCode, SamplingParams, Token
 
 if TYPE_CHECKING:
+    from ..learn.records import RecordStore
     from ..membership import FitnessBook
     from ..peer_table import PeerTable
     from ..pool import PeerPool
@@ -146,6 +147,8 @@ class Gateway:
         in_flight: requests the node serves now (``None`` for a swarm).
         admission: the admission queue ``model: dellm`` questions wait in
             (``None``: a new one over ``table``; a swarm's gateway shares the swarm's).
+        records: where the consensus of ``model: dellm`` questions is kept
+            (issue 23; ``None``: not kept).
     """
 
     def __init__(
@@ -158,8 +161,10 @@ class Gateway:
         options: AskOptions | None = None,
         in_flight: Callable[[], int] | None = None,
         admission: Admission | None = None,
+        records: RecordStore | None = None,
     ):
         self.node_id = node_id
+        self.records = records
         self.table = table
         self.pool = pool
         self.fitness = fitness
@@ -173,12 +178,14 @@ class Gateway:
         """A gateway over a started :class:`Swarm`'s view (it serves nothing itself)."""
         return cls(
             node_id=swarm.node_id, table=swarm.table, pool=swarm.pool, fitness=swarm.fitness, options=swarm.options,
-            admission=swarm.admission,
+            admission=swarm.admission, records=swarm.records,
         )  # fmt: skip
 
     @classmethod
-    def for_node(cls, node: LocalNode, options: AskOptions | None = None) -> Gateway:
-        """A gateway over a started node, the node itself included when it serves a model."""
+    def for_node(
+        cls, node: LocalNode, options: AskOptions | None = None, records: RecordStore | None = None
+    ) -> Gateway:
+        """A gateway over a started node, the node itself included when it serves a model (``records`` as above)."""
         table: Any
         pool: Any
         table, pool, fitness = node.network()
@@ -192,6 +199,7 @@ class Gateway:
             fitness=fitness,
             options=options,
             in_flight=node.in_flight,
+            records=records,
         )
 
     async def close(self) -> None:
@@ -249,6 +257,7 @@ class Gateway:
             history=history,  # type: ignore[arg-type]
             admission=self.admission,
             client=client,
+            on_answer=self.records.record_answer if self.records is not None else None,
         ):
             yield event
 
