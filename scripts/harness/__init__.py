@@ -1,0 +1,1 @@
+"""The benchmark harness: what the benchmark scripts share (simulated engines, nodes, statistics, reports)."""

@@ -1,0 +1,1 @@
+"""The parts of ``bench_scale.py``: its simulated nodes, worker processes, learning phase and report."""
