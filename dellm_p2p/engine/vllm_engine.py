@@ -24,6 +24,7 @@ from .base import (
     ModelInfo,
     PromptTooLongError,
 )
+from .transcript import TRANSCRIPT_STOPS, has_chat_template, render_transcript
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,12 @@ class VllmEngine(Engine):
         log.info("warm-up took %.1f s", time.perf_counter() - started)
 
     async def render_prompt(self, request: GenerationRequest) -> tuple[str, int]:
-        """Return the prompt text and its length [tokens] (chat template applied).
+        """Return the prompt text and its length [tokens].
 
+        Chat ``messages`` go through the model's chat template; a base model
+        without one (Gemma 3 270M) gets a plain ``User:``/``Assistant:``
+        transcript instead (:func:`~.transcript.render_transcript`; its stops
+        are added by :meth:`transcript_stops`). A raw ``prompt`` is left as is.
         Runs the tokenizer in a worker thread: a long prompt must not stall
         the event loop that serves every peer.
         """
@@ -178,12 +183,21 @@ class VllmEngine(Engine):
         def render() -> tuple[str, int]:
             if request.messages is not None:
                 messages = [{"role": m.role, "content": m.content} for m in request.messages]
-                text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                if has_chat_template(self._tokenizer):
+                    text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                else:
+                    text = render_transcript(messages)
             else:
                 text = request.prompt or ""
             return text, len(self._tokenizer.encode(text, add_special_tokens=False))
 
         return await asyncio.to_thread(render)
+
+    def transcript_stops(self, request: GenerationRequest) -> list[str]:
+        """Stop sequences ``request`` needs beyond its own: the next turn of a transcript prompt (base models)."""
+        if request.messages is None or has_chat_template(self._tokenizer):
+            return []
+        return [stop for stop in TRANSCRIPT_STOPS if stop not in request.params.stop]
 
     async def generate(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Delta]:
         if self._llm is None:
@@ -204,7 +218,7 @@ class VllmEngine(Engine):
             max_tokens=max_tokens,
             temperature=p.temperature,
             top_p=p.top_p,
-            stop=list(p.stop) or None,
+            stop=[*p.stop, *self.transcript_stops(request)] or None,
             logprobs=0 if p.logprobs else None,
             output_kind=RequestOutputKind.DELTA,
         )
