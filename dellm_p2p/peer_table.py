@@ -171,7 +171,7 @@ class PeerTable:
         # Fitness a newly known peer starts with (the fitness book restores saved values).
         self.initial_fitness: Callable[[str], float] = lambda node_id: 0.5
         # (agreed, rewards) counts a newly known peer starts with (the fitness book restores saved ones).
-        self.initial_counts: Callable[[str], tuple[int, int]] = lambda node_id: (0, 0)
+        self.initial_counts: Callable[[str, str | None], tuple[int, int]] = lambda node_id, model=None: (0, 0)
         self._peers: dict[str, PeerRecord] = {}
         # False under SWIM membership: states come from the failure detector
         # (:meth:`apply_member`), not from heartbeat silence; :meth:`sweep` only forgets.
@@ -234,7 +234,7 @@ class PeerTable:
                 return Observed.NOTHING
             record = self._record(entry, source, now)
             record.fitness = self.initial_fitness(entry.node_id)
-            record.agreed, record.rewards = self.initial_counts(entry.node_id)
+            record.agreed, record.rewards = self.initial_counts(entry.node_id, entry.model)
             self._peers[entry.node_id] = record
             log.info("peer %s joined at %s (%s)", entry.node_id, entry.url, source)
             return Observed.JOINED
@@ -283,7 +283,7 @@ class PeerTable:
             return
         record = PeerRecord(node_id=node_id, url=url, source=source, last_seen=self.clock(), **fields)
         record.fitness = self.initial_fitness(node_id)
-        record.agreed, record.rewards = self.initial_counts(node_id)
+        record.agreed, record.rewards = self.initial_counts(node_id, record.model)
         record.public_key = public_key
         if known is not None:  # dead or left before: keep its version so only newer gossip wins
             record.incarnation, record.heartbeat, record.fitness = known.incarnation, known.heartbeat, known.fitness
@@ -342,7 +342,7 @@ class PeerTable:
                 return None
             known = self._peers[node_id] = PeerRecord(node_id=node_id, url=url, source=source, last_seen=now)
             known.fitness = self.initial_fitness(node_id)
-            known.agreed, known.rewards = self.initial_counts(node_id)
+            known.agreed, known.rewards = self.initial_counts(node_id, model)
             log.info("peer %s joined at %s (%s)", node_id, url, source)
             before = None
         else:

@@ -150,14 +150,22 @@ Messages (fields; units in brackets)
               rewards and agreed (optional, default 0: how many reward records
               the fitness rests on and how many were for agreeing; a joining
               coordinator copies them with the fitness, so its routing does
-              not explore proven peers as newcomers)).
+              not explore proven peers as newcomers)), models (optional, at
+              most 256 rows of model (str), kind (str), agreed, rewards: the
+              agreement counts per (model, chunk kind) that reward records
+              with model and kind add up to; a joining coordinator copies
+              them too).
 ``rewards``   records (list of at most 1024: id (unique, for deduplication),
               issuer (coordinator node id), seq (int, 0..2^64-1: the
               issuer's sequence number, strictly increasing per issuer;
               microseconds since the epoch), node_id (the rewarded peer),
               reward (-1..1), chunk, ts [s since the epoch], hops,
-              signature (bin, 64 bytes: the issuer's Ed25519 signature, see
-              Identity)). Fitness gossip, no reply: a node applies each
+              model (str | nil, at most 128 characters: the model the peer
+              answered with, as it announces it), kind (str | nil, at most
+              16: the chunk's operation, e.g. LOOKUP or MATH; model and
+              kind feed the per-(model, kind) agreement counts, see
+              dellm_p2p.membership.fitness), signature (bin, 64 bytes: the
+              issuer's Ed25519 signature, see Identity)). Fitness gossip, no reply: a node applies each
               record it has not seen (fitness <- 0.9 * fitness + 0.1 *
               (fitness + reward), clamped to [0, 1]) and forwards it with
               hops + 1 to a few peers while hops < 16, if it passes these
@@ -516,6 +524,8 @@ class RewardRecord(_Message):
     chunk: Annotated[str, Field(max_length=64)] = ""
     ts: float = 0.0
     hops: Annotated[int, Field(ge=0, le=64)] = 0
+    model: Annotated[str, Field(max_length=128)] | None = None
+    kind: Annotated[str, Field(max_length=16)] | None = None
     signature: Signature = b""
 
 
@@ -536,6 +546,10 @@ def reward_signing_bytes(record: RewardRecord) -> bytes:
             struct.pack(">d", record.reward),
             text(record.chunk),
             struct.pack(">d", record.ts),
+            # Appended only when set, so a record without them signs as it always did.
+            b""
+            if record.model is None and record.kind is None
+            else b"\x01" + text(record.model or "") + text(record.kind or ""),
         )
     )
 
@@ -592,6 +606,18 @@ class GetPeers(_Message):
     nonce: int = 0
 
 
+class ModelFitness(_Message):
+    """Agreement counts of one (model, chunk kind): rewards counted and how many were for agreeing."""
+
+    model: Annotated[str, Field(max_length=128)]
+    kind: Annotated[str, Field(max_length=16)]
+    agreed: Annotated[int, Field(ge=0)] = 0
+    rewards: Annotated[int, Field(ge=0)] = 0
+
+
+MAX_MODEL_ROWS = 256
+
+
 class Peers(_Message):
     type: Literal["peers"] = "peers"
     nonce: int = 0
@@ -600,6 +626,7 @@ class Peers(_Message):
     peers: list[PeerRow] = []
     rewards: Annotated[int, Field(ge=0)] = 0
     agreed: Annotated[int, Field(ge=0)] = 0
+    models: Annotated[list[ModelFitness], Field(max_length=MAX_MODEL_ROWS)] = []
 
 
 class Rewards(_Message):

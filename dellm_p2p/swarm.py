@@ -244,6 +244,7 @@ class Swarm:
                 if (record := self.table.get(node_id)) is not None:
                     record.fitness = value
                     record.agreed, record.rewards = min(agreed, rewards), rewards
+            self.fitness.adopt_model_counts((m.model, m.kind, m.agreed, m.rewards) for m in view.models)
             return
 
     def _no_peers_reason(self) -> str:
@@ -299,8 +300,8 @@ class Swarm:
         async for event in stream_question(
             text, opts, coordinator_id=self.node_id, table=self.table, pool=self.pool,
             fitness=self.fitness, history=earlier, admission=self.admission,
-        ):  # fmt: skip
             on_answer=self.records.record_answer if self.records is not None else None,
+        ):  # fmt: skip
             yield event
 
     async def chat(self, messages: Sequence[Mapping[str, str]], **options) -> SwarmAnswer:

@@ -36,7 +36,6 @@ from .admission import Ticket
 from .decompose import (
     LLM_DECOMPOSE_PROMPT,
     DecompositionError,
-    chunk_prompt,
     classify,
     complexity,
     decompose,
@@ -58,12 +57,13 @@ from .events import (
 )
 from .history import DEFAULT_CONTEXT_TOKENS, estimate_tokens, with_history
 from .program import candidate_answer
+from .prompts import build_prompt
 from .reward import chunk_rewards
 from .route import RouteWeights, eligible_peers, route, score_peers
 from .synthesize import fallback_answer, reply_text, synthesis_messages, unkept_answers
 from .types import Assignment, Candidate, Chunk, VoteResult
 from .units import unit_vote
-from .vote import STRATEGIES, apply_anchor, is_decided, judge_vote, majority, vote
+from .vote import STRATEGIES, apply_anchor, is_decided, judge_vote, majority, model_weight, vote
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,11 @@ class AskOptions:
             straggler finish cost the 100 simulated nodes 0.15 of the
             machine's 2 cores (their reward records verified by every node)
             and raised latency p99 from 227 to 312 ms (docs/results.md).
+        model_weights: in a swarm of different models, each ballot counts
+            its model's learned reliability for the chunk's kind
+            (:func:`~.vote.model_weight` of the per-(model, kind) posterior,
+            :meth:`FitnessBook.model_posterior`); off, every ballot counts 1.
+            With one model, or before anything is learned, it changes nothing.
     """
 
     strategy: str = "majority"
@@ -147,6 +152,7 @@ class AskOptions:
     weights: RouteWeights = field(default_factory=RouteWeights)
     straggler_grace: float = 1.0
     straggler_evidence: int = 20
+    model_weights: bool = True
 
     def checked(self) -> AskOptions:
         """Validate; raises :class:`QuestionError` with a one-line reason."""
@@ -314,8 +320,7 @@ class QuestionRun:
                 for d in chunk.depends_on
                 if (v := self.traces[d].vote) and v.winner
             }
-            prompt = chunk_prompt(chunk, known, program_aided=self.options.program_aided)
-            await self._collect(chunk, prompt, trace)
+            await self._collect(chunk, known, trace)
             if not trace.candidates:
                 reasons = "; ".join(f"{peer}: {why}" for peer, why in trace.failures) or "no answer in time"
                 raise AllPeersFailedError(f"chunk {chunk.id} got no answer ({reasons})")
@@ -325,7 +330,7 @@ class QuestionRun:
             trace.elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
             self.finished[chunk.id].set()
 
-    async def _collect(self, chunk: Chunk, prompt: str, trace: ChunkTrace) -> None:
+    async def _collect(self, chunk: Chunk, known: dict[str, str], trace: ChunkTrace) -> None:
         opts = self.options
         tried: set[str] = set()
         failed: set[str] = set()
@@ -347,11 +352,11 @@ class QuestionRun:
                 exclude=(failed | tried) if fresh else failed,
             )
             if greedy:
-                assignments = with_anchor(assignments)
+                assignments = with_anchor(self._anchor_first(chunk, assignments))
             for a in assignments:
                 tried.add(a.peer_id)
                 self.assigned[a.peer_id] += 1
-                task = asyncio.create_task(self._request(chunk, a, prompt))
+                task = asyncio.create_task(self._request(chunk, a, known))
                 pending[task] = a
                 if self.ticket is not None:
                     self.ticket.hold(task, a)  # its slots are in use until the request ends
@@ -383,7 +388,13 @@ class QuestionRun:
                     # The anchor casts one ballot, so the plurality bound covers it: a tie it could
                     # still make keeps the chunk open (a tie goes to the anchor).
                     outstanding = sum(a.samples for a in pending.values())
-                    if pending and trace.candidates and is_decided(majority(trace.candidates).scores, outstanding):
+                    models = [self._model_of(a.peer_id) for a in pending.values()]
+                    heaviest = self._weigh(chunk, trace.candidates, models)
+                    if (
+                        pending
+                        and trace.candidates
+                        and is_decided(majority(trace.candidates).scores, outstanding, max_weight=heaviest)
+                    ):
                         # Stragglers of peers with little evidence finish for their reward; the rest are cancelled.
                         keep = {
                             task: a
@@ -448,16 +459,22 @@ class QuestionRun:
             rewards = chunk_rewards([*trace.candidates, *late_candidates], trace.vote)
             fresh = {peer: rewards[peer] for peer in {c.peer_id for c in late_candidates} - trace.rewards.keys()}
             if fresh:
-                self._issue(trace.chunk.id, fresh)
+                self._issue(trace, fresh, late_candidates)
 
         task = asyncio.get_running_loop().create_task(finish(), name=f"dellm-stragglers-{trace.chunk.id}")
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         self.fitness.track(task)
 
-    async def _request(self, chunk: Chunk, a: Assignment, prompt: str) -> list[Candidate] | str:
-        """Ask one peer for ``a.samples`` answers; returns the candidates, or a one-line failure reason."""
+    async def _request(self, chunk: Chunk, a: Assignment, known: dict[str, str]) -> list[Candidate] | str:
+        """Ask one peer for ``a.samples`` answers; returns the candidates, or a one-line failure reason.
+
+        The request takes the form the peer's model wants (:func:`~.prompts.build_prompt`):
+        chat messages with the conversation's earlier turns for an instruct model, a few-shot
+        completion prompt with stop sequences for a base model.
+        """
         opts = self.options
+        model = self._model_of(a.peer_id)
         self.load[a.peer_id] += 1
         started = time.perf_counter()
         texts: dict[int, list[str]] = {}
@@ -466,16 +483,23 @@ class QuestionRun:
         messages: list[dict[str, str]] | None = None
         try:
             client = await self.pool.get(a.url)
+            request = build_prompt(chunk, known, model, program_aided=opts.program_aided, history=self.history)
             params = SamplingParams(
                 max_tokens=opts.max_tokens,
                 temperature=0.0 if a.greedy else opts.temperature,
                 top_p=1.0 if a.greedy else opts.top_p,
                 n=a.samples,
                 logprobs=True,
+                stop=list(request.stop),
             )
-            chosen = [x.url for x in self.traces[chunk.id].assignments] if chunk.id in self.traces else [a.url]
-            messages = self._with_history([{"role": "user", "content": prompt}], opts.max_tokens, chosen)
-            async for item in client.generate(messages=messages, params=params, timeout_s=opts.chunk_timeout_s):
+            if request.prompt is not None:
+                messages = [{"role": "user", "content": request.prompt}]  # for the token estimate if cancelled
+                stream = client.generate(prompt=request.prompt, params=params, timeout_s=opts.chunk_timeout_s)
+            else:
+                chosen = [x.url for x in self.traces[chunk.id].assignments] if chunk.id in self.traces else [a.url]
+                messages = self._with_history(request.messages or [], opts.max_tokens, chosen)
+                stream = client.generate(messages=messages, params=params, timeout_s=opts.chunk_timeout_s)
+            async for item in stream:
                 if self._count(item):
                     messages = None  # done: its real prompt tokens are counted
                 if isinstance(item, Token):
@@ -508,12 +532,49 @@ class QuestionRun:
                     sample=index,
                     greedy=a.greedy,
                     expression=expression,
+                    model=model,
                 )
             )
         return candidates
 
+    def _model_of(self, peer_id: str) -> str | None:
+        """The model ``peer_id`` announces (``None``: unknown peer)."""
+        peer = self.table.get(peer_id)
+        return peer.model if peer is not None else None
+
+    def _anchor_first(self, chunk: Chunk, assignments: list[Assignment]) -> list[Assignment]:
+        """``assignments`` with the peer of the most reliable model for ``chunk``'s kind first (it gets the
+        greedy anchor, :func:`with_anchor`); the routing order otherwise, and unchanged while no model
+        has a better posterior than another (:meth:`FitnessBook.model_posterior`)."""
+        kind = chunk.operation.value
+        posterior = {a.peer_id: self.fitness.model_posterior(self._model_of(a.peer_id), kind) for a in assignments}
+        best = max(posterior.values(), default=0.5)
+        first = next((i for i, a in enumerate(assignments) if posterior[a.peer_id] == best), 0)
+        return [assignments[first], *assignments[:first], *assignments[first + 1 :]]
+
+    def _weigh(self, chunk: Chunk, candidates: Sequence[Candidate], pending: Sequence[str | None] = ()) -> float:
+        """Set each candidate's ballot weight from its model's reliability for ``chunk``'s kind; return the
+        largest weight an outstanding reply (of a model in ``pending``) could add, for :func:`is_decided`.
+
+        Weights are :func:`~.vote.model_weight` of the posterior mean, divided by the largest among
+        the models involved, so they lie in (0, 1] and are all 1 when one model serves the chunk
+        (or with ``AskOptions.model_weights`` off).
+        """
+        if not self.options.model_weights:
+            for candidate in candidates:
+                candidate.weight = 1.0
+            return 1.0
+        kind = chunk.operation.value
+        models = {c.model for c in candidates} | set(pending)
+        raw = {m: model_weight(self.fitness.model_posterior(m, kind)) for m in models}
+        top = max(raw.values(), default=1.0)
+        for candidate in candidates:
+            candidate.weight = raw[candidate.model] / top
+        return max((raw[m] / top for m in pending), default=0.0)
+
     async def _vote(self, chunk: Chunk, candidates: list[Candidate]) -> VoteResult:
         opts = self.options
+        self._weigh(chunk, candidates)
         if opts.strategy != "judge":
             result = vote(candidates, opts.strategy)
         else:
@@ -533,14 +594,21 @@ class QuestionRun:
             if trace.vote is None:
                 continue
             trace.rewards = chunk_rewards(trace.candidates, trace.vote)
-            records += self.fitness.issue(trace.chunk.id, trace.rewards)  # signed by this coordinator
+            records += self.fitness.issue(  # signed by this coordinator
+                trace.chunk.id, trace.rewards, models=self._models(trace), kind=trace.chunk.operation.value
+            )
         self.rewarded = True
         self._publish(records)
         return records
 
-    def _issue(self, chunk_id: str, rewards: dict[str, float]) -> list:
+    def _models(self, trace: ChunkTrace) -> dict[str, str | None]:
+        """Peer id -> the model it answered ``trace``'s chunk with."""
+        return {c.peer_id: c.model for c in trace.candidates}
+
+    def _issue(self, trace: ChunkTrace, rewards: dict[str, float], candidates: Sequence[Candidate]) -> list:
         """Sign, apply and gossip rewards for one chunk (a straggler's, after the question); returns the records."""
-        records = self.fitness.issue(chunk_id, rewards)
+        models = {c.peer_id: c.model for c in candidates}
+        records = self.fitness.issue(trace.chunk.id, rewards, models=models, kind=trace.chunk.operation.value)
         self._publish(records)
         return records
 

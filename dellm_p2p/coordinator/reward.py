@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..protocol import RewardRecord
@@ -58,12 +58,22 @@ def chunk_rewards(candidates: Sequence[Candidate], result: VoteResult) -> dict[s
     return rewards
 
 
-def reward_records(issuer: Identity, chunk_id: str, rewards: dict[str, float]) -> list[RewardRecord]:
+def reward_records(
+    issuer: Identity,
+    chunk_id: str,
+    rewards: dict[str, float],
+    *,
+    models: Mapping[str, str | None] | None = None,
+    kind: str | None = None,
+) -> list[RewardRecord]:
     """Gossip-ready records for one chunk's rewards (peer id -> reward), signed by ``issuer``.
 
     Each gets a unique id, the issuer's next sequence number and the current
     time [s since the epoch]; see ``rewards`` in :mod:`dellm_p2p.protocol`.
+    ``models`` (peer id -> the model it answered with) and ``kind`` (the
+    chunk's operation) are carried when given, for the per-(model, kind) counts.
     """
+    models = models or {}
     now = time.time()
     return [
         issuer.sign_reward(
@@ -75,6 +85,8 @@ def reward_records(issuer: Identity, chunk_id: str, rewards: dict[str, float]) -
                 reward=reward,
                 chunk=chunk_id,
                 ts=now,
+                model=(models.get(peer) or None) and models[peer][:128],
+                kind=kind[:16] if kind else None,
             )
         )
         for peer, reward in rewards.items()

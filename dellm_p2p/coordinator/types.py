@@ -90,6 +90,11 @@ class Candidate:
         expression: for a program-aided MATH reply, the arithmetic expression
             whose value is ``answer`` (:mod:`~dellm_p2p.coordinator.program`);
             ``None`` otherwise.
+        model: the model the peer announced (``None`` when unknown).
+        weight: the ballot's weight in the plurality vote, the learned
+            reliability of its model for the chunk's kind
+            (:func:`~dellm_p2p.coordinator.vote.model_weight`); 1.0 when all
+            ballots count alike (one model, or nothing learned yet).
     """
 
     peer_id: str
@@ -103,6 +108,8 @@ class Candidate:
     sample: int = 0
     greedy: bool = False
     expression: str | None = None
+    model: str | None = None
+    weight: float = 1.0
 
     @property
     def confidence(self) -> float | None:

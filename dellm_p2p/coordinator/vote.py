@@ -47,6 +47,7 @@ scored below one greedy reply at k = 3 (docs/results.md).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -67,6 +68,7 @@ __all__ = [
     "jaccard",
     "judge_vote",
     "majority",
+    "model_weight",
     "ranking",
     "vote",
     "weighted",
@@ -263,16 +265,18 @@ def majority(
     cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD,
     outstanding: int = 0,
 ) -> VoteResult:
-    """Plurality vote: one vote per candidate with an answer, the most votes win.
+    """Plurality vote: each candidate with an answer casts its ballot, the largest total wins.
 
-    ``scores``: votes per key (float counts). Ties: higher sum of confidence
-    (neutral 0.5 without logprobs), then higher sum of fitness, then the key
-    that appeared first in the input.
+    A ballot counts :attr:`Candidate.weight` (1.0 unless the coordinator set
+    its model's reliability, :func:`model_weight`), so with equal weights
+    this is the plain plurality and ``scores`` are vote counts. Ties: more
+    ballots, then higher sum of confidence (neutral 0.5 without logprobs),
+    then higher sum of fitness, then the key that appeared first in the input.
 
     Args:
-        candidates: candidates with extracted answers.
+        candidates: candidates with extracted answers; weights in (0, 1].
         cluster_threshold: see :func:`cluster_keys`.
-        outstanding: replies still expected (sets ``decided``, exact bound).
+        outstanding: replies still expected (sets ``decided``, exact bound as no ballot weighs more than 1).
 
     Raises:
         ValueError: bad ``cluster_threshold`` or negative ``outstanding``.
@@ -281,10 +285,46 @@ def majority(
     tally = _tally(candidates, cluster_threshold)
     if not tally.members:
         return _empty("majority", candidates, outstanding)
-    scores = tally.counts
+    scores = _ballots(candidates, tally)
     winner = _best_key(candidates, tally, scores)
     per_candidate = [scores[k] if k is not None else 0.0 for k in tally.keys]
     return _result("majority", candidates, tally, scores, per_candidate, winner, is_decided(scores, outstanding))
+
+
+def _ballots(candidates: Sequence[Candidate], tally: _Tally) -> dict[str, float]:
+    """Summed ballot weight per clustered key (plain counts when every weight is 1)."""
+    return {key: sum(candidates[i].weight for i in indices) for key, indices in tally.members.items()}
+
+
+#: Answer classes assumed by :func:`model_weight`: a model right with probability p spreads its
+#: wrong answers over (classes - 1) others, so p = 1 / classes is a coin toss among them.
+MODEL_WEIGHT_CLASSES = 4
+#: Smallest ballot weight (a model estimated no better than chance still breaks ties among equals).
+MIN_MODEL_WEIGHT = 0.05
+
+
+def model_weight(reliability: float, classes: int = MODEL_WEIGHT_CLASSES) -> float:
+    """The log-odds ballot weight of a model that is right with probability ``reliability``.
+
+    ``w = ln(p / (1 − p)) + ln(classes − 1)``, at least :data:`MIN_MODEL_WEIGHT`:
+    the optimal weights of a weighted majority of independent voters (Nitzan
+    and Paroush 1982, "Optimal decision rules in uncertain dichotomous choice
+    situations", Int. Econ. Rev. 23(2); the ``ln(classes − 1)`` term extends
+    them to a plurality over ``classes`` symmetric alternatives, Ben-Yashar and
+    Paroush 2001), with ``p`` estimated without labels from agreement with the
+    consensus, as Dawid and Skene (1979, "Maximum likelihood estimation of
+    observer error-rates using the EM algorithm", JRSS C 28(1)) estimate
+    annotators. ``p`` is clamped to [0.01, 0.99]. The coordinator divides the
+    weights of a chunk's ballots by the largest among them, so each is in
+    (0, 1] and a swarm of one model votes as a plain plurality.
+
+    Raises:
+        ValueError: ``classes`` < 2.
+    """
+    if classes < 2:
+        raise ValueError("classes must be at least 2")
+    p = min(max(reliability, 0.01), 0.99)
+    return max(MIN_MODEL_WEIGHT, math.log(p / (1.0 - p)) + math.log(classes - 1))
 
 
 def weighted(
@@ -542,7 +582,8 @@ def apply_anchor(
     Let the anchor be the first candidate with ``greedy=True``; it casts one
     ballot like any other (measured on capitals, 194 questions, k = 3 / 5 /
     7: counting it as 1.5, 2 or 2.5 ballots was never better than 1,
-    docs/results.md). When one clustered key has strictly more ballots than every
+    docs/results.md). When one clustered key has strictly more ballots (summed
+    :attr:`~Candidate.weight`, counts when all are 1) than every
     other, the strategy's result stands — the strategy may still prefer
     another key (``weighted``: a confident minority) — except that a
     winning cluster the anchor belongs to is represented by the anchor's own
@@ -568,7 +609,7 @@ def apply_anchor(
     if anchor is None:
         return result
     tally = _tally(candidates, cluster_threshold)
-    ordered = sorted((len(members) for members in tally.members.values()), reverse=True)
+    ordered = sorted((round(v, _ROUND) for v in _ballots(candidates, tally).values()), reverse=True)
     strict = bool(ordered) and (len(ordered) == 1 or ordered[0] > ordered[1])
     anchor_key = tally.keys[anchor]
     if strict and result.answer is not None:

@@ -15,6 +15,18 @@ lost. Routing draws from the Beta posterior of agreement these counts give
 (Thompson sampling, see :mod:`dellm_p2p.coordinator.route`) so that peers
 with little evidence get tried. The counts persist with the fitness.
 
+Per model and chunk kind: a record that names the model the peer answered
+with and the chunk's kind (``LOOKUP``, ``MATH``, …) also adds to the counts
+of that (model, kind), which every node that applies the record keeps alike.
+Their Beta posterior mean is the model's reliability for that kind: routing
+takes the anchor from the model with the best one, the vote weighs each
+ballot by it (:func:`dellm_p2p.coordinator.vote.model_weight`), and a peer
+that joins serving a model already counted starts from that model's evidence
+(pooled over kinds, scaled down to at most :data:`MODEL_PRIOR_REWARDS`
+rewards) instead of the uniform prior: a hierarchical prior in the spirit
+of empirical Bayes (Robbins 1956), so a fresh node of a proven model is not
+explored as an unknown.
+
 Reward records spread by epidemic gossip: each node applies a record once
 (deduplicated by record id) and forwards it to ``fanout`` random peers (up
 to ln N + 2 of the N it knows, see :meth:`FitnessBook.forward`) while
@@ -56,7 +68,7 @@ import os
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,6 +86,10 @@ NEUTRAL_FITNESS = 0.5
 EWMA_KEEP = 0.9  # weight of the old fitness in the DELLM rule
 REJECT_REASONS = ("signature", "replay", "stale", "non_member")
 DEFAULT_WINDOW_S = 120.0
+#: Most rewards a new peer's counts start from when its model is known (see module docstring).
+MODEL_PRIOR_REWARDS = 10
+#: Most (model, kind) pairs a book counts (a peer cannot grow the table without bound).
+MAX_MODEL_KINDS = 256
 
 
 def apply_reward(fitness: float, reward: float) -> float:
@@ -184,6 +200,7 @@ class FitnessBook:
         self._recent: deque[tuple[float, RewardRecord]] = deque(maxlen=256)
         self._saved: dict[str, float] = {}  # fitness of nodes not (yet) in the table
         self._saved_counts: dict[str, tuple[int, int]] = {}  # their (agreed, rewards)
+        self.model_counts: dict[tuple[str, str], tuple[int, int]] = {}  # (model, kind) -> (agreed, rewards)
         self._tasks: set[asyncio.Task] = set()
         self._dirty = False
         # Called as listener(record, old_fitness, new_fitness) after each applied record (the HTTP
@@ -196,8 +213,47 @@ class FitnessBook:
     def _initial_fitness(self, node_id: str) -> float:
         return self._saved.pop(node_id, NEUTRAL_FITNESS)
 
-    def _initial_counts(self, node_id: str) -> tuple[int, int]:
-        return self._saved_counts.pop(node_id, (0, 0))
+    def _initial_counts(self, node_id: str, model: str | None = None) -> tuple[int, int]:
+        saved = self._saved_counts.pop(node_id, None)
+        if saved is not None:
+            return saved
+        return self.model_prior(model) if model else (0, 0)
+
+    def model_prior(self, model: str) -> tuple[int, int]:
+        """``(agreed, rewards)`` a new peer serving ``model`` starts from: the model's counts pooled over
+        kinds, scaled down to at most :data:`MODEL_PRIOR_REWARDS` rewards; ``(0, 0)`` for an uncounted model."""
+        agreed = rewards = 0
+        for (name, _), (a, r) in self.model_counts.items():
+            if name == model:
+                agreed, rewards = agreed + a, rewards + r
+        if rewards <= MODEL_PRIOR_REWARDS:
+            return agreed, rewards
+        return round(agreed * MODEL_PRIOR_REWARDS / rewards), MODEL_PRIOR_REWARDS
+
+    def model_posterior(self, model: str | None, kind: str, prior: tuple[float, float] = (1.0, 1.0)) -> float:
+        """Posterior mean of ``model`` agreeing with the vote on chunks of ``kind``, in (0, 1).
+
+        Beta(α₀ + agreed, β₀ + disagreed) with ``prior`` = (α₀, β₀); the prior's
+        mean (0.5) for a model never counted (or ``None``).
+        """
+        agreed, rewards = self.model_counts.get((model, kind), (0, 0)) if model else (0, 0)
+        a0, b0 = prior
+        return (a0 + agreed) / (a0 + b0 + rewards)
+
+    def model_rows(self) -> list[tuple[str, str, int, int]]:
+        """``(model, kind, agreed, rewards)`` per counted pair, most rewards first."""
+        rows = [(m, k, a, r) for (m, k), (a, r) in self.model_counts.items()]
+        return sorted(rows, key=lambda row: (-row[3], row[0], row[1]))
+
+    def adopt_model_counts(self, rows: Iterable[tuple[str, str, int, int]]) -> None:
+        """Take another node's per-(model, kind) counts where they rest on more rewards than ours
+        (a joining coordinator copies the network's view, as it does fitness)."""
+        for model, kind, agreed, rewards in rows:
+            key = (model, kind)
+            if rewards > self.model_counts.get(key, (0, 0))[1] and (
+                key in self.model_counts or len(self.model_counts) < MAX_MODEL_KINDS
+            ):
+                self.model_counts[key] = (min(agreed, rewards), rewards)
 
     def counts(self, node_id: str) -> tuple[int, int]:
         """``(agreed, rewards)`` of ``node_id``: rewards its fitness rests on, and how many were for agreeing."""
@@ -217,9 +273,18 @@ class FitnessBook:
             return peer.fitness
         return self._saved.get(node_id, NEUTRAL_FITNESS)
 
-    def issue(self, chunk_id: str, rewards: dict[str, float]) -> list[RewardRecord]:
+    def issue(
+        self,
+        chunk_id: str,
+        rewards: dict[str, float],
+        *,
+        models: Mapping[str, str | None] | None = None,
+        kind: str | None = None,
+    ) -> list[RewardRecord]:
         """Signed records for one chunk's rewards (node id -> reward in [-1, 1], the DELLM reward rule).
 
+        ``models`` (node id -> the model it answered with) and ``kind`` (the
+        chunk's operation) go into the records for the per-(model, kind) counts.
         Not applied yet: the caller applies them (:meth:`apply`) and gossips them.
 
         Raises:
@@ -227,7 +292,7 @@ class FitnessBook:
         """
         if self.identity is None:
             raise RuntimeError("this fitness book has no identity to sign reward records with")
-        return reward_records(self.identity, chunk_id, rewards)
+        return reward_records(self.identity, chunk_id, rewards, models=models, kind=kind)
 
     def check(self, record: RewardRecord) -> str | None:
         """Why a received record must be dropped (a :data:`REJECT_REASONS` value), or ``None`` if it may be applied.
@@ -306,6 +371,11 @@ class FitnessBook:
         else:
             self._saved[record.node_id] = new
             self._saved_counts[record.node_id] = counts
+        if record.model and record.kind:
+            key = (record.model, record.kind)
+            if key in self.model_counts or len(self.model_counts) < MAX_MODEL_KINDS:
+                agreed, rewards = self.model_counts.get(key, (0, 0))
+                self.model_counts[key] = (agreed + (record.reward > 0), rewards + 1)
         self.applied += 1
         self._dirty = True
         for listener in self.listeners:
@@ -453,8 +523,9 @@ class FitnessBook:
         """Read persisted fitness and replay memory (a missing or corrupt file leaves everyone neutral).
 
         File: ``{"fitness": {node_id: value}, "counts": {node_id: [agreed, rewards]},
-        "replay": {issuer: {"floor": int, "seqs": [[seq, ts], ...]}}}`` (``counts`` may be missing:
-        files written before it existed).
+        "replay": {issuer: {"floor": int, "seqs": [[seq, ts], ...]}},
+        "models": [[model, kind, agreed, rewards], ...]}`` (``counts`` and ``models`` may be missing:
+        files written before they existed).
         """
         if self.path is None or not self.path.exists():
             return
@@ -465,6 +536,10 @@ class FitnessBook:
             for k, (agreed, rewards) in data.get("counts", {}).items():
                 rewards = max(0, int(rewards))
                 counts[str(k)] = (min(rewards, max(0, int(agreed))), rewards)
+            models = {}
+            for model, kind, agreed, rewards in data.get("models", [])[:MAX_MODEL_KINDS]:
+                rewards = max(0, int(rewards))
+                models[(str(model), str(kind))] = (min(rewards, max(0, int(agreed))), rewards)
             windows = {}
             for issuer, raw in data.get("replay", {}).items():
                 window = windows[str(issuer)] = _SeqWindow(int(raw.get("floor", -1)))
@@ -476,6 +551,7 @@ class FitnessBook:
         self.self_counts = counts.pop(self.node_id, (0, 0))
         self._saved.update(values)
         self._saved_counts.update(counts)
+        self.model_counts.update(models)
         self._windows.update(windows)
 
     def save(self) -> None:
@@ -491,8 +567,13 @@ class FitnessBook:
             for issuer, w in list(self._windows.items())
         }
         counts = {node_id: list(pair) for node_id, pair in self.snapshot_counts().items()}
+        models = [list(row) for row in self.model_rows()]
         tmp.write_text(
-            json.dumps({"fitness": self.snapshot(), "counts": counts, "replay": replay}, indent=1, sort_keys=True)
+            json.dumps(
+                {"fitness": self.snapshot(), "counts": counts, "replay": replay, "models": models},
+                indent=1,
+                sort_keys=True,
+            )
         )
         os.replace(tmp, self.path)
 
