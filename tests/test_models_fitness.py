@@ -96,3 +96,23 @@ def test_peers_reply_carries_model_rows_and_old_replies_still_decode():
     reply = Peers(node_id="n", models=[ModelFitness(model="gemma", kind="LOOKUP", agreed=2, rewards=3)])
     assert decode(encode(reply)).models == reply.models
     assert decode(encode(Peers(node_id="n"))).models == []
+
+
+def test_dellm_peers_shows_model_fitness_per_kind_best_first():
+    from rich.console import Console
+
+    from dellm_p2p.cli.model_fitness import model_fitness_rows, model_fitness_table
+
+    models = [
+        ModelFitness(model="smol", kind="LOOKUP", agreed=10, rewards=30),
+        ModelFitness(model="gemma", kind="LOOKUP", agreed=25, rewards=30),
+        ModelFitness(model="smol", kind="MATH", agreed=3, rewards=3),
+    ]
+    rows = model_fitness_rows(models)
+    assert [(r["kind"], r["model"]) for r in rows] == [("LOOKUP", "gemma"), ("LOOKUP", "smol"), ("MATH", "smol")]
+    assert rows[0]["reliability"] == pytest.approx(26 / 32, abs=1e-4)
+    console = Console(width=200, record=True)
+    console.print(model_fitness_table(models))
+    text = console.export_text()
+    assert "gemma" in text and "25 / 30" in text and "0.812" in text
+    assert model_fitness_table([]) is None
