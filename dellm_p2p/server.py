@@ -43,7 +43,6 @@ from .protocol import (
     CLOSE_IDENTITY_MISMATCH,
     CLOSE_UNSUPPORTED_VERSION,
     DEFAULT_MAX_FRAME_BYTES,
-    MAX_MODEL_ROWS,
     PROTOCOL_VERSION,
     Auth,
     Cancel,
@@ -55,7 +54,6 @@ from .protocol import (
     GetStats,
     Hello,
     Members,
-    ModelFitness,
     Peers,
     Ping,
     Pong,
@@ -386,14 +384,10 @@ class _Session:
                 rows = membership.table.rows() if membership is not None else []
                 own = fitness.self_fitness if fitness is not None else 0.5
                 agreed, rewards = fitness.self_counts if fitness is not None else (0, 0)
-                models = [
-                    ModelFitness(model=m, kind=k, agreed=a, rewards=r)
-                    for m, k, a, r in (fitness.model_rows()[:MAX_MODEL_ROWS] if fitness is not None else [])
-                ]
                 await self.send(
                     Peers(
                         nonce=message.nonce, node_id=self.server.node_id, fitness=own, peers=rows,
-                        agreed=agreed, rewards=rewards, models=models,
+                        agreed=agreed, rewards=rewards,
                     )
                 )  # fmt: skip
             case Rewards():

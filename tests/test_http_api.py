@@ -234,6 +234,10 @@ async def test_bad_requests_get_400_404_413(sim):
     async with httpx.AsyncClient(timeout=10) as http:
         assert_error(await http.post(url, content=b"{not json"), 400, "invalid_json")
         assert_error(await http.post(url, content=b"[1, 2]"), 400, "invalid_json")
+        # Nested 100,000 deep: the JSON decoder's recursion limit is bad input, not a 500 (issue 24).
+        assert_error(await http.post(url, content=b"[" * 100_000 + b"]" * 100_000), 400, "invalid_json")
+        deep = b'{"model": "dellm", "messages": [{"role": "user", "content": "Hi"}], "x": ' + b"[" * 100_000
+        assert_error(await http.post(url, content=deep + b"]" * 100_000 + b"}"), 400, "invalid_json")
         error = assert_error(await http.post(url, json=ok | {"temperature": 5}), 400, "invalid_parameter")
         assert error["param"] == "temperature"
         assert_error(await http.post(url, json={"model": "dellm"}), 400)  # no messages

@@ -108,7 +108,7 @@ async def test_generate_streams_tokens_then_done(served):
 async def test_several_choices_and_raw_prompt(served):
     _, url, _ = served
     async with await PeerClient.connect(url) as client:
-        result = await client.complete(prompt="Capital of France:", params=SamplingParams(n=3, max_tokens=2))
+        result = await client.complete(prompt="Capital of France:", params=SamplingParams(n=3, max_tokens=2, temperature=0.7))
     assert result.texts == ["The capital"] * 3
     assert result.done.finish_reasons == ["length"] * 3
 
@@ -211,6 +211,8 @@ BAD_FRAMES = [
     (msgpack.packb({**GENERATE, "params": {"temperature": -1}}), ErrorCode.INVALID_PARAMS),
     (msgpack.packb({**GENERATE, "params": {"n": 0}}), ErrorCode.INVALID_PARAMS),
     (msgpack.packb({**GENERATE, "params": {"n": 17}}), ErrorCode.INVALID_PARAMS),
+    # Several samples at temperature 0 are refused before the engine (vLLM raised: a traceback, issue 24).
+    (msgpack.packb({**GENERATE, "params": {"n": 3, "temperature": 0}}), ErrorCode.INVALID_PARAMS),
     (msgpack.packb({**GENERATE, "messages": [{"role": "user", "content": "w " * 600}]}), ErrorCode.PROMPT_TOO_LONG),
     (msgpack.packb({"type": "token", "id": "bad", "text": "x"}), ErrorCode.INVALID_MESSAGE),
 ]

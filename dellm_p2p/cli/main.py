@@ -34,11 +34,14 @@ from ..security import (
     load_cluster_key,
     write_key_file,
 )
+from .options import peer_url
 from .progress import show_progress
 from .up import down, up
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Piped (not a terminal), tables keep their full values: rich would cut them to 80 columns ("ws:/…").
+PIPED_WIDTH = 10_000
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,7 +53,7 @@ def main(verbose: int) -> None:
 
 
 def _peer_option(f):
-    return click.option("--peer", required=True, metavar="URL", help="A node's ws:// URL.")(f)
+    return click.option("--peer", required=True, metavar="URL", callback=peer_url, help="A node's ws:// URL.")(f)
 
 
 def _security_options(f):
@@ -158,17 +161,23 @@ def _security(cluster_key_file: str | None, tls_ca: str | None) -> dict[str, Any
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Replace an existing key file (nodes still using the old key lock out).")
 def keygen(path: str | None, force: bool) -> None:
-    """Write a new random cluster key to PATH (default ~/.config/dellm/cluster.key), file mode 0600.
+    """Write a new random key to PATH (default ~/.config/dellm/cluster.key), file mode 0600.
 
-    Copy the file to every node (dellm-node --cluster-key-file PATH) and to
-    the clients that may use the cluster (dellm ... --cluster-key-file PATH).
+    The key serves either use. As the cluster key: copy the file to every
+    node (dellm-node --cluster-key-file PATH) and to the clients that may use
+    the cluster (dellm ... --cluster-key-file PATH). As the HTTP API key: give
+    it to the node (dellm-node --api-key-file PATH, dellm up --api-key-file
+    PATH); clients send its text as 'Authorization: Bearer KEY'.
     """
     try:
         written = write_key_file(Path(path) if path else default_key_path(), force=force)
     except SecurityConfigError as exc:
         err.print(f"dellm: error: {exc}", markup=False)
         sys.exit(1)
-    click.echo(f"wrote a new cluster key to {written} (mode 0600); use it with --cluster-key-file {written}")
+    click.echo(
+        f"wrote a new key to {written} (mode 0600); use it as the cluster key (--cluster-key-file {written}) "
+        f"or as the HTTP API key (--api-key-file {written}; clients send 'Authorization: Bearer <its text>')"
+    )
 
 
 @main.command()
@@ -196,6 +205,10 @@ def generate(
     """Stream one node's answer to QUESTION (no coordination, no voting)."""
     if not question.strip():
         raise click.BadParameter("the question is empty", param_hint="QUESTION")
+    if n > 1 and temperature == 0:
+        raise click.BadParameter(
+            f"{n} samples need --temperature above 0 (greedy decoding gives one answer)", param_hint="'-n'"
+        )
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=n, logprobs=as_json)
     security = _security(cluster_key_file, tls_ca)
     sys.exit(_run_interruptible(lambda: _generate(peer, question, params, timeout, as_json, security)))
@@ -285,7 +298,10 @@ async def _stats(peer: str, as_json: bool, security: dict[str, Any]) -> int:
     type=click.Path(dir_okay=False, allow_dash=True),
     help="Read the question from this file ('-': stdin) instead of QUESTION.",
 )
-@click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap node ws://host:port (repeatable).")
+@click.option(
+    "--peer", "peers", multiple=True, metavar="URL", callback=peer_url,
+    help="Bootstrap node ws://host:port (repeatable).",
+)  # fmt: skip
 @click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
 @click.option("--no-mdns", is_flag=True, help="Do not browse mDNS (use --peer).")
 @_answer_options
@@ -331,7 +347,10 @@ def ask(
 
 
 @main.command()
-@click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap node ws://host:port (repeatable).")
+@click.option(
+    "--peer", "peers", multiple=True, metavar="URL", callback=peer_url,
+    help="Bootstrap node ws://host:port (repeatable).",
+)  # fmt: skip
 @click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
 @click.option("--no-mdns", is_flag=True, help="Do not browse mDNS (use --peer).")
 @click.option("--system", metavar="TEXT", help="A system message that starts the conversation.")
@@ -426,7 +445,7 @@ def _run_interruptible(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 @main.command()
-@click.option("--peer", metavar="URL", help="Ask this node (default: the first node found by mDNS).")
+@click.option("--peer", metavar="URL", callback=peer_url, help="Ask this node (default: the first node found by mDNS).")
 @click.option("--mdns-interface", "interfaces", multiple=True, metavar="IP", help="IPv4 address to browse mDNS on.")
 @click.option("--discover-timeout", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

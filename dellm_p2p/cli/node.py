@@ -23,6 +23,7 @@ from ..models import ModelError
 from ..node import Node
 from ..runtime import limit_malloc_arenas, run, setup_logging
 from ..security import SecurityConfigError
+from .options import peer_url
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -55,7 +56,10 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
     "--cpu-cores", type=click.IntRange(1, 4096), help="How many cores to claim without --cpu-bind (default 1)."
 )
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where the node id is kept.")
-@click.option("--peer", "peers", multiple=True, metavar="URL", help="Bootstrap peer ws://host:port (repeatable).")
+@click.option(
+    "--peer", "peers", multiple=True, metavar="URL", callback=peer_url,
+    help="Bootstrap peer ws://host:port (repeatable).",
+)  # fmt: skip
 @click.option("--no-mdns", is_flag=True, default=None, help="Do not announce or browse on mDNS.")
 @click.option(
     "--mdns-interface", "mdns_interfaces", multiple=True, metavar="IP", help="IPv4 address for mDNS (repeatable)."

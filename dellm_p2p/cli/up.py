@@ -217,6 +217,11 @@ def _node_help() -> str:
     help="Seconds to wait for every node to be ready.",
 )
 @click.option("--cluster-key-file", type=click.Path(exists=True, dir_okay=False), help="Cluster key for every node.")
+@click.option(
+    "--api-key-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="API key every node's HTTP API requires (with --http-port; `dellm keygen` writes one).",
+)
 def up(
     count: int,
     model: str | None,
@@ -227,6 +232,7 @@ def up(
     prefix: str,
     timeout: float,
     cluster_key_file: str | None,
+    api_key_file: str | None,
 ) -> None:
     """Start a local swarm of N nodes on 127.0.0.1 and wait until all are ready.
 
@@ -240,6 +246,8 @@ def up(
     if running := running_nodes(root):
         names = ", ".join(n.name for n in running)
         _fail(f"a local swarm is already running in {root} ({names}); `dellm down` stops it", 1)
+    if api_key_file and http_port is None:
+        _fail("--api-key-file protects the HTTP API: give --http-port too", 2)
     if http_port is not None and "--http-port" not in _node_help():
         _fail("this dellm-node has no HTTP server (--http-port)", 2)
 
@@ -264,6 +272,8 @@ def up(
                 args += ["--http-port", str(http_port + i if http_port else 0)]
             if cluster_key_file:
                 args += ["--cluster-key-file", cluster_key_file]
+            if api_key_file:
+                args += ["--api-key-file", api_key_file]
             node.start(args)
         failed = _wait_ready(nodes, http_port is not None, timeout, lambda: interrupted)
         if interrupted or failed:

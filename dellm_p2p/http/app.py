@@ -265,10 +265,14 @@ class _Api:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+        except RecursionError:  # "[[[[…" 100,000 deep: the decoder's recursion limit, not a server fault
+            raise ApiError(400, "the body is not valid JSON: nested too deeply", code="invalid_json") from None
         if not isinstance(data, dict):
             raise ApiError(400, "the body must be a JSON object", code="invalid_json")
         try:
             return model.model_validate(data)
+        except RecursionError:
+            raise ApiError(400, "the body is nested too deeply", code="invalid_parameter") from None
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             param = ".".join(str(p) for p in first["loc"]) or None
