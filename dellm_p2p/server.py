@@ -43,6 +43,7 @@ from .protocol import (
     CLOSE_IDENTITY_MISMATCH,
     CLOSE_UNSUPPORTED_VERSION,
     DEFAULT_MAX_FRAME_BYTES,
+    MAX_MODEL_ROWS,
     PROTOCOL_VERSION,
     Auth,
     Cancel,
@@ -54,6 +55,7 @@ from .protocol import (
     GetStats,
     Hello,
     Members,
+    ModelFitness,
     Peers,
     Ping,
     Pong,
@@ -384,10 +386,14 @@ class _Session:
                 rows = membership.table.rows() if membership is not None else []
                 own = fitness.self_fitness if fitness is not None else 0.5
                 agreed, rewards = fitness.self_counts if fitness is not None else (0, 0)
+                models = [
+                    ModelFitness(model=m, kind=k, agreed=a, rewards=r)
+                    for m, k, a, r in (fitness.model_rows()[:MAX_MODEL_ROWS] if fitness is not None else [])
+                ]
                 await self.send(
                     Peers(
                         nonce=message.nonce, node_id=self.server.node_id, fitness=own, peers=rows,
-                        agreed=agreed, rewards=rewards,
+                        agreed=agreed, rewards=rewards, models=models,
                     )
                 )  # fmt: skip
             case Rewards():
@@ -527,6 +533,12 @@ class _Session:
             refusal = (
                 ErrorCode.PROMPT_TOO_LONG,
                 f"the prompt is {chars:,} characters; this node accepts at most {server.max_prompt_chars:,}",
+            )
+        elif message.params.n > 1 and message.params.temperature == 0:
+            # Greedy decoding gives one answer; vLLM raises on such a request (a traceback, not a clean error).
+            refusal = (
+                ErrorCode.INVALID_PARAMS,
+                f"params.n: {message.params.n} samples need a temperature above 0 (greedy decoding gives one answer)",
             )
         elif message.params.n > 1 and message.params.temperature == 0:
             # Greedy decoding gives one answer; vLLM raises on such a request (a traceback, not a clean error).
