@@ -540,12 +540,6 @@ class _Session:
                 ErrorCode.INVALID_PARAMS,
                 f"params.n: {message.params.n} samples need a temperature above 0 (greedy decoding gives one answer)",
             )
-        elif message.params.n > 1 and message.params.temperature == 0:
-            # Greedy decoding gives one answer; vLLM raises on such a request (a traceback, not a clean error).
-            refusal = (
-                ErrorCode.INVALID_PARAMS,
-                f"params.n: {message.params.n} samples need a temperature above 0 (greedy decoding gives one answer)",
-            )
         elif message.params.max_tokens > server.engine.info.max_model_len:
             refusal = (
                 ErrorCode.INVALID_PARAMS,
