@@ -29,17 +29,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_node import questions  # the same question list as bench_node
-from soak import percentile  # linear interpolation, as soak.py reports its latencies
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
+from harness.data import questions  # the same question list as bench_node
+from harness.report import add_ask_options, make_progress
+from harness.stats import percentile  # linear interpolation, as soak.py reports its latencies
 
 from dellm_p2p.runtime import run, setup_logging
 
 TARGET_RATIO = 1.03
 
 
-def progress(message: str) -> None:
-    print(f"[bench_api {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+progress = make_progress("bench_api")
 
 
 async def via_swarm(swarm, question: str, options: dict) -> tuple[float, float | None]:
@@ -230,9 +230,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=20, help="questions of the overhead comparison")
     parser.add_argument("--clients", type=int, default=32, help="concurrent streaming clients of the load test")
     parser.add_argument("--duration", type=float, default=60.0, help="load test length [s]")
-    parser.add_argument("--deadline", type=float, default=300.0, help="one question's deadline under load [s]")
-    parser.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
-    parser.add_argument("--redundancy", type=int, default=3, help="answers per chunk (k)")
+    add_ask_options(parser, max_tokens=32, deadline_s=300.0)
     parser.add_argument("--decompose", choices=["rules", "none"], default="rules")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()

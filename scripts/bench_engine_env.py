@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from soak import DATA_DIR, load_questions, node_envs, progress, start_nodes, stop_nodes
-from soak_memory import sample_tree
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
+from harness.data import DATA_DIR, load_questions
+from harness.memory import sample_tree
+from harness.nodes import node_envs, started_nodes
+from harness.report import make_progress, write_json
+
+progress = make_progress("bench_engine_env")
 
 MIB = 2**20
 
@@ -169,23 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         envs = node_envs([f"a:{spec}" for spec in args.a] + [f"b:{spec}" for spec in args.b], 2)
     except ValueError as exc:
         parser.error(str(exc).replace("--node-env", "--a/--b"))
-    state = tempfile.TemporaryDirectory(prefix="dellm-bench-env-")
-    slots = []
+    progress("starting node A and node B with the default model")
     try:
-        progress("starting node A and node B with the default model")
-        slots = start_nodes(2, [], Path(state.name), 64, envs)
-        deadline = time.monotonic() + args.node_timeout
-        for slot in slots:
-            slot.process.wait_ready(max(1.0, deadline - time.monotonic()))
-        result = run(bench(args, slots))
+        with started_nodes(
+            2, [], prefix="dellm-bench-env-", max_concurrency=64, timeout_s=args.node_timeout, envs=envs
+        ) as slots:
+            result = run(bench(args, slots))
     except KeyboardInterrupt:
         return 130
-    finally:
-        stop_nodes(slots)
-        state.cleanup()
     report(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        write_json(args.json, result)
     return 0 if not any(n["failures"] for n in result["nodes"]) else 1
 
 

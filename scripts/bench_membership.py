@@ -83,6 +83,9 @@ from dellm_p2p.config import NodeConfig
 from dellm_p2p.local import NodeProcess, NodeStartError
 from dellm_p2p.security import cluster_key_from_env
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
+from harness.report import make_progress, parse_sizes
+
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 10.0  # SIGTERM grace per node, all nodes in parallel; then SIGKILL
 MIB = 1024 * 1024
@@ -93,8 +96,7 @@ _LIVE: list[NodeProcess] = []
 _LIVE_LOCK = threading.Lock()
 
 
-def progress(message: str) -> None:
-    print(f"[bench_membership {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+progress = make_progress("bench_membership")
 
 
 def _kill_leftovers() -> None:
@@ -776,12 +778,7 @@ def parse_args() -> argparse.Namespace:
         "--poll-interval-s", type=float, default=0.2, help="pause between poll sweeps [s] (default 0.2)"
     )
     args = parser.parse_args()
-    try:
-        args.sizes_list = [int(x) for x in args.sizes.split(",") if x.strip()]
-    except ValueError:
-        parser.error(f"--sizes: not a comma-separated list of integers: {args.sizes!r}")
-    if not args.sizes_list or min(args.sizes_list) < 2:
-        parser.error("--sizes: every N must be at least 2")
+    args.sizes_list = parse_sizes(parser, args.sizes)
     return args
 
 

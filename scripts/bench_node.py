@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dellm_p2p.runtime import run, setup_logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
+from harness.data import COUNTRIES, questions
+from harness.report import make_progress
+from harness.stats import median
+from harness.timing import Run, time_engine
 
 WALL_RATIO_TARGET = 1.05  # protocol wall / direct wall, at most
 BATCH_SPEEDUP_TARGET = 4.0  # concurrent throughput / sequential throughput, at least
@@ -47,24 +51,8 @@ CLOSE_TIMEOUT_S = 60.0
 # long before each timed request lets the other engine's worker go idle first.
 SETTLE_S = 1.5
 
-COUNTRIES = [
-    "France", "Germany", "Italy", "Spain", "Portugal", "Japan", "China", "India", "Brazil", "Canada",
-    "Australia", "Egypt", "Kenya", "Mexico", "Argentina", "Peru", "Chile", "Norway", "Sweden", "Finland",
-    "Poland", "Greece", "Turkey", "Russia", "Ireland", "Austria", "Belgium", "Netherlands", "Denmark", "Hungary",
-    "Thailand", "Vietnam", "Indonesia", "Nigeria", "Morocco", "Colombia", "Cuba", "Iran", "Iraq", "Israel",
-    "Switzerland", "Ukraine", "Romania", "Bulgaria", "Croatia", "Serbia", "Czechia", "Slovakia", "Ghana", "Ethiopia",
-]  # fmt: skip
-TEMPLATES = ["What is the capital of {}?", "Which city is the capital of {}? Answer briefly."]
 # Long-answer prompts: every request runs to max_tokens, so each one is the same amount of work.
 ESSAY_TEMPLATE = "Write a long essay about the history of {}."
-
-
-def questions(count: int) -> list[str]:
-    """``count`` different short questions (capitals of countries), always the same list."""
-    pool = [t.format(c) for t in TEMPLATES for c in COUNTRIES]
-    if count > len(pool):
-        raise SystemExit(f"bench_node: at most {len(pool)} different questions are available")
-    return pool[:count]
 
 
 def essay_prompts(count: int) -> list[str]:
@@ -74,21 +62,7 @@ def essay_prompts(count: int) -> list[str]:
     return [ESSAY_TEMPLATE.format(c) for c in COUNTRIES[:count]]
 
 
-def progress(message: str) -> None:
-    print(f"[bench_node {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Run:
-    """One timed request."""
-
-    wall_ms: float
-    ttft_ms: float | None
-    tokens: int
-    text: str
-    finish_reason: str | None = None
-    server_total_ms: float | None = None
-    server_ttft_ms: float | None = None
+progress = make_progress("bench_node")
 
 
 async def run_direct(engine, question: str, max_tokens: int, request_id: str) -> Run:
@@ -100,21 +74,7 @@ async def run_direct(engine, question: str, max_tokens: int, request_id: str) ->
         SamplingParams(max_tokens=max_tokens, temperature=0.0),
         messages=[ChatMessage(role="user", content=question)],
     )
-    started = time.perf_counter()
-    first: float | None = None
-    tokens = 0
-    parts: list[str] = []
-    reason = None
-    async with asyncio.timeout(REQUEST_TIMEOUT_S):
-        stream = engine.generate(request, request_id)
-        async with contextlib.aclosing(stream):
-            async for delta in stream:
-                if first is None and delta.text:
-                    first = (time.perf_counter() - started) * 1000
-                tokens += delta.tokens
-                parts.append(delta.text)
-                reason = delta.finish_reason or reason
-    return Run((time.perf_counter() - started) * 1000, first, tokens, "".join(parts), reason)
+    return await time_engine(engine, request, request_id, REQUEST_TIMEOUT_S)
 
 
 async def run_protocol(client, question: str, max_tokens: int) -> Run:
@@ -138,11 +98,6 @@ async def run_protocol(client, question: str, max_tokens: int) -> Run:
         done.done.timings.total_ms,
         done.done.timings.first_token_ms,
     )
-
-
-def median(values: list[float | None]) -> float:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else float("nan")
 
 
 async def bench_overhead(engine, client, qs: list[str], max_tokens: int, settle_s: float) -> dict[str, Any]:

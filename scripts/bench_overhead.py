@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_node import questions  # the same question list as bench_node
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
+from harness.data import questions  # the same question list as bench_node
+from harness.report import make_progress
+from harness.stats import median
+from harness.timing import time_engine
 
 from dellm_p2p.runtime import run, setup_logging
 
@@ -35,8 +36,7 @@ TARGETS = {"b/a": 1.05, "c/a": 1.10}
 TIMEOUT_S = 120.0
 
 
-def progress(message: str) -> None:
-    print(f"[bench_overhead {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+progress = make_progress("bench_overhead")
 
 
 def chunk_prompt(question: str) -> str:
@@ -56,15 +56,8 @@ async def path_a(engine, question: str, max_tokens: int, rid: str) -> tuple[floa
         SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=True),
         messages=[ChatMessage(role="user", content=chunk_prompt(question))],
     )
-    started, first, tokens = time.perf_counter(), None, 0
-    async with asyncio.timeout(TIMEOUT_S):
-        stream = engine.generate(request, rid)
-        async with contextlib.aclosing(stream):
-            async for delta in stream:
-                if first is None and delta.text:
-                    first = (time.perf_counter() - started) * 1000
-                tokens += delta.tokens
-    return (time.perf_counter() - started) * 1000, first, tokens
+    timed = await time_engine(engine, request, rid, TIMEOUT_S)
+    return timed.wall_ms, timed.ttft_ms, timed.tokens
 
 
 async def path_b(client, question: str, max_tokens: int) -> tuple[float, float | None, int]:
@@ -92,11 +85,6 @@ async def path_c(swarm, question: str, max_tokens: int) -> tuple[float, float | 
     wall = (time.perf_counter() - started) * 1000
     (candidate,) = answer.chunks[0].candidates
     return wall, first, len(candidate.logprobs)  # one logprob per generated token
-
-
-def median(values) -> float:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else float("nan")
 
 
 async def main(args: argparse.Namespace) -> dict:

@@ -111,7 +111,7 @@ from dellm_p2p.runtime import run
 from dellm_p2p.swarm import Swarm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness and scale packages beside this script
-from harness.report import make_progress
+from harness.report import make_progress, parse_sizes
 from harness.simulated import SIM_MODEL
 from harness.stats import pct
 from scale.learning import POLICIES, bench_learning, simulate_routing_seeds
@@ -741,12 +741,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-load", type=float, help="first wait until the 1-min load average is below this")
     p.add_argument("--wait-max-s", type=float, default=1200.0)
     args = p.parse_args(argv)
-    try:
-        args.sizes_list = [int(x) for x in args.sizes.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--sizes: not a comma-separated list of integers: {args.sizes!r}")
-    if not args.sizes_list or min(args.sizes_list) < 2:
-        p.error("--sizes: every N must be at least 2")
+    args.sizes_list = parse_sizes(p, args.sizes)
     args.policies_list = [x.strip() for x in args.policies.split(",") if x.strip()]
     if not args.policies_list or set(args.policies_list) - set(POLICIES):
         p.error(f"--policies: choose from {', '.join(POLICIES)}")

@@ -53,51 +53,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import random
 import re
 import signal
-import socket
 import sys
-import tempfile
-import time
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO.parent / "shared" / "data"
-DATA_FILE = "capitals.jsonl"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
+from harness.data import DATA_DIR, DATA_FILE, fold, load_questions
+from harness.memory import own_rss_bytes, tree_rss_bytes
+from harness.nodes import NodeSlot, node_envs, started_nodes
+from harness.report import add_ask_options, make_progress, write_json
+from harness.stats import percentile
 
-
-def progress(message: str) -> None:
-    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+progress = make_progress("soak")
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def load_questions(data_dir: Path) -> list[tuple[str, str]]:
-    """``(question, capital)`` pairs of ``capitals.jsonl``. Raises ``OSError``, ``ValueError``, ``KeyError``."""
-    pairs = []
-    with (data_dir / DATA_FILE).open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                row = json.loads(line)
-                pairs.append((row["question"].strip(), row["answer"].strip()))
-    if not pairs:
-        raise ValueError(f"{data_dir / DATA_FILE} has no questions")
-    return pairs
-
-
-def fold(text: str) -> str:
-    """Case- and accent-insensitive form (the data README's rule for capitals)."""
-    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return " ".join(plain.casefold().replace("’", "'").split())
 
 
 _URL = re.compile(r"wss?://[^\s:]+(:\d+)?")
@@ -112,55 +88,6 @@ def reason_key(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"[:240]
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q``-th percentile (0..100) by linear interpolation; ``None`` for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def tree_rss_bytes(pid: int) -> int | None:
-    """Resident memory of ``pid`` and all its descendants [bytes]; ``None`` when it is gone."""
-    import psutil  # installed with vLLM
-
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return None
-    total = 0
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            total += process.memory_info().rss
-    return total
-
-
-def own_rss_bytes() -> int:
-    """Resident memory of this process alone (not the nodes it started) [bytes]."""
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def listening_pid(url: str) -> int | None:
-    """The pid listening on a local ``ws://127.0.0.1:PORT`` URL, if this machine has it (else ``None``)."""
-    import psutil
-
-    match = re.match(r"wss?://(127\.0\.0\.1|localhost|\[::1\]):(\d+)", url)
-    if not match:
-        return None
-    port = int(match[2])
-    with contextlib.suppress(psutil.Error, OSError):
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-                return conn.pid
-    return None
-
-
 def mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:,.0f}"
 
@@ -172,100 +99,6 @@ def change(node: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- nodes
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-@dataclass
-class NodeSlot:
-    """A node the script knows: started here (``process`` set, may be killed) or given with ``--peer``."""
-
-    name: str
-    url: str
-    process: Any = None  # dellm_p2p.local.NodeProcess
-    node_id: str = ""
-    rss_start: int | None = None
-    rss_end: int | None = None
-    rss_series: list[tuple[float, int | None]] = field(default_factory=list)  # (s into the run, bytes) per tick
-    restarted: bool = False
-    variant: str = ""  # the extra environment it was started with (--node-env)
-    memory: Any = None  # soak_memory.MemorySeries when --sample-every is on
-
-    def pid(self) -> int | None:
-        if self.process is not None:
-            return self.process.proc.pid if self.process.proc.poll() is None else None
-        return listening_pid(self.url)
-
-
-def node_envs(specs: list[str], count: int) -> list[dict[str, str]]:
-    """Per started node, the extra environment of ``--node-env`` specs.
-
-    ``KEY=VALUE`` applies to every node started here; ``L:KEY=VALUE`` only to node
-    ``soak-L`` (``a`` is the first). Raises ``ValueError`` on a malformed spec."""
-    envs: list[dict[str, str]] = [{} for _ in range(count)]
-    for spec in specs:
-        target, sep, assignment = spec.partition(":")
-        if not sep or "=" in target:
-            target, assignment = "", spec
-        key, eq, value = assignment.partition("=")
-        if not eq or not key:
-            raise ValueError(f"--node-env {spec!r}: expected KEY=VALUE or L:KEY=VALUE")
-        if target:
-            index = ord(target.lower()) - ord("a") if len(target) == 1 else -1
-            if not 0 <= index < count:
-                raise ValueError(f"--node-env {spec!r}: no node soak-{target} among {count} started")
-            envs[index][key] = value
-        else:
-            for env in envs:
-                env[key] = value
-    return envs
-
-
-def start_nodes(
-    count: int, peers: list[str], state_root: Path, max_concurrency: int, envs: list[dict[str, str]] | None = None
-) -> list[NodeSlot]:
-    """Spawn ``count`` nodes (not waiting for them); each bootstraps from ``peers`` and the others.
-
-    ``envs[i]`` is node i's extra environment (see :func:`node_envs`)."""
-    from dellm_p2p.local import NodeProcess
-
-    ports = free_ports(count)
-    urls = [f"ws://127.0.0.1:{p}" for p in ports]
-    cores = os.cpu_count() or 1
-    slots = []
-    for i, port in enumerate(ports):
-        name = f"soak-{chr(ord('a') + i)}"
-        args = [
-            "--name", name,
-            "--state-dir", str(state_root / name),
-            "--cpu-bind", str(i % cores),
-            "--max-concurrency", str(max_concurrency),
-            "--port", str(port),
-            "--no-mdns",
-        ]  # fmt: skip
-        for other in [*peers, *urls]:
-            if other != urls[i]:
-                args += ["--peer", other]
-        env = envs[i] if envs else {}
-        variant = ", ".join(f"{k}={v}" for k, v in env.items())
-        slots.append(NodeSlot(name, urls[i], NodeProcess(args, env=env), variant=variant))
-    return slots
-
-
-def stop_nodes(slots: list[NodeSlot], timeout_s: float = 60.0) -> None:
-    """Stop every node this script started (:func:`dellm_p2p.local.stop_all`)."""
-    from dellm_p2p.local import stop_all
-
-    stop_all([s.process for s in slots if s.process is not None], timeout_s)
 
 
 # --------------------------------------------------------------------------- the load
@@ -437,7 +270,7 @@ async def report_progress(tally: Tally, t0: float, slots: list[NodeSlot], every_
 
 async def sample_memory(slots: list[NodeSlot], t0: float, every_s: float) -> None:
     """Every ``every_s`` [s] (and once at the start), each node's memory by role into ``slot.memory``."""
-    from soak_memory import MemorySample, MemorySeries, sample_tree
+    from harness.memory import MemorySample, MemorySeries, sample_tree
 
     loop = asyncio.get_running_loop()
     for slot in slots:
@@ -575,7 +408,7 @@ async def soak(args: argparse.Namespace, slots: list[NodeSlot]) -> dict[str, Any
 
 async def sample_memory_once(slots: list[NodeSlot], at_s: float) -> None:
     """One more reading of every node (the end of the load)."""
-    from soak_memory import MemorySample, sample_tree
+    from harness.memory import MemorySample, sample_tree
 
     for slot in slots:
         if slot.memory is not None:
@@ -586,7 +419,7 @@ async def sample_memory_once(slots: list[NodeSlot], at_s: float) -> None:
 
 def memory_result(slots: list[NodeSlot], tally: Tally, load_s: float, every_s: float) -> dict[str, Any] | None:
     """The ``memory`` part of the result: samples, per-role summary and throughput by half (``None`` if off)."""
-    from soak_memory import throughput_halves
+    from harness.memory import throughput_halves
 
     if not every_s:
         return None
@@ -679,7 +512,7 @@ def report(result: dict[str, Any]) -> None:
             for reason, count in group.items():
                 reasons.add_row(str(count), kind, reason)
         console.print(reasons)
-    from soak_memory import report_memory
+    from harness.memory import report_memory
 
     report_memory(result)
 
@@ -695,9 +528,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peer", action="append", default=[], help="a running node to use too (repeatable)")
     parser.add_argument("--nodes", type=int, default=None, help="nodes to start (default 3, or 1 with --peer)")
     parser.add_argument("--kill-at", type=float, default=None, help="SIGKILL time [s] (default duration/3; 0 = none)")
-    parser.add_argument("--redundancy", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=16, help="tokens per answer (default 16)")
-    parser.add_argument("--deadline", type=float, default=60.0, help="one question's deadline [s] (default 60)")
+    add_ask_options(parser, max_tokens=16, deadline_s=60.0)
     parser.add_argument("--grace", type=float, default=5.0, help="watchdog slack past the deadline [s]")
     parser.add_argument("--max-concurrency", type=int, default=64, help="of the nodes started here")
     parser.add_argument("--node-timeout", type=float, default=600.0, help="node start deadline [s]")
@@ -743,6 +574,10 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the nodes this script started, like Ctrl-C
 
 
+def ready(slot: NodeSlot) -> None:
+    progress(f"node ready: {slot.process.stdout_lines[-1] if slot.process.stdout_lines else slot.url}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from dellm_p2p.runtime import run
 
@@ -753,27 +588,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     slots = [NodeSlot(f"peer-{i + 1}", url) for i, url in enumerate(args.peer)]
-    state = tempfile.TemporaryDirectory(prefix="dellm-soak-")
+    if args.nodes:
+        progress(f"starting {args.nodes} node(s) with the default model (up to {args.node_timeout:g} s)")
     try:
-        if args.nodes:
-            progress(f"starting {args.nodes} node(s) with the default model (up to {args.node_timeout:g} s)")
-            started = start_nodes(args.nodes, args.peer, Path(state.name), args.max_concurrency, args.node_envs)
-            slots += started
-            deadline = time.monotonic() + args.node_timeout
-            for slot in started:
-                slot.process.wait_ready(max(1.0, deadline - time.monotonic()))
-                progress(f"node ready: {slot.process.stdout_lines[-1] if slot.process.stdout_lines else slot.url}")
-        result = run(soak(args, slots))
+        with started_nodes(
+            args.nodes or 0, args.peer, prefix="dellm-soak-", max_concurrency=args.max_concurrency,
+            timeout_s=args.node_timeout, envs=args.node_envs, on_ready=ready,
+        ) as started:  # fmt: skip
+            result = run(soak(args, slots + started))
     except KeyboardInterrupt:
         progress("interrupted")
         return 130
-    finally:
-        stop_nodes(slots)
-        state.cleanup()
     report(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(args.json, result)
         progress(f"wrote {args.json}")
     return 0 if result["nothing_lost"] else 1
 

@@ -76,6 +76,17 @@ def _load_script(name: str):
     return module
 
 
+def _load_harness(name: str):
+    """A module of scripts/harness/ (the benchmark harness), imported as the scripts import it."""
+    import importlib
+    from pathlib import Path
+
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    return importlib.import_module(f"harness.{name}")
+
+
 def test_soak_helpers():
     from dellm_p2p.coordinator.errors import AllPeersFailedError
 
@@ -110,7 +121,7 @@ def test_soak_node_envs():
 
 
 def test_soak_memory_slope_and_summary():
-    mem = _load_script("soak_memory")
+    mem = _load_harness("memory")
     mib = 2**20
     assert mem.slope_mib_per_min([(0, 0), (60, 10 * mib), (120, 20 * mib)]) == pytest.approx(10.0)
     assert mem.slope_mib_per_min([(0, 5 * mib)]) is None and mem.slope_mib_per_min([(3, 1), (3, 2)]) is None
@@ -131,7 +142,7 @@ def test_soak_memory_slope_and_summary():
 
 
 def test_soak_memory_samples_this_process_tree():
-    mem = _load_script("soak_memory")
+    mem = _load_harness("memory")
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         roles = mem.sample_tree(os.getpid())

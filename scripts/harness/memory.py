@@ -1,6 +1,6 @@
 """Memory of a node's process tree by role, sampled over a long run, and its slope.
 
-``scripts/soak.py --sample-every 60`` uses this module: once a minute it
+``scripts/soak.py --sample-every 60`` (and ``bench_engine_env.py``) use this module: once a minute it
 reads, for every node it knows, the RSS and PSS of each process of the
 node's tree and sums them by role:
 
@@ -59,14 +59,44 @@ def pss_bytes(pid: int) -> int | None:
     return None
 
 
-def sample_tree(pid: int) -> dict[str, dict[str, int | None]] | None:
-    """``{role: {"rss": bytes, "pss": bytes | None}}`` over ``pid`` and its descendants; ``None`` when gone."""
+def process_tree(pid: int) -> list[Any] | None:
+    """``pid`` and all its descendants as ``psutil.Process`` objects; ``None`` when it is gone."""
     import psutil  # installed with vLLM
 
     try:
         root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
+        return None
+
+
+def tree_rss_bytes(pid: int) -> int | None:
+    """Resident memory of ``pid`` and all its descendants [bytes]; ``None`` when it is gone."""
+    import psutil  # installed with vLLM
+
+    processes = process_tree(pid)
+    if processes is None:
+        return None
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
+
+
+def own_rss_bytes() -> int:
+    """Resident memory of this process alone (not the nodes it started) [bytes]."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def sample_tree(pid: int) -> dict[str, dict[str, int | None]] | None:
+    """``{role: {"rss": bytes, "pss": bytes | None}}`` over ``pid`` and its descendants; ``None`` when gone."""
+    import psutil  # installed with vLLM
+
+    processes = process_tree(pid)
+    if processes is None:
         return None
     by_role: dict[str, dict[str, int | None]] = {}
     for process in processes:
