@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .models import check_model_option
 from .protocol import DEFAULT_MAX_FRAME_BYTES
 
 DEFAULT_MEMBERSHIP = "swim"  # a node's and a Swarm's membership unless DELLM_MEMBERSHIP or the config says otherwise
@@ -29,8 +30,9 @@ class NodeConfig(BaseSettings):
         port: websocket port; 0 picks a free one.
         engine: ``vllm`` (model in this node), ``openai`` (front an existing
             OpenAI-compatible server) or ``none`` (coordinator only).
-        model: local HF directory or cached model id; ``None`` = the embedded
-            default, SmolLM2-135M-Instruct.
+        model: an embedded model (``smollm2-135m``, ``gemma3-270m``; see
+            :data:`dellm_p2p.models.EMBEDDED_MODELS`), a local HF directory or
+            a cached model id; ``None`` = the embedded default, SmolLM2-135M-Instruct.
         dtype: vLLM dtype; ``None`` picks float32 on CPU, ``auto`` on GPU.
         max_model_len: context window [tokens].
         kv_cache_gib: vLLM CPU KV-cache size [GiB].
@@ -102,9 +104,6 @@ class NodeConfig(BaseSettings):
         http_insecure: allow an HTTP API without a key on a non-loopback address.
         http_max_body_bytes: largest HTTP request body [bytes]; more gets 413.
         http_max_concurrent: completions the API answers at once; more get 429.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="DELLM_", extra="forbid", validate_default=True)
         learn_records: keep the consensus this node's questions reach per
             chunk in ``<state_dir>/learn/records.jsonl`` (issue 23; ``dellm
             learn export``); ``false`` keeps nothing.
@@ -112,6 +111,9 @@ class NodeConfig(BaseSettings):
         learn_serve: serve the adapter adopted for this node's model
             (``<state_dir>/learn/adopted.json``, see ``dellm learn``) with
             vLLM's LoRA support; the node then announces ``<model>:<adapter>``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DELLM_", extra="forbid", validate_default=True)
 
     name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
     host: str = "127.0.0.1"
@@ -160,16 +162,22 @@ class NodeConfig(BaseSettings):
     http_insecure: bool = False
     http_max_body_bytes: int = Field(default=1 << 20, ge=1024)
     http_max_concurrent: int = Field(default=64, ge=1, le=4096)
+    learn_records: bool = True
+    learn_max_records: int = Field(default=10_000, ge=1, le=10_000_000)
+    learn_serve: bool = True
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-    learn_records: bool = True
-    learn_max_records: int = Field(default=10_000, ge=1, le=10_000_000)
-    learn_serve: bool = True
         if not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError("use letters, digits, '-', '_' or '.'")
         return value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str | None) -> str | None:
+        # A typo fails here, in one line, not minutes later inside vLLM.
+        return None if value is None else check_model_option(value)
 
     @field_validator("peers")
     @classmethod
@@ -245,7 +253,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> NodeConfig:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigError(f"invalid config value for {where}: {first['msg']}") from None
+        # A validator's own ValueError reads better without pydantic's "Value error, " prefix.
+        message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+        raise ConfigError(f"invalid config value for {where}: {message}") from None
     config.check()
     return config
 

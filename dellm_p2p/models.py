@@ -117,6 +117,42 @@ def card_for(model: str | None) -> ModelCard | None:
     return None
 
 
+def known_model_names() -> str:
+    """The embedded models' keys, for error messages: ``"smollm2-135m, gemma3-270m"``."""
+    return ", ".join(EMBEDDED_MODELS)
+
+
+def check_model_option(model: str) -> str:
+    """Validate a ``--model`` value without loading anything; return it stripped.
+
+    Accepted: an embedded model's key or announced name (case-insensitive), an
+    existing local directory, or a Hugging Face model id present in the local
+    Hugging Face cache (nothing is downloaded).
+
+    Raises:
+        ValueError: anything else, with the embedded models' names in the message.
+    """
+    value = model.strip()
+    if card_for(value) is not None or Path(value).expanduser().exists() or _in_hf_cache(value):
+        return value
+    if value.startswith((".", "/", "~")):
+        raise ValueError(f"model directory not found: {value}")
+    raise ValueError(
+        f"unknown model {value!r}: embedded models are {known_model_names()} "
+        "(or give a model directory, or a Hugging Face model id already in the local cache)"
+    )
+
+
+def _in_hf_cache(model_id: str) -> bool:
+    """Whether the local Hugging Face hub cache holds ``model_id`` (``models--org--name``)."""
+    if not model_id or model_id.startswith((".", "/", "~")):
+        return False
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(Path.home(), ".cache", "huggingface"), "hub"
+    )
+    return (Path(hub) / ("models--" + model_id.replace("/", "--"))).is_dir()
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A model ready for an engine.

@@ -21,10 +21,10 @@ def test_node_rejects_bad_arguments(tmp_path):
     bad_port = node("--port", "99999")
     assert bad_port.returncode == 2 and "99999" in bad_port.stderr
     missing_model = node("--model", "/nonexistent/model", "--port", "0", "--state-dir", str(tmp_path))
-    assert missing_model.returncode == 1
+    assert missing_model.returncode == 2  # refused with the arguments, before anything starts
     assert (
         missing_model.stderr.strip().splitlines()[-1]
-        == "dellm-node: error: model directory not found: /nonexistent/model"
+        == "dellm-node: error: invalid config value for model: model directory not found: /nonexistent/model"
     )
     config = tmp_path / "bad.toml"
     config.write_text('[node]\nname = "x"\nmax_conncurrency = 4\n')

@@ -103,3 +103,23 @@ def test_real_gemma_conversion_adds_bos() -> None:
     assert not getattr(tokenizer, "chat_template", None)  # a base model: prompts are few-shot text
     config = AutoConfig.from_pretrained(str(folder))
     assert config.model_type.startswith("gemma3") and not hasattr(config, "quantization_config")
+
+
+def test_model_option_accepts_embedded_names_directories_and_cached_ids(tmp_path, monkeypatch) -> None:
+    from dellm_p2p.models import check_model_option
+
+    assert check_model_option(" Gemma3-270M ") == "Gemma3-270M"
+    assert check_model_option(str(tmp_path)) == str(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    (tmp_path / "models--org--tiny").mkdir()
+    assert check_model_option("org/tiny") == "org/tiny"
+    with pytest.raises(ValueError, match=r"unknown model 'org/other'.*smollm2-135m, gemma3-270m"):
+        check_model_option("org/other")
+
+
+def test_node_config_refuses_an_unknown_model() -> None:
+    from dellm_p2p.config import ConfigError, load_config
+
+    assert load_config(model="gemma3-270m").model == "gemma3-270m"
+    with pytest.raises(ConfigError, match="unknown model 'gema'"):
+        load_config(model="gema")

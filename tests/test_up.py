@@ -94,3 +94,30 @@ def test_a_node_that_fails_to_start_stops_the_rest_and_shows_its_log(tmp_path):
     assert "exited with code 1 while starting" in failed.stderr
     assert "model directory not found: /nonexistent/model" in failed.stderr
     assert pids(tmp_path / "swarm") == []
+
+
+def test_up_models_cycle_over_the_nodes(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dellm_p2p.cli import up as up_module
+
+    started: dict[str, list[str]] = {}
+    # Record each node's command line instead of starting it, then report a failed start: up stops and exits 1.
+    monkeypatch.setattr(up_module.LocalNode, "start", lambda node, args: started.__setitem__(node.name, args))
+    monkeypatch.setattr(up_module, "_wait_ready", lambda *args: True)
+    result = CliRunner().invoke(
+        up_module.up, ["--nodes", "3", "--models", "smollm2-135m, gemma3-270m", "--dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    models = {name: args[args.index("--model") + 1] for name, args in started.items()}
+    assert models == {"local-1": "smollm2-135m", "local-2": "gemma3-270m", "local-3": "smollm2-135m"}
+
+
+def test_up_refuses_unknown_models_at_parse_time(tmp_path):
+    bad = dellm("up", "--models", "smollm2-135m,gema", "--dir", str(tmp_path))
+    assert bad.returncode == 2
+    assert "unknown model 'gema'" in bad.stderr and "smollm2-135m, gemma3-270m" in bad.stderr
+    assert dellm("up", "--model", "nope", "--dir", str(tmp_path)).returncode == 2
+    both = dellm("up", "--model", "gemma3-270m", "--models", "gemma3-270m", "--dir", str(tmp_path))
+    assert both.returncode == 2 and "one of --model, --models" in both.stderr
+    assert not list(tmp_path.iterdir())  # nothing started

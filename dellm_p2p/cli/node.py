@@ -32,7 +32,11 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 @click.option(
     "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Node TOML file (see nodes/)."
 )
-@click.option("--model", help="Local HF model directory or cached model id. Default: embedded SmolLM2-135M-Instruct.")
+@click.option(
+    "--model",
+    help="Embedded model (smollm2-135m, gemma3-270m), local HF model directory or cached model id. "
+    "Default: the embedded smollm2-135m (SmolLM2-135M-Instruct).",
+)
 @click.option("--engine", type=click.Choice(["vllm", "openai", "none"]), help="Model backend (default vllm).")
 @click.option("--no-model", is_flag=True, default=None, help="Serve no model (coordinator-only node).")
 @click.option(

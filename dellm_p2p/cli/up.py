@@ -5,7 +5,8 @@ the loopback interface only, each with its own state directory and, by
 default, its own CPU core), waits until each has printed its ready line,
 prints their URLs and stays in the foreground: Ctrl-C or SIGTERM stops them
 all. ``--detach`` returns once they are ready and leaves them running;
-``dellm down`` stops them.
+``dellm down`` stops them. ``--models smollm2-135m,gemma3-270m`` gives the
+nodes different models (one each, cycling): a swarm whose votes compare models.
 
 Everything lives in one swarm directory (``--dir``, default
 ``$XDG_STATE_HOME/dellm/local``): per node ``<name>/`` is its state
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+
+from ..models import check_model_option, known_model_names
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -194,7 +197,17 @@ def _node_help() -> str:
 
 @click.command()
 @click.option("--nodes", "-n", "count", type=click.IntRange(1, 64), default=3, show_default=True)
-@click.option("--model", help="Model for every node (default: the embedded SmolLM2-135M-Instruct).")
+@click.option(
+    "--model",
+    callback=lambda ctx, param, value: _model_option(value),
+    help="Model for every node: smollm2-135m (default), gemma3-270m, a model directory or a cached HF id.",
+)
+@click.option(
+    "--models",
+    metavar="M1,M2,...",
+    callback=lambda ctx, param, value: _models_option(value),
+    help="One model per node, cycling: --models smollm2-135m,gemma3-270m gives a mixed swarm.",
+)
 @click.option("--no-model", is_flag=True, help="Coordinator-only nodes (no model; for trying the network).")
 @click.option(
     "--http-port",
@@ -225,6 +238,7 @@ def _node_help() -> str:
 def up(
     count: int,
     model: str | None,
+    models: list[str] | None,
     no_model: bool,
     http_port: int | None,
     detach: bool,
@@ -240,8 +254,9 @@ def up(
     directory and its own CPU core. In the foreground Ctrl-C stops them all;
     with --detach they keep running and `dellm down` stops them.
     """
-    if model and no_model:
-        _fail("give --model or --no-model, not both", 2)
+    if sum(bool(x) for x in (model, models, no_model)) > 1:
+        _fail("give one of --model, --models and --no-model", 2)
+    per_node = models or ([model] if model else [None])
     root = (swarm_dir or default_swarm_dir()).expanduser()
     if running := running_nodes(root):
         names = ", ".join(n.name for n in running)
@@ -266,8 +281,8 @@ def up(
                     "--mdns-interface", "127.0.0.1"]  # fmt: skip
             if no_model:
                 args.append("--no-model")
-            elif model:
-                args += ["--model", model]
+            elif node_model := per_node[i % len(per_node)]:
+                args += ["--model", node_model]
             if http_port is not None:
                 args += ["--http-port", str(http_port + i if http_port else 0)]
             if cluster_key_file:
@@ -341,6 +356,26 @@ def _print_ready(nodes: list[LocalNode], root: Path, detach: bool) -> None:
 
 def _dir_arg(root: Path) -> str:
     return "" if root == default_swarm_dir() else f" --dir {root}"
+
+
+def _model_option(value: str | None) -> str | None:
+    """``--model``: an embedded model's name, a directory or a cached HF id; else exit 2 naming the known ones."""
+    if value is None:
+        return None
+    try:
+        return check_model_option(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _models_option(value: str | None) -> list[str] | None:
+    """``--models a,b``: each as ``--model``; ``None`` when not given."""
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise click.BadParameter(f"name at least one model ({known_model_names()})")
+    return [str(_model_option(name)) for name in names]
 
 
 def _fail(message: str, code: int) -> None:
