@@ -57,6 +57,9 @@ class NodeConfig(BaseSettings):
         state_dir: where the node keeps its id (default
             ``$XDG_STATE_HOME/dellm/nodes/<name>``).
         peers: bootstrap peers (``ws://host:port``), contacted until they answer.
+            A host that is a DNS name resolving to several addresses (a
+            Kubernetes headless Service) stands for one peer per address.
+        dns_refresh_s: how often bootstrap DNS names are resolved again [s].
         mdns: announce and browse on mDNS.
         mdns_interfaces: IPv4 addresses for mDNS; default 127.0.0.1 when
             listening on loopback, else all interfaces.
@@ -136,6 +139,7 @@ class NodeConfig(BaseSettings):
     grace_period_s: float = Field(default=10.0, ge=0)
     state_dir: Path | None = None
     peers: list[str] = Field(default_factory=list)
+    dns_refresh_s: float = Field(default=30.0, gt=0)
     mdns: bool = True
     mdns_interfaces: list[str] | None = None
     advertise_url: str | None = None

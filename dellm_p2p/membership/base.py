@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol import ErrorCode
+from .bootstrap import BootstrapResolver
 
 if TYPE_CHECKING:
     from ..discovery import Announcement
@@ -45,7 +46,10 @@ class MembershipBase:
             only for the gossip membership's plain observers).
         table: the peer table to maintain.
         pool: connection pool shared with the coordinator.
-        bootstrap: ``ws://`` URLs to join through (our own URL is dropped).
+        bootstrap: ``ws://`` URLs to join through (our own URL is dropped);
+            a DNS name stands for each of its addresses, re-resolved every
+            :data:`~dellm_p2p.membership.bootstrap.DNS_REFRESH_S` seconds
+            (:mod:`dellm_p2p.membership.bootstrap`).
         in_flight: returns how many requests we serve now.
         rpc_timeout_s: deadline of one exchange with a peer [s].
 
@@ -74,6 +78,9 @@ class MembershipBase:
         self.table = table
         self.pool = pool
         self.bootstrap = [u for u in (bootstrap or []) if u != url]
+        self.dns = BootstrapResolver(self.bootstrap, own_url=url)
+        self._dns_task: asyncio.Task | None = None
+        self._dns_seen: set[str] = set()
         self.in_flight = in_flight
         self.rpc_timeout_s = rpc_timeout_s
         self.refusals: dict[str, str] = {}
@@ -109,8 +116,48 @@ class MembershipBase:
         """Start in the background (join, then keep the table current)."""
         raise NotImplementedError
 
+    async def _resolve_bootstrap(self) -> list[str]:
+        """Resolve bootstrap names again (each bounded by the resolver's deadline); returns URLs not seen before.
+
+        Sets :attr:`bootstrap` to the URLs of this round. Without names, nothing changes and nothing is new.
+        """
+        if not self.dns.has_names:
+            return []
+        self.bootstrap = await self.dns.resolve()
+        new = [u for u in self.bootstrap if u not in self._dns_seen]
+        self._dns_seen.update(new)
+        return new
+
+    def _watch_bootstrap(self, join: Callable[[str], None] | None) -> None:
+        """Re-resolve bootstrap names every ``dns.refresh_s`` [s] in the background (only when there are names).
+
+        ``join`` is called for each address that is new, or that is not the
+        URL of a live member (a partition heals, a restarted pod is found);
+        ``None``: the caller reads :attr:`bootstrap` itself.
+        """
+        if self.dns.has_names and self._dns_task is None:
+            self._dns_task = asyncio.get_running_loop().create_task(self._refresh_bootstrap(join), name="dellm-dns")
+
+    async def _refresh_bootstrap(self, join: Callable[[str], None] | None) -> None:
+        while True:
+            await asyncio.sleep(self.dns.refresh_s)
+            try:
+                new = await self._resolve_bootstrap()
+            except Exception:  # resolve() handles DNS failures; anything else must not end the schedule
+                log.exception("re-resolving bootstrap names failed")
+                continue
+            if join is None:
+                continue
+            live = {p.url for p in self.table.alive()}
+            for url in self.bootstrap:
+                if url in new or url not in live:
+                    join(url)
+
     async def close(self, goodbye_timeout_s: float = 1.0) -> None:
         """Leave: stop our timers, tell peers we leave (bounded by ``goodbye_timeout_s`` [s]), close connections."""
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+            await asyncio.gather(self._dns_task, return_exceptions=True)
         await self._stop()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(goodbye_timeout_s):

@@ -64,6 +64,7 @@ from ..peer_table import PeerState, PeerTable
 from ..pool import PeerPool
 from ..protocol import Hello, Members, RewardRecord, Sync
 from .base import MembershipBase
+from .bootstrap import DNS_REFRESH_S, is_ip, is_loopback, resolve_addresses
 from .gossip import Membership
 from .swim import (
     ALIVE,
@@ -141,6 +142,9 @@ class SwimMembership(MembershipBase):
         push_pull_interval_s: base push-pull interval [s] (memberlist: 30 s).
         rpc_timeout_s: deadline of one push-pull [s].
         cluster_key: authenticates datagrams (HMAC-SHA256, 16 bytes).
+        bind_host: the address the node listens on (``--host``): a loopback
+            address is bound as such, anything else as ``0.0.0.0``; ``None``:
+            our URL's host (an advertised name says nothing about it).
         drop_rate: share of outgoing datagrams dropped on purpose
             (benchmarks; default from ``DELLM_BENCH_DROP_RATE``, else 0).
     """
@@ -163,6 +167,7 @@ class SwimMembership(MembershipBase):
         rpc_timeout_s: float = 3.0,
         cluster_key: bytes | None = None,
         drop_rate: float | None = None,
+        bind_host: str | None = None,
     ):
         super().__init__(
             node_id=node_id,
@@ -179,6 +184,7 @@ class SwimMembership(MembershipBase):
         self.push_pull_interval_s = push_pull_interval_s
         self.cluster_key = cluster_key
         self.drop_rate = float(os.environ.get(DROP_ENV, "0") or 0) if drop_rate is None else drop_rate
+        self.bind_host = bind_host
         self.core = Swim(
             identity,
             url=url,
@@ -199,6 +205,8 @@ class SwimMembership(MembershipBase):
         self._joining: set[str] = set()
         self._first_tries: set[str] = set()  # join URLs (bootstrap, mDNS, hello) not tried once yet
         self._addrs: dict[str, tuple[str, int] | None] = {}
+        self._named: dict[str, float] = {}  # member URL with a DNS name -> when its address is looked up again
+        self._resolving: dict[str, list[dict]] = {}  # such URL -> datagrams waiting for its first address
         self._rng = random.Random()
         self._next_sweep = 0.0
 
@@ -250,14 +258,20 @@ class SwimMembership(MembershipBase):
     # Lifecycle.
 
     async def start(self) -> None:
-        """Bind the datagram socket, start the timers and join (push-pull with the bootstrap peers)."""
+        """Bind the datagram socket, start the timers and join (push-pull with the bootstrap peers).
+
+        Bootstrap DNS names are resolved first (each within the resolver's
+        deadline) and then again on a schedule (:mod:`.bootstrap`).
+        """
         loop = asyncio.get_running_loop()
+        await self._resolve_bootstrap()
         if self.url is not None:
             local = udp_address(self.url)
-            host = local[0] if local else "127.0.0.1"
-            bind = ("0.0.0.0" if host not in ("127.0.0.1", "localhost") else host, local[1] if local else 0)
+            host = self.bind_host or (local[0] if local else "127.0.0.1")
+            # A loopback address is bound as such: nodes on 127.0.0.2, 127.0.0.3... may share a port.
+            bind = (host if is_loopback(host) else "0.0.0.0", local[1] if local else 0)
         else:  # a coordinator: any port, answers come back to it
-            loopback = all((udp_address(u) or ("",))[0] in ("127.0.0.1", "localhost") for u in self.bootstrap)
+            loopback = all(is_loopback((udp_address(u) or ("",))[0]) for u in self.bootstrap)
             bind = ("127.0.0.1" if loopback else "0.0.0.0", 0)
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), local_addr=bind)
         sock = self._transport.get_extra_info("socket")
@@ -268,6 +282,7 @@ class SwimMembership(MembershipBase):
         self._spawn(self._push_pull_loop(), "dellm-swim-sync")
         for url in self.bootstrap:
             self._join(url)
+        self._watch_bootstrap(self._join)
 
     async def _stop(self) -> None:
         tasks = list(self._tasks)
@@ -355,10 +370,19 @@ class SwimMembership(MembershipBase):
         if self._transport is None or self._transport.is_closing():
             return
         if isinstance(to, str):
-            if to not in self._addrs:
-                if len(self._addrs) > 8192:
-                    self._addrs.clear()
-                self._addrs[to] = udp_address(to)
+            if to not in self._addrs or (to in self._named and self._named[to] < time.monotonic()):
+                target = udp_address(to)
+                if target is not None and not is_ip(target[0]):
+                    # A member advertised by a DNS name: socket.sendto would resolve it in the event loop,
+                    # blocking it. Resolve in the background; datagrams wait for a first address, later
+                    # ones use the last address until the new one is in.
+                    self._resolve_member(to, target, message)
+                    if to not in self._addrs:
+                        return
+                else:
+                    if len(self._addrs) > 8192:
+                        self._addrs.clear()
+                    self._addrs[to] = target
             addr = self._addrs[to]
             if addr is None:
                 return
@@ -372,6 +396,35 @@ class SwimMembership(MembershipBase):
             payload = self._mac(payload) + payload
         self.datagram_bytes[0] += len(payload)
         self._transport.sendto(payload, addr)
+
+    def _resolve_member(self, url: str, target: tuple[str, int], message: dict) -> None:
+        """Resolve a member's host name off the loop (at most one lookup per URL at a time), then send what waits."""
+        waiting = self._resolving.get(url)
+        if waiting is None:
+            waiting = self._resolving[url] = []
+            self._spawn(self._resolved_member(url, target), "dellm-swim-dns")
+        if url not in self._addrs and len(waiting) < 64:
+            waiting.append(message)
+
+    async def _resolved_member(self, url: str, target: tuple[str, int]) -> None:
+        host, port = target
+        try:
+            addresses = await resolve_addresses(host, port, self.rpc_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            log.info("SWIM: member host %s does not resolve: %s", host, exc or "timeout")
+            addresses = []
+        waiting = self._resolving.pop(url, [])
+        # The socket is IPv4 unless bound otherwise: prefer an IPv4 address.
+        address = next((a for a in addresses if ":" not in a), addresses[0] if addresses else None)
+        if address is None:
+            return  # nothing cached: the next datagram to this member tries again
+        if len(self._addrs) > 8192:
+            self._addrs.clear()
+            self._named.clear()
+        self._addrs[url] = (address, port)
+        self._named[url] = time.monotonic() + DNS_REFRESH_S  # a restarted container may come back elsewhere
+        for message in waiting:
+            self._send(url, message)
 
     def _flush(self) -> None:
         for send in self.core.take_sends():
@@ -593,18 +646,23 @@ def membership_for(config: Any, **kwargs: Any) -> Membership | SwimMembership:
     identity, cluster_key; bootstrap peers and timings come from ``config``.
     """
     cluster_key = kwargs.pop("cluster_key", None)
+    membership: Membership | SwimMembership
     if config.membership == "gossip":
-        return Membership(
+        membership = Membership(
             **kwargs,
             bootstrap=config.peers,
             gossip_interval_s=config.gossip_interval_s,
             fanout=config.fanout,
         )
-    swim = SwimConfig(probe_interval_s=config.probe_interval_s, probe_timeout_s=config.probe_interval_s / 2)
-    return SwimMembership(
-        **kwargs,
-        bootstrap=config.peers,
-        config=swim,
-        push_pull_interval_s=config.push_pull_interval_s,
-        cluster_key=cluster_key,
-    )
+    else:
+        swim = SwimConfig(probe_interval_s=config.probe_interval_s, probe_timeout_s=config.probe_interval_s / 2)
+        membership = SwimMembership(
+            **kwargs,
+            bootstrap=config.peers,
+            config=swim,
+            push_pull_interval_s=config.push_pull_interval_s,
+            cluster_key=cluster_key,
+            bind_host=getattr(config, "host", None),
+        )
+    membership.dns.refresh_s = getattr(config, "dns_refresh_s", membership.dns.refresh_s)
+    return membership
