@@ -31,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
 from harness.data import questions  # the same question list as bench_node
-from harness.report import add_ask_options, make_progress
+from harness.options import add_ask_options
+from harness.report import make_progress
 from harness.stats import percentile  # linear interpolation, as soak.py reports its latencies
 
 from dellm_p2p.runtime import run, setup_logging

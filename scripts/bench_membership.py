@@ -84,7 +84,8 @@ from dellm_p2p.local import NodeProcess, NodeStartError
 from dellm_p2p.security import cluster_key_from_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
-from harness.report import make_progress, parse_sizes
+from harness.options import parse_sizes
+from harness.report import make_progress
 
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 10.0  # SIGTERM grace per node, all nodes in parallel; then SIGKILL

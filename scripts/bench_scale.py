@@ -111,7 +111,8 @@ from dellm_p2p.runtime import run
 from dellm_p2p.swarm import Swarm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness and scale packages beside this script
-from harness.report import make_progress, parse_sizes
+from harness.options import add_simulation_options, parse_sizes
+from harness.report import make_progress
 from harness.simulated import SIM_MODEL
 from harness.stats import pct
 from scale.learning import POLICIES, bench_learning, simulate_routing_seeds
@@ -666,9 +667,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=_default(FitnessBook, "max_hops"),
         help="FitnessBook.max_hops of every node (default: the library's, %(default)s)",
     )
-    p.add_argument("--tokens", type=int, default=20, help="simulated answer length [tokens] (default 20)")
-    p.add_argument("--token-ms", type=float, default=5.0, help="simulated time per token [ms] (default 5)")
-    p.add_argument("--first-token-ms", type=float, default=0.0, help="simulated latency before tokens [ms]")
+    add_simulation_options(p, tokens=20, token_ms=5.0, first_token_ms=0.0)
     p.add_argument("--route-iterations", type=int, default=10_000)
     p.add_argument("--gossip-reps", type=int, default=3)
     p.add_argument("--gossip-timeout-s", type=float, default=30.0)

@@ -67,7 +67,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harnes
 from harness.data import DATA_DIR, DATA_FILE, fold, load_questions
 from harness.memory import own_rss_bytes, tree_rss_bytes
 from harness.nodes import NodeSlot, node_envs, started_nodes
-from harness.report import add_ask_options, make_progress, write_json
+from harness.options import add_ask_options
+from harness.report import make_progress, write_json
 from harness.stats import percentile
 
 progress = make_progress("soak")
