@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harnes
 from harness.data import COUNTRIES, questions
 from harness.report import make_progress
 from harness.stats import median
-from harness.timing import Run, time_engine
+from harness.streams import Run, time_engine
 
 WALL_RATIO_TARGET = 1.05  # protocol wall / direct wall, at most
 BATCH_SPEEDUP_TARGET = 4.0  # concurrent throughput / sequential throughput, at least

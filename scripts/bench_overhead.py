@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harnes
 from harness.data import questions  # the same question list as bench_node
 from harness.report import make_progress
 from harness.stats import median
-from harness.timing import time_engine
+from harness.streams import time_engine
 
 from dellm_p2p.runtime import run, setup_logging
 

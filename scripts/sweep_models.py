@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import itertools
 import json
@@ -47,6 +46,7 @@ for path in (REPO, REPO / "scripts"):
         sys.path.insert(0, str(path))
 
 from eval import DATA_DIR, DATASETS, Item, load_items, mcnemar_p, score  # noqa: E402
+from harness.streams import collect_samples  # noqa: E402
 
 from dellm_p2p.coordinator.decompose import classify, complexity  # noqa: E402
 from dellm_p2p.coordinator.program import candidate_answer  # noqa: E402
@@ -78,19 +78,11 @@ async def ask(engine, model_name: str, item: Item, params: SamplingParams) -> li
         request = GenerationRequest(params, prompt=peer_prompt.prompt)
     else:
         request = GenerationRequest(params, messages=[ChatMessage(**m) for m in peer_prompt.messages or []])
-    texts: dict[int, list[str]] = {}
-    logprobs: dict[int, list[float]] = {}
-    async with asyncio.timeout(TIMEOUT_S):
-        stream = engine.generate(request, f"q{item.index}-{params.temperature}-{id(params)}")
-        async with contextlib.aclosing(stream):
-            async for delta in stream:
-                texts.setdefault(delta.index, []).append(delta.text)
-                logprobs.setdefault(delta.index, []).extend(delta.logprobs or [])
+    samples = await collect_samples(engine, request, f"q{item.index}-{params.temperature}-{id(params)}", TIMEOUT_S)
     out = []
-    for i in sorted(texts):
-        text = "".join(texts[i])
+    for text, logprobs in samples:
         key, display, _ = candidate_answer(text, chunk, True)
-        out.append({"text": text, "key": key, "display": display, "logprobs": logprobs.get(i, [])})
+        out.append({"text": text, "key": key, "display": display, "logprobs": logprobs})
     return out
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import itertools
 import json
@@ -43,6 +42,7 @@ for path in (REPO, REPO / "scripts"):
         sys.path.insert(0, str(path))
 
 from eval import DATA_DIR, DATASETS, Item, load_items, mcnemar_p, score  # noqa: E402
+from harness.streams import collect_samples  # noqa: E402
 
 from dellm_p2p.coordinator.decompose import chunk_prompt, classify  # noqa: E402
 from dellm_p2p.coordinator.extract import extract_answer  # noqa: E402
@@ -70,15 +70,8 @@ async def sample(engine, item: Item, params: SamplingParams, system: str | None)
     from dellm_p2p.engine import GenerationRequest
 
     request = GenerationRequest(params, messages=messages_for(item.question, system))
-    texts: dict[int, list[str]] = {}
-    logprobs: dict[int, list[float]] = {}
-    async with asyncio.timeout(TIMEOUT_S):
-        stream = engine.generate(request, f"q{item.index}-{id(params)}")
-        async with contextlib.aclosing(stream):
-            async for delta in stream:
-                texts.setdefault(delta.index, []).append(delta.text)
-                logprobs.setdefault(delta.index, []).extend(delta.logprobs or [])
-    return [{"text": "".join(texts[i]), "logprobs": logprobs.get(i, [])} for i in sorted(texts)]
+    samples = await collect_samples(engine, request, f"q{item.index}-{id(params)}", TIMEOUT_S)
+    return [{"text": text, "logprobs": logprobs} for text, logprobs in samples]
 
 
 def score_setting(dataset: str, items: Sequence[Item], replies: Sequence[list[dict]], ks: Sequence[int]) -> dict:

@@ -1,7 +1,9 @@
 """Real nodes for benchmarks: start ``dellm-node`` processes on 127.0.0.1, wait until they are ready, stop them.
 
-Also what a benchmark reads of a node process: its resident memory and the
-pid listening on its URL.
+Nodes started here are named ``soak-a``, ``soak-b``, …, each with its own
+state folder and CPU core, mDNS off, every node bootstrapping from the
+others (and from any ``--peer`` given). Their memory is read by
+:mod:`harness.memory`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def listening_pid(url: str) -> int | None:
 
 
 def free_ports(count: int) -> list[int]:
+    """``count`` TCP ports on 127.0.0.1 that were free a moment ago (bound once, then released)."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for s in sockets:

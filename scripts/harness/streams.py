@@ -1,4 +1,7 @@
-"""Timing one generation: an engine's own stream, from the call to its last delta."""
+"""Reading an engine's stream directly, without a node.
+
+Timed (:func:`time_engine`), or as samples (:func:`collect_samples`).
+"""
 
 from __future__ import annotations
 
@@ -44,3 +47,22 @@ async def time_engine(engine: Any, request: Any, request_id: str, timeout_s: flo
                 parts.append(delta.text)
                 reason = delta.finish_reason or reason
     return Run((time.perf_counter() - started) * 1000, first, tokens, "".join(parts), reason)
+
+
+async def collect_samples(
+    engine: Any, request: Any, request_id: str, timeout_s: float
+) -> list[tuple[str, list[float]]]:
+    """The ``request.params.n`` samples of one request: ``(text, per-token logprobs)`` in choice order.
+
+    Logprobs are empty unless the request asked for them. Raises
+    ``TimeoutError`` after ``timeout_s`` [s] and whatever the engine raises.
+    """
+    texts: dict[int, list[str]] = {}
+    logprobs: dict[int, list[float]] = {}
+    async with asyncio.timeout(timeout_s):
+        stream = engine.generate(request, request_id)
+        async with contextlib.aclosing(stream):
+            async for delta in stream:
+                texts.setdefault(delta.index, []).append(delta.text)
+                logprobs.setdefault(delta.index, []).extend(delta.logprobs or [])
+    return [("".join(texts[i]), logprobs.get(i, [])) for i in sorted(texts)]
