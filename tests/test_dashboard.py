@@ -232,3 +232,22 @@ async def test_a_question_closed_early_is_recorded_as_cancelled_and_its_pipeline
     assert closed.is_set()
     (log,) = dash.state()["questions"]
     assert log["status"] == "cancelled" and log["chunks"][0]["text"] == "What is <b>2</b> plus 2?"
+
+
+async def test_state_and_stream_show_model_fitness_by_chunk_kind(swarm3):
+    gw = swarm3[0]
+    async with httpx.AsyncClient(base_url=gw.http_url) as http:
+        assert (await http.get("/dashboard/api/state")).json()["models"] == []
+        # Records naming model and kind (as a coordinator of a mixed swarm issues them) teach the node.
+        dashboard = dashboard_of(gw)
+        book = dashboard.gateway.fitness
+        records = book.issue("c1", {swarm3[1].node_id: 0.05, swarm3[2].node_id: -0.05},
+                             models={swarm3[1].node_id: "gemma", swarm3[2].node_id: "smol"}, kind="LOOKUP")  # fmt: skip
+        for record in records:
+            book.apply(record)
+        models = (await http.get("/dashboard/api/state")).json()["models"]
+    assert [(m["model"], m["kind"], m["agreed"], m["rewards"]) for m in models] == [
+        ("gemma", "LOOKUP", 1, 1),
+        ("smol", "LOOKUP", 0, 1),
+    ]
+    assert models[0]["reliability"] > models[1]["reliability"]

@@ -287,6 +287,7 @@ class Dashboard:
         self._dirty: dict[str, _QuestionLog] = {}
         self._last_peers: list[dict[str, Any]] | None = None
         self._last_queue: dict[str, Any] | None = None
+        self._last_models: list[dict[str, Any]] | None = None
         for record in gateway.table.records():
             self._series(record.node_id, record.fitness)
         gateway.fitness.listeners.append(self._on_reward)
@@ -371,10 +372,20 @@ class Dashboard:
         stats.pop("refused", None)
         return {k: (_round(v, 3) if k.startswith("wait") else v) for k, v in stats.items()}
 
+    def models(self) -> list[dict[str, Any]]:
+        """What the swarm learned per (model, chunk kind): ``[{model, kind, agreed, rewards, reliability}]``,
+        by kind, best model first (:func:`~dellm_p2p.cli.model_fitness.model_fitness_rows`)."""
+        from ..cli.model_fitness import model_fitness_rows
+        from ..protocol import ModelFitness
+
+        rows = self.gateway.fitness.model_rows()
+        return model_fitness_rows([ModelFitness(model=m, kind=k, agreed=a, rewards=r) for m, k, a, r in rows])
+
     def state(self) -> dict[str, Any]:
         """The whole picture: ``{"node": {node_id, name, model, started, now, tick_s}, "peers": [row],
         "fitness": {node id: [[t ms, fitness, reward or null]]}, "names": {node id: name},
-        "questions": [question, newest first]}`` (a question as :class:`_QuestionLog`)."""
+        "questions": [question, newest first], "queue": {...}, "models": [model fitness row]}``
+        (a question as :class:`_QuestionLog`)."""
         peers = self.peers()
         return {
             "node": self.node(),
@@ -383,6 +394,7 @@ class Dashboard:
             "names": {node_id: self.name(node_id) for node_id in self.series},
             "questions": [q.to_json() for q in reversed(self.questions)],
             "queue": self.queue(),
+            "models": self.models(),
         }
 
     # Questions.
@@ -470,6 +482,10 @@ class Dashboard:
         if queue != self._last_queue:
             self._last_queue = queue
             self._publish(_sse("queue", queue))
+        models = self.models()
+        if models != self._last_models:
+            self._last_models = models
+            self._publish(_sse("models", {"models": models}))
         if self._points:
             points, self._points = self._points, []
             self._publish(_sse("fitness", {"points": points, "now": _ms(time.time())}))

@@ -170,6 +170,7 @@ function handle(kind, data) {
     view.questions = new Map();
     for (const q of data.questions.slice().reverse()) view.questions.set(q.id, q);
     renderQueue(data.queue);
+    renderModels(data.models);
     renderNode();
     renderPeers();
     renderQuestions();
@@ -182,6 +183,8 @@ function handle(kind, data) {
     renderPeers();
   } else if (kind === "queue") {
     renderQueue(data);
+  } else if (kind === "models") {
+    renderModels(data.models);
   } else if (kind === "fitness") {
     view.now = data.now;
     for (const [id, t, f, r] of data.points) (view.fitness[id] = view.fitness[id] || []).push([t, f, r]);
@@ -203,6 +206,21 @@ function renderQueue(q) {
   const wait = q.wait_p50_s == null ? "" : " · wait p50 " + q.wait_p50_s + " s, max " + q.wait_max_s + " s";
   $("queue").textContent = " · queue " + q.queued_questions + " questions (" + q.queued_chunks + " chunks) · " +
     q.free_slots + " free slots" + wait + (ks ? " · " + ks : "");
+}
+
+function renderModels(models) {
+  const rows = (models || []).map((m) => {
+    const bar = el("span");
+    bar.style.setProperty("width", Math.round(m.reliability * 100) + "%");
+    return el("tr", { "data-model": m.model, "data-kind": m.kind },
+      el("td", { text: m.kind }),
+      el("td", { class: "model", text: m.model }),
+      el("td", { class: "num", text: m.agreed + " / " + m.rewards }),
+      el("td", { class: "fitness" },
+        el("div", { class: "fit" }, el("div", { class: "bar" }, bar), el("span", { text: fmt.num(m.reliability, 3) }))));
+  });
+  document.querySelector("#models tbody").replaceChildren(...rows);
+  $("models-wrap").hidden = rows.length === 0;
 }
 
 function renderNode() {
