@@ -55,6 +55,8 @@ async def test_the_swarm_uses_the_conversation_in_every_chunk(tmp_path, monkeypa
         assert "Alice" in answer.text and "10" in answer.text
         asked = [p for p in engine.prompts if "plus 3" in p or "What is my name" in p]
         assert len(asked) == 2 and all("favourite number is 7" in p for p in asked)
+        # The quote replaces the earlier chat turns (they derailed the default model): no reply of theirs is sent.
+        assert not any("Nice to meet you" in p for p in asked)
     finally:
         await node.close(0)
 

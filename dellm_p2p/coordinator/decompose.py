@@ -362,14 +362,17 @@ def with_conversation(chunks: Iterable[Chunk], history: Iterable[Mapping[str, st
     A chunk refers to the conversation when it speaks of the user or the
     assistant ("my", "I", "your", …) or refers back ("that", "it", "the
     result"): it then carries ``Earlier in this conversation the user said:
-    <the user's earlier turns>`` (newest :data:`MAX_CONTEXT_CHARS` characters)
-    and, when it refers back, ``Your previous answer: <the last assistant
-    turn>``. Facts the user stated are what a later question builds on
-    ("My favourite number is 7." → "what is my favourite number plus 3?");
-    the chat messages before the prompt carry the same turns, but the
-    default 135M model answered "7 is indeed the answer" from them, and a
-    program-aided chunk's expression needs the number in the question it
-    restates. System messages are not quoted (they stay the system message).
+    <the user's earlier turns>`` (newest :data:`MAX_CONTEXT_CHARS`
+    characters) and, when it refers back, ``Your previous answer: <the last
+    assistant turn>``. Facts the user stated are what a later question
+    builds on ("My favourite number is 7." → "what is my favourite number
+    plus 3?"), and a program-aided chunk's expression needs the number in
+    the question it restates. The pipeline sends such a chunk without the
+    earlier chat messages: given them, the default 135M model answered
+    "What is my name" with "I'm glad to hear that.", given this line alone
+    with "Alice, welcome…". Of four wordings tried (one node, greedy), this
+    one alone had the program-aided reply write "7 + 3" (the others: "The
+    answer is 7.").
 
     Args:
         chunks: the decomposed chunks.

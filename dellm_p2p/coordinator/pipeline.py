@@ -497,7 +497,10 @@ class QuestionRun:
                 stream = client.generate(prompt=request.prompt, params=params, timeout_s=opts.chunk_timeout_s)
             else:
                 chosen = [x.url for x in self.traces[chunk.id].assignments] if chunk.id in self.traces else [a.url]
-                messages = self._with_history(request.messages or [], opts.max_tokens, chosen)
+                # A chunk that quotes the conversation (Chunk.context) goes without the earlier turns: to them
+                # the default 135M model answered "I'm glad to hear that.", to the quote alone "Alice" (issue 24).
+                tail = request.messages or []
+                messages = tail if chunk.context else self._with_history(tail, opts.max_tokens, chosen)
                 stream = client.generate(messages=messages, params=params, timeout_s=opts.chunk_timeout_s)
             async for item in stream:
                 if self._count(item):
