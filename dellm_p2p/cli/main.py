@@ -34,6 +34,7 @@ from ..security import (
     load_cluster_key,
     write_key_file,
 )
+from .learn import learn
 from .options import peer_url
 from .progress import show_progress
 from .up import down, up
@@ -548,6 +549,7 @@ def _peer_table(rows: list[dict], url: str, hidden: int = 0) -> Table:
 
 main.add_command(up)
 main.add_command(down)
+main.add_command(learn)
 
 
 if __name__ == "__main__":
