@@ -30,7 +30,12 @@ async def test_two_real_nodes_answer_a_two_chunk_question(vllm_node, vllm_node_b
         answer = await swarm.ask(QUESTION, redundancy=3, max_tokens=64, timeout_s=300, anchor=False)
     assert [c.chunk.operation.value for c in answer.chunks] == ["MATH", "LOOKUP"]
     for trace in answer.chunks:
-        assert len({c.peer_id for c in trace.candidates}) == 2, "each chunk answered by both nodes"
+        # Routing spreads a chunk's k = 3 samples over min(k, serving peers) peers; which of them answers is
+        # the machine's load: once the vote is decided the slower node's samples are cancelled, so every
+        # candidate may come from one node (seen on a loaded machine, issue 24). Guaranteed: two were asked.
+        asked = {a.peer_id for a in trace.assignments}
+        assert len(asked) >= 2, "each chunk routed to two nodes"
+        assert trace.candidates and {c.peer_id for c in trace.candidates} <= asked
         assert sum(a.samples for a in trace.assignments) >= 3
         assert trace.vote is not None and trace.vote.scores
         assert all(c.logprobs for c in trace.candidates), "confidence comes from real logprobs"
