@@ -58,6 +58,7 @@ def build_engine(config: NodeConfig, progress: ProgressCallback) -> Engine | Non
     if needs_conversion(config.model):
         progress(f"converting the embedded model once into {cache_dir() / 'models'} (30 s to a few minutes)")
     resolved = resolve_model(config.model)
+    adapter = served_adapter(config, resolved.path, resolved.name, progress) if config.learn_serve else None
     return VllmEngine(
         resolved.path,
         name=resolved.name,
@@ -68,7 +69,33 @@ def build_engine(config: NodeConfig, progress: ProgressCallback) -> Engine | Non
         engine_kwargs=config.vllm_args,
         engine_env=config.engine_env,
         cpu=_vllm_on_cpu(),
+        **adapter,
     )
+
+
+def served_adapter(config: NodeConfig, model_dir: str, model_name: str, progress: ProgressCallback) -> dict:
+    """``VllmEngine`` arguments for the adapter adopted for this model (issue 23), or ``{}``.
+
+    Only an adapter whose base model hash is this model's is served; a
+    missing, damaged or mismatched one is skipped with a log line (the node
+    serves the base model).
+    """
+    from .learn.adapters import AdapterError, adopted, model_hash
+
+    state = config.resolved_state_dir
+    try:
+        found = adopted(state, model_name)
+        if found is None:
+            return {}
+        directory, meta = found
+        if Path(model_dir).is_dir() and model_hash(Path(model_dir)) != meta.base_hash:
+            log.warning("adapter %s was trained on another %s (base hash differs); not served", meta.id, model_name)
+            return {}
+    except (AdapterError, OSError) as exc:
+        log.warning("not serving the adopted adapter: %s", exc)
+        return {}
+    progress(f"serving adapter {meta.id} on {model_name} (trained on {meta.examples} consensus records)")
+    return {"adapter": str(directory), "adapter_id": meta.id, "adapter_rank": meta.rank}
 
 
 def _advertised_url(listen_url: str, port: int) -> str:

@@ -88,6 +88,12 @@ class VllmEngine(Engine):
         engine_env: environment variables for the engine processes only, over
             the measured CPU defaults (see :func:`engine_environment`).
         cpu: whether vLLM runs on the CPU here (``None``: no CUDA device).
+        adapter: a LoRA adapter directory (``peft`` format) to serve every
+            request with, through vLLM's LoRA support (``enable_lora``; on a
+            CPU ``PunicaWrapperCPU``, checked with the default model in
+            float32); the model is then announced as ``<name>:<adapter_id>``.
+        adapter_id: the adapter's id (``lora-…``, see :mod:`dellm_p2p.learn.adapters`).
+        adapter_rank: its LoRA rank (vLLM reserves at least rank 8).
     """
 
     def __init__(
@@ -103,7 +109,13 @@ class VllmEngine(Engine):
         engine_kwargs: dict[str, Any] | None = None,
         engine_env: Mapping[str, str] | None = None,
         cpu: bool | None = None,
+        adapter: str | None = None,
+        adapter_id: str | None = None,
+        adapter_rank: int = 8,
     ):
+        self._adapter = adapter
+        self._adapter_id = adapter_id or "adapter"
+        self._adapter_rank = adapter_rank
         self._model = model
         self._name = name or model
         self._dtype = dtype
@@ -121,7 +133,8 @@ class VllmEngine(Engine):
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self._name, self._max_model_len, "vllm")
+        name = f"{self._name}:{self._adapter_id}" if self._adapter else self._name
+        return ModelInfo(name, self._max_model_len, "vllm")
 
     async def start(self) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self._kv_cache_gib:g}")
@@ -147,7 +160,11 @@ class VllmEngine(Engine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        lora = (
+            {"enable_lora": True, "max_loras": 1, "max_lora_rank": max(8, self._adapter_rank)} if self._adapter else {}
+        )
         args = AsyncEngineArgs(
+            **lora,
             model=self._model,
             dtype=self._dtype,
             max_model_len=self._max_model_len,
@@ -226,7 +243,7 @@ class VllmEngine(Engine):
         self._live.add(request_id)
         finished = False
         try:
-            async for out in self._llm.generate(prompt, params, request_id):
+            async for out in self._llm.generate(prompt, params, request_id, lora_request=self._lora_request()):
                 queued_ms = _queued_ms(out.metrics, render_ms)
                 for choice in out.outputs:
                     ids = list(choice.token_ids)
@@ -252,6 +269,14 @@ class VllmEngine(Engine):
             if not finished:
                 self._stats.requests_aborted += 1
                 await self.abort(request_id)
+
+    def _lora_request(self) -> Any:
+        """vLLM's ``LoRARequest`` for the served adapter (``None`` without one)."""
+        if not self._adapter:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(self._adapter_id, 1, self._adapter)
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:
