@@ -106,7 +106,12 @@ class NodeConfig(BaseSettings):
             ``Authorization: Bearer <key>`` (env ``DELLM_API_KEY_FILE``).
         http_insecure: allow an HTTP API without a key on a non-loopback address.
         http_max_body_bytes: largest HTTP request body [bytes]; more gets 413.
-        http_max_concurrent: completions the API answers at once; more get 429.
+        http_max_concurrent: peer-model completions the API answers at once;
+            more get 429 (``model: dellm`` questions queue instead).
+        http_max_queue: ``model: dellm`` questions that may wait for the
+            swarm at once (the admission queue); more get 429.
+        http_requests_per_minute, http_tokens_per_minute: per-client rate
+            limits of the API (token buckets; ``None``: off).
         learn_records: keep the consensus this node's questions reach per
             chunk in ``<state_dir>/learn/records.jsonl`` (issue 23; ``dellm
             learn export``); ``false`` keeps nothing.
@@ -166,6 +171,9 @@ class NodeConfig(BaseSettings):
     http_insecure: bool = False
     http_max_body_bytes: int = Field(default=1 << 20, ge=1024)
     http_max_concurrent: int = Field(default=64, ge=1, le=4096)
+    http_max_queue: int = Field(default=1024, ge=0)
+    http_requests_per_minute: float | None = Field(default=None, gt=0)
+    http_tokens_per_minute: float | None = Field(default=None, gt=0)
     learn_records: bool = True
     learn_max_records: int = Field(default=10_000, ge=1, le=10_000_000)
     learn_serve: bool = True

@@ -241,6 +241,7 @@ class Node:
         """Start the OpenAI-compatible HTTP API (:mod:`dellm_p2p.http`) in this loop; sets :attr:`http_url`."""
         from .http.app import ApiSettings, create_app
         from .http.gateway import Gateway
+        from .http.limits import RateLimits
         from .http.server import HttpServer
 
         config = self.config
@@ -249,6 +250,8 @@ class Node:
             api_key=self._api_key,
             max_body_bytes=config.http_max_body_bytes,
             max_concurrent=config.http_max_concurrent,
+            max_queue=config.http_max_queue,
+            limits=RateLimits(config.http_requests_per_minute, config.http_tokens_per_minute),
         )
         self.http = HttpServer(create_app(self.gateway, settings), config.http_host, config.http_port or 0)
         self.http_url = await self.http.start()

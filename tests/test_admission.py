@@ -318,3 +318,11 @@ async def test_api_rate_limit_per_client(tmp_path, monkeypatch):
         assert int(refused.headers["retry-after"]) > 1
         assert (await http.post(url + "/v1/chat/completions", json=body | {"user": "b"})).status_code == 200
     await node.close(0)
+
+
+def test_queue_and_limits_are_node_settings():
+    from dellm_p2p.config import load_config
+
+    config = load_config(http_max_queue=10, http_requests_per_minute=30, http_tokens_per_minute=20_000)
+    assert (config.http_max_queue, config.http_requests_per_minute, config.http_tokens_per_minute) == (10, 30, 20_000)
+    assert load_config().http_requests_per_minute is None  # off by default

@@ -9,16 +9,29 @@ the peers have a free slot, in turn, within the question's own deadline
 (the caller's ``asyncio.timeout``), and gets the redundancy k it may use.
 
 Slots. A slot is one answer in flight. A peer announces its ``capacity``
-and reports ``in_flight`` in membership gossip; the coordinator adds what
-all of its questions have in flight there, counted in answers (a request
-for n samples holds n slots)::
+and reports ``in_flight`` in membership gossip; the coordinator knows what
+all of its own questions have in flight there, counted in answers (a
+request for n samples holds n slots)::
 
-    free(p) = capacity − in_flight − ours(p)
+    busy(p) = others(p) + ours(p),   others(p) = max(0, in_flight − our peak there lately)
+    free(p) = capacity − busy(p)
 
-the test :func:`~.route.eligible_peers` applies, so a chunk admitted here
-always finds a peer to route to. Gossip's ``in_flight`` still includes our
-own requests for a round or two, so this over-counts our use: it errs on
-the side of not sending what a node would refuse as ``overloaded``.
+``in_flight`` is the peer's last report (an ack to our probe, or relayed by
+gossip), which counts our own requests as they were when it was made, up to
+:data:`REPORT_AGE_S` ago; our most answers in flight there within that time
+bounds what of it was ours, so ``others`` is never over-counted. Adding the
+report and our count, as routing alone does, counted ours twice, for as
+long as the report was stale: in ``scripts/bench_load.py`` with one
+simulated node of 4 slots, one coordinator kept about 2 busy (72 questions
+a minute where 4 slots allow 200); noting our count when a report arrived
+still left 10 simulated nodes mostly idle (relayed reports are seconds
+old). A coordinator that is a node's only client uses all its slots. The node's own record on a gateway
+(``source == "self"``) is read live: there ``others = max(0, in_flight −
+ours)``. Requests of other coordinators count one slot each whatever their
+``n``; a node past its ``max_concurrency`` (in requests, which never exceed
+answers) refuses with ``overloaded`` and the pipeline re-routes. Routing
+sees the same figure (:meth:`Ticket.load`), so a chunk admitted here finds
+a peer that :func:`~.route.eligible_peers` accepts.
 
 Order and fairness. Waiting chunks are served one client key at a time
 (an API key or ``user``; ``local`` for the CLI and the Python API): the key
@@ -57,6 +70,9 @@ if TYPE_CHECKING:
     from .types import Assignment
 
 LOCAL_KEY = "local"  # the client key of questions that name none (CLI, Python API)
+# How old a peer's in_flight report may be [s]: it comes with an ack to our probe (each of N peers every
+# N × 0.5 s under SWIM) or relayed by gossip, so at N = 100 it can be most of a minute old.
+REPORT_AGE_S = 60.0
 POLL_S = 0.25  # how often waiting chunks look at the table again (gossip frees slots too) [s]
 
 
@@ -84,11 +100,6 @@ def adaptive_redundancy(free_slots: int, queued_chunks: int, wanted: int) -> int
     if wanted < 1:
         raise ValueError("wanted must be at least 1")
     return max(1, min(wanted, free_slots // max(1, queued_chunks)))
-
-
-def free_slots(peers, load: Counter[str]) -> int:
-    """Answers the routable serving ``peers`` can take now: Σ capacity − in_flight − ``load`` (≥ 0 each)."""
-    return sum(max(0, (p.capacity or 1) - p.in_flight - load.get(p.node_id, 0)) for p in eligible_peers(peers, load))
 
 
 class _Waiter:
@@ -122,6 +133,7 @@ class Admission:
         self.max_queue = max_queue
         self.poll_s = poll_s
         self.load: Counter[str] = Counter()
+        self._peaks: dict[str, tuple[int, float]] = {}  # node id -> (our most answers there lately, until [s])
         self.reserved = 0  # slots granted to chunks not yet routed
         self.held: Counter[str] = Counter()  # per client key: answers in flight + reserved
         self._queues: dict[str, list[tuple[int, int, _Waiter]]] = {}  # key -> heap of (question seq, order, waiter)
@@ -163,9 +175,50 @@ class Admission:
         rate = len(recent) / max(1.0, now - recent[0])  # questions admitted per second
         return max(1, min(60, math.ceil(self.queued_questions / rate)))
 
+    def routing_load(self, peers) -> dict[str, int]:
+        """busy − in_flight per node id of ``peers`` where they differ: what routing adds to a peer's report
+        so that it sees busy (module docstring); negative where the report still counts our ended requests."""
+        out: dict[str, int] = {}
+        load, peaks, now = self.load, self._peaks, time.monotonic()
+        for p in peers:
+            node = p.node_id
+            ours = load.get(node, 0)
+            if p.source == "self":  # read live
+                then = ours
+            else:
+                peak = peaks.get(node)
+                if peak is None or peak[1] < now:
+                    if not ours:
+                        peaks.pop(node, None)
+                    then = ours
+                else:
+                    then = max(ours, peak[0])
+            extra = ours - min(p.in_flight, then)  # busy − in_flight = others + ours − in_flight
+            if extra:
+                out[node] = extra
+        return out
+
+    def _count(self, node_id: str, answers: int) -> None:
+        """Add ``answers`` (negative: remove) to our count at ``node_id``, keeping its recent peak."""
+        ours = self.load[node_id] + answers
+        if ours <= 0:
+            self.load.pop(node_id, None)
+        else:
+            self.load[node_id] = ours
+        peak = self._peaks.get(node_id)
+        now = time.monotonic()
+        if peak is None or peak[1] < now or ours >= peak[0]:
+            self._peaks[node_id] = (ours, now + REPORT_AGE_S)
+
+    def _free(self, peers) -> int:
+        view = self.routing_load(peers)
+        return sum(
+            max(0, (p.capacity or 1) - p.in_flight - view.get(p.node_id, 0)) for p in eligible_peers(peers, view)
+        )
+
     def free_slots(self) -> int:
         """Answers the peers can take now, less the slots granted to chunks not routed yet (≥ 0)."""
-        return max(0, free_slots(self.table.alive(), self.load) - self.reserved)
+        return max(0, self._free(self.table.alive()) - self.reserved)
 
     def stats(self) -> dict[str, object]:
         """Queue length, slots and waits for metrics and the dashboard (waits [s])."""
@@ -231,7 +284,7 @@ class Admission:
         if not any(p.model and p.url for p in peers):  # nobody will free a slot: fail now, not at the deadline
             self._fail_all(NoPeersError("no alive peer serves a model"))
             return
-        free = max(0, free_slots(peers, self.load) - self.reserved)
+        free = max(0, self._free(peers) - self.reserved)
         now = time.monotonic()
         while free > 0 and self.queued_chunks:
             key = min(self._queues, key=lambda k: (self.held[k], self._queues[k][0][0]))
@@ -267,9 +320,7 @@ class Admission:
             self._ticker = None
 
     def _release(self, node_id: str, key: str, answers: int) -> None:
-        self.load[node_id] -= answers
-        if self.load[node_id] <= 0:
-            del self.load[node_id]
+        self._count(node_id, -answers)
         self.held[key] -= answers
         if self.held[key] <= 0:
             del self.held[key]
@@ -295,9 +346,10 @@ class Ticket:
         self.closed = False
 
     @property
-    def load(self) -> Counter[str]:
-        """Answers in flight per node id, every question of the coordinator (what routing must see)."""
-        return self.admission.load
+    def load(self) -> dict[str, int]:
+        """What routing adds to each peer's reported ``in_flight``: the coordinator's answers in flight
+        there (every question's) beyond what the peer reported (:meth:`Admission.routing_load`)."""
+        return self.admission.routing_load(self.admission.table.alive())
 
     async def admit(self, wanted: int) -> int:
         """Wait for slots for one chunk; returns the redundancy k to route it with (1 ≤ k ≤ ``wanted``).
@@ -321,7 +373,7 @@ class Ticket:
             return await waiter.future
         except BaseException:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                self._unreserve(waiter.future.result())  # granted as we were cancelled: give it back
+                self.give_back(waiter.future.result())  # granted as we were cancelled: give it back
             else:
                 adm._remove(waiter)
             raise
@@ -329,15 +381,16 @@ class Ticket:
     def hold(self, task: asyncio.Future, assignment: Assignment) -> None:
         """Count ``assignment``'s answers as in flight at its peer until ``task`` ends (from the reservation)."""
         adm, answers = self.admission, assignment.samples
-        adm.load[assignment.peer_id] += answers
+        adm._count(assignment.peer_id, answers)
         taken = min(self.reserved, answers)
         self.reserved -= taken
         adm.reserved -= taken
         adm.held[self.key] += answers - taken  # a re-route beyond the grant
         task.add_done_callback(lambda _: adm._release(assignment.peer_id, self.key, answers))
 
-    def _unreserve(self, slots: int) -> None:
-        slots = min(slots, self.reserved)
+    def give_back(self, slots: int | None = None) -> None:
+        """Return ``slots`` (default: all) of this question's reserved, unrouted slots to the queue."""
+        slots = self.reserved if slots is None else min(slots, self.reserved)
         if slots <= 0:
             return
         adm = self.admission
@@ -356,4 +409,4 @@ class Ticket:
         if not self.started:
             self.admission.queued_questions -= 1
             self.started = True
-        self._unreserve(self.reserved)
+        self.give_back(self.reserved)

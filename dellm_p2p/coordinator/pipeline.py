@@ -363,7 +363,7 @@ class QuestionRun:
             trace.assignments.extend(assignments)
             await self.emit(ChunkRouted(chunk.id, tuple(assignments)))
 
-        await dispatch(await self._redundancy(trace), greedy=opts.anchor)
+        await self._dispatch_admitted(trace, dispatch)
         started = time.perf_counter()
         handed_off = 0  # stragglers left to finish in the background
         try:
@@ -418,20 +418,31 @@ class QuestionRun:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _redundancy(self, trace: ChunkTrace) -> int:
-        """The chunk's k: ``redundancy``, or under an admission queue what it grants (waiting for a slot).
+    async def _dispatch_admitted(self, trace: ChunkTrace, dispatch: Callable[..., Awaitable[None]]) -> None:
+        """Route the chunk's first requests with its redundancy k: ``redundancy``, or under an admission
+        queue what the queue grants (waiting for a free slot within the question's deadline).
 
         The one place the pipeline decides a chunk's redundancy
         (:func:`~.admission.adaptive_redundancy`); sets ``trace.redundancy``
-        and ``trace.queued_ms`` (the wait [ms]).
+        and ``trace.queued_ms`` (the wait [ms]). A peer's load report that
+        arrives between the grant and the route can show the granted peer
+        full: the slots go back and the chunk waits again.
         """
-        k = self.options.redundancy
-        if self.ticket is not None:
-            queued = time.perf_counter()
-            k = await self.ticket.admit(k)
+        opts = self.options
+        if self.ticket is None:
+            trace.redundancy = opts.redundancy
+            await dispatch(opts.redundancy, greedy=opts.anchor)
+            return
+        queued = time.perf_counter()
+        while True:
+            trace.redundancy = await self.ticket.admit(opts.redundancy)
             trace.queued_ms = round((time.perf_counter() - queued) * 1000, 3)
-        trace.redundancy = k
-        return k
+            try:
+                await dispatch(trace.redundancy, greedy=opts.anchor)
+                return
+            except NoPeersError:
+                self.ticket.give_back()
+                await asyncio.sleep(0.05)  # never spin: the next report or release decides
 
     def _finish_later(self, trace: ChunkTrace, stragglers: dict[asyncio.Task, Assignment], grace_s: float) -> None:
         """Let a decided chunk's stragglers run up to ``grace_s`` [s] more, then reward those that answered.
