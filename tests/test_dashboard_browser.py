@@ -179,6 +179,7 @@ async def test_with_a_key_the_page_asks_for_it_once_and_keeps_it_out_of_urls(bro
         page.on("request", lambda request: urls.append(request.url))
         await expect(page.locator("#keyform")).to_be_visible()
         await expect(page.locator("#conn")).to_have_attribute("data-state", "locked")
+        await expect(page.get_by_text(re.compile("needs its API key"))).to_have_count(1)  # one prompt, not two
         await page.fill("#key", "wrong")
         await page.click("#keyform button")
         await expect(page.locator("#key-msg")).to_contain_text("refused")
@@ -186,6 +187,13 @@ async def test_with_a_key_the_page_asks_for_it_once_and_keeps_it_out_of_urls(bro
         await page.click("#keyform button")
         await expect(page.locator("#peers tbody tr")).to_have_count(1)
         await expect(page.locator("#keyform")).to_be_hidden()
+        # No question yet: the fitness chart is empty, and none of its labels run into another.
+        await expect(page.locator("#chart text.empty")).to_have_count(1)
+        boxes = [await label.bounding_box() for label in await page.locator("#chart text").all()]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                apart = a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+                assert apart or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"], (a, b)
         # Kept for the session: a reload connects without asking.
         await page.reload()
         await expect(page.locator("#peers tbody tr")).to_have_count(1)

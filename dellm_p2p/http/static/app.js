@@ -75,13 +75,17 @@ function authHeaders(extra) {
   return headers;
 }
 
-function askForKey(message) {
+const KEY_HINT = $("key-msg").textContent;
+
+function askForKey(refused) {
+  // The form's label already says the node needs its key: the line under it says where the key is kept,
+  // or that the one given was refused (one prompt on screen, not the same sentence twice).
   const form = $("keyform");
   form.hidden = false;
   $("main").hidden = true;
   const msg = $("key-msg");
-  msg.textContent = message;
-  msg.className = apiKey() ? "hint error" : "hint";
+  msg.textContent = refused ? "That key was refused; try again." : KEY_HINT;
+  msg.className = refused ? "hint error" : "hint";
   setConn("locked", "key needed");
   $("key").focus();
 }
@@ -141,7 +145,7 @@ async function connect() {
   try {
     const response = await fetch("/dashboard/api/events", { headers: authHeaders(), signal: ctrl.signal, cache: "no-store" });
     if (response.status === 401) {
-      askForKey(apiKey() ? "That key was refused; try again." : "This node needs its API key.");
+      askForKey(Boolean(apiKey()));
       return;
     }
     if (!response.ok) throw new Error("HTTP " + response.status);
@@ -300,10 +304,19 @@ function renderChart() {
     label.textContent = f.toFixed(2);
     root.append(label);
   }
-  for (const [t, anchor] of [[t0, "start"], [end, "end"]]) {
+  // Time labels only under lines, and the start one only where it cannot run into the end one
+  // (an empty chart spans a second: both clocks fell on the same spot).
+  const times = !ids.length ? [] : x(end) - x(t0) >= 140 ? [[t0, "start"], [end, "end"]] : [[end, "end"]];
+  for (const [t, anchor] of times) {
     const label = svg("text", { class: "axis", x: x(t), y: H - 6, "text-anchor": anchor });
     label.textContent = fmt.clock(t);
     root.append(label);
+  }
+  const rewarded = ids.some((id) => view.fitness[id].some((p) => p[2] !== null && p[2] !== undefined));
+  if (!rewarded) {
+    const empty = svg("text", { class: "axis empty", x: (pad.l + W - pad.r) / 2, y: H / 2, "text-anchor": "middle" });
+    empty.textContent = "no rewards yet: a line per peer after the first question";
+    root.append(empty);
   }
   const legend = [];
   for (const id of ids) {
@@ -465,7 +478,7 @@ async function ask(question) {
       signal: ctrl.signal,
     });
     if (response.status === 401) {
-      askForKey("This node needs its API key.");
+      askForKey(Boolean(apiKey()));
       return;
     }
     if (!response.ok) {
