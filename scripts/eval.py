@@ -55,8 +55,17 @@ result, every reply included, to ``--json`` (default
 ``bench-results/eval-<dataset>.json``).
 
 Without ``--peer`` the script starts ``--nodes`` (default 3) ``dellm-node``
-processes with the default model on 127.0.0.1 (no mDNS: they bootstrap from
-each other) and stops them at the end.
+processes on 127.0.0.1 (no mDNS: they bootstrap from each other) and stops
+them at the end: with the default model, or one model per node from
+``--models`` (cycling, e.g. ``gemma3-270m,gemma3-270m,smollm2-135m``).
+
+A swarm of different models adds one row per model, **model greedy**: that
+model's greedy reply alone, asked with its own prompt (the one the
+coordinator sends it, :func:`~dellm_p2p.coordinator.prompts.build_prompt`:
+chat for an instruct model, few-shot completion for a base model), and the
+report compares the swarm with the **best single model** on the data set
+(paired, exact McNemar). Offline swarm rows ask every peer in its own prompt
+form too.
 """
 
 from __future__ import annotations
@@ -109,6 +118,7 @@ from dellm_p2p.coordinator.decompose import (  # noqa: E402
 from dellm_p2p.coordinator.extract import ANSWER_SUFFIX, extract_number, fold  # noqa: E402
 from dellm_p2p.coordinator.pipeline import AskOptions, with_anchor  # noqa: E402
 from dellm_p2p.coordinator.program import candidate_answer, program_answer, program_prompt  # noqa: E402
+from dellm_p2p.coordinator.prompts import build_prompt, is_instruct  # noqa: E402
 from dellm_p2p.coordinator.route import route  # noqa: E402
 from dellm_p2p.coordinator.synthesize import reply_text  # noqa: E402
 from dellm_p2p.coordinator.types import Candidate, Chunk, Operation, VoteResult  # noqa: E402
@@ -272,9 +282,11 @@ def question_prompt(chunk: Chunk, kind: str) -> str:
 BASELINES = ("greedy", "sample")
 
 
-def method_ids(ks: Sequence[int], strategies: Sequence[str], ask_ks: Sequence[int] = ()) -> list[str]:
-    """Row ids in table order."""
-    ids = list(BASELINES)
+def method_ids(
+    ks: Sequence[int], strategies: Sequence[str], ask_ks: Sequence[int] = (), models: Sequence[str] = ()
+) -> list[str]:
+    """Row ids in table order (``models``: one ``model/<name>`` greedy row each, for a swarm of several)."""
+    ids = list(BASELINES) + [f"model/{m}" for m in models]
     for k in ks:
         ids += [f"swarm/k{k}/{s}" for s in strategies]
         ids.append(f"pass@{k}")
@@ -291,6 +303,8 @@ def method_label(method: str, temperature: float, anchored: bool = True) -> tupl
     }
     if method in labels:
         return labels[method]
+    if method.startswith("model/"):
+        return (f"model greedy: {method[6:]} alone, its own prompt", "1")
     if method.startswith("pass@"):
         return ("pass@k (greedy or any sample right)", method[5:])
     if method.startswith("askpass/"):
@@ -375,6 +389,18 @@ def best_swarm_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return max(swarm, key=lambda r: (r["correct"], -int(r["method"].split("/")[1][1:]), -swarm.index(r)))
 
 
+def best_model_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The most accurate ``model/<name>`` greedy row (a swarm of several models), ``None`` without such rows."""
+    singles = [r for r in rows if r["method"].startswith("model/")]
+    return max(singles, key=lambda r: (r["correct"], -singles.index(r))) if singles else None
+
+
+def reply_text_of(text: str, chunk: Chunk) -> str:
+    """A one-model reply as the coordinator would show it (a program-aided one as "expression = value")."""
+    key, display, expression = candidate_answer(text, chunk, True)
+    return reply_text(Candidate(peer_id="", text=text, answer=key, display=display, expression=expression))
+
+
 def paired(records: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     """Paired comparison of methods ``a`` and ``b`` on the same questions (exact McNemar)."""
 
@@ -403,8 +429,18 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def start_nodes(nodes: list, count: int, state_root: Path, max_concurrency: int, timeout_s: float, log) -> list[str]:
-    """Start ``count`` nodes with the default model on 127.0.0.1, no mDNS, each bootstrapping from the others.
+def start_nodes(
+    nodes: list,
+    count: int,
+    state_root: Path,
+    max_concurrency: int,
+    timeout_s: float,
+    log,
+    models: Sequence[str] = (),
+) -> list[str]:
+    """Start ``count`` nodes on 127.0.0.1, no mDNS, each bootstrapping from the others.
+
+    Node ``i`` serves ``models[i % len(models)]`` (an embedded model name), or the default model.
 
     Each node is appended to ``nodes`` as soon as it is spawned, so that the
     caller can stop them even when this is interrupted; returns their URLs.
@@ -423,6 +459,8 @@ def start_nodes(nodes: list, count: int, state_root: Path, max_concurrency: int,
             "--port", str(port),
             "--no-mdns",
         ]  # fmt: skip
+        if models:
+            args += ["--model", models[i % len(models)]]
         for other in urls:
             if other != urls[i]:
                 args += ["--peer", other]
@@ -536,6 +574,7 @@ class Evaluator:
         self.load: Counter[str] = Counter()
         self.rewards_issued = 0
         self.connections = Connections()
+        self.by_model: dict[str, list[str]] = {}  # model name -> URLs of the nodes serving it (set by evaluate)
 
     # --- helpers
 
@@ -544,15 +583,18 @@ class Evaluator:
         mine = [p for p in serving if p.url in self.url_set]
         return mine or serving  # --peer given by another spelling of the URL: use what the swarm knows
 
-    async def _complete(self, url: str, prompt: str, temperature: float, max_tokens: int):
-        """One chat completion from one node; waits while the node answers ``overloaded``."""
+    async def _complete(
+        self, url: str, prompt: str, temperature: float, max_tokens: int, *, raw: bool = False, stop=()
+    ):
+        """One completion from one node (chat, or a raw ``prompt`` with ``stop``); waits while it is ``overloaded``."""
 
         async def once():
             client = await self.connections.get(url)
+            params = SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=list(stop))
+            if raw:
+                return await client.complete(prompt=prompt, params=params, timeout_s=self.args.request_timeout)
             return await client.complete(
-                messages=[{"role": "user", "content": prompt}],
-                params=SamplingParams(max_tokens=max_tokens, temperature=temperature),
-                timeout_s=self.args.request_timeout,
+                messages=[{"role": "user", "content": prompt}], params=params, timeout_s=self.args.request_timeout
             )
 
         return await retry_overloaded(once, self.args.request_timeout)
@@ -582,6 +624,7 @@ class Evaluator:
                 for k in args.ask_ks:
                     await self._ask(item, record, k)
                 await self._baselines(item, question_prompt(chunk, args.baseline_prompt), node_url, record)
+                await self._model_greedy(item, chunk, record)
         except TimeoutError:
             reason = f"question deadline ({args.question_timeout:g} s) passed"
             for method in self.methods:
@@ -594,7 +637,35 @@ class Evaluator:
 
     @property
     def methods(self) -> list[str]:
-        return method_ids(self.args.ks, self.args.strategies, self.args.ask_ks)
+        models = sorted(self.by_model) if len(self.by_model) > 1 else []
+        return method_ids(self.args.ks, self.args.strategies, self.args.ask_ks, models)
+
+    async def _model_greedy(self, item: Item, chunk: Chunk, record: dict[str, Any]) -> None:
+        """Each model's greedy reply alone, with the prompt the coordinator sends that model (a swarm of several)."""
+        if len(self.by_model) < 2:
+            return
+
+        async def run(model: str, urls: list[str]) -> None:
+            method = f"model/{model}"
+            request = build_prompt(chunk, {}, model)
+            url = urls[item.index % len(urls)]
+            try:
+                if request.prompt is not None:
+                    done = await self._complete(
+                        url, request.prompt, 0.0, self.args.max_tokens, raw=True, stop=request.stop
+                    )
+                else:
+                    done = await self._complete(url, request.messages[-1]["content"], 0.0, self.args.max_tokens)
+            except PeerError as exc:
+                record["methods"][method] = {"correct": False, "error": str(exc)}
+                return
+            record["methods"][method] = {
+                "correct": score(self.args.dataset, reply_text_of(done.text, chunk), item.gold),
+                "reply": done.text,
+                "latency_ms": round(done.total_ms, 1),
+            }
+
+        await asyncio.gather(*(run(model, urls) for model, urls in self.by_model.items()))
 
     async def _baselines(self, item: Item, prompt: str, url: str, record: dict[str, Any]) -> None:
         args = self.args
@@ -643,8 +714,17 @@ class Evaluator:
                     n=a.samples,
                     logprobs=True,
                 )
-                messages = [{"role": "user", "content": prompt}]
-                async for tok in client.generate(messages=messages, params=params, timeout_s=args.request_timeout):
+                peer = self.swarm.table.get(a.peer_id)
+                model = peer.model if peer is not None else None
+                if is_instruct(model):
+                    stream = client.generate(
+                        messages=[{"role": "user", "content": prompt}], params=params, timeout_s=args.request_timeout
+                    )
+                else:  # a base model: its few-shot completion, as the coordinator sends it
+                    request = build_prompt(chunk, {}, model, program_aided=args.prompt == "pipeline")
+                    params = params.model_copy(update={"stop": list(request.stop)})
+                    stream = client.generate(prompt=request.prompt, params=params, timeout_s=args.request_timeout)
+                async for tok in stream:
                     if isinstance(tok, Token):
                         texts.setdefault(tok.index, []).append(tok.text)
                         logprobs.setdefault(tok.index, []).extend(tok.logprobs or [])
@@ -930,11 +1010,14 @@ async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[s
                 break
             await asyncio.sleep(0.2)
         models = set()
+        evaluator = Evaluator(args, swarm, urls)
         for url in urls:
             with contextlib.suppress(PeerError):
-                models.add((await swarm.pool.get(url)).remote.model)
+                model = (await swarm.pool.get(url)).remote.model
+                models.add(model)
+                if model:
+                    evaluator.by_model.setdefault(model, []).append(url)
         before = await read_fitness(urls)
-        evaluator = Evaluator(args, swarm, urls)
         records: dict[int, dict[str, Any]] = {}
         queue: asyncio.Queue[Item] = asyncio.Queue()
         for item in items:
@@ -1002,6 +1085,12 @@ async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[s
     if best is not None:
         k = best["method"].split("/")[1][1:]
         comparisons = [paired(done, best["method"], "greedy"), paired(done, best["method"], f"pass@{k}")]
+    best_single = best_model_row(rows)
+    versus_best_single = [
+        paired(done, r["method"], best_single["method"])
+        for r in rows
+        if best_single is not None and r["method"].startswith(("ask/", "swarm/"))
+    ]
     return {
         "dataset": args.dataset,
         "data_file": str(args.data_dir / DATASETS[args.dataset]),
@@ -1029,6 +1118,9 @@ async def evaluate(args: argparse.Namespace, urls: list[str], console) -> dict[s
         "rows": rows,
         "best_swarm": best["method"] if best else None,
         "paired": comparisons,
+        "best_single_model": best_single["method"] if best_single else None,
+        "versus_best_single_model": versus_best_single,
+        "model_fitness_after": [list(row) for row in swarm.fitness.model_rows()],
         "fitness": {
             **fitness_change(before, after),
             "before": before,
@@ -1071,6 +1163,23 @@ def report(result: dict[str, Any]) -> str:
             closed = (best["accuracy"] - greedy["accuracy"]) / (ceiling["accuracy"] - greedy["accuracy"])
             line += f"; closes {100 * closed:.0f}% of the gap to pass@{k} ({_pct(ceiling['accuracy'])})"
         lines.append(line)
+    if result.get("best_single_model"):
+        single = by_method[result["best_single_model"]]
+        label, _ = method_label(single["method"], result["temperature"], result["anchor"])
+        lines.append(f"best single model: {label} {_pct(single['accuracy'])} ({single['correct']}/{single['n']})")
+        for cmp in result["versus_best_single_model"]:
+            row = by_method[cmp["a"]]
+            row_label, k = method_label(cmp["a"], result["temperature"], result["anchor"])
+            delta = 100 * (row["accuracy"] - single["accuracy"])
+            lines.append(
+                f"- {row_label} k={k}: {_pct(row['accuracy'])} ({delta:+.1f} points; only the swarm "
+                f"{cmp['only_a_right']}, only the model {cmp['only_b_right']}, McNemar p={cmp['mcnemar_p']:.3g})"
+            )
+    if result.get("model_fitness_after"):
+        learned = ", ".join(
+            f"{model} {kind} {(1 + a) / (2 + r):.2f} ({a}/{r})" for model, kind, a, r in result["model_fitness_after"]
+        )
+        lines.append(f"the coordinator's model fitness after the run (posterior mean, agreed/rewards): {learned}")
     fit = result["fitness"]
     if fit["mean_change"] is not None:
         per = ", ".join(f"{v['before']:.3f}→{v['after']:.3f}" for v in fit["nodes"].values())
@@ -1131,6 +1240,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-tokens", type=int, default=None, help=f"default {defaults.max_tokens} (the coordinator's), 256 for gsm8k"
     )
     parser.add_argument("--nodes", type=int, default=3, help="nodes to start when no --peer (default 3)")
+    parser.add_argument(
+        "--models",
+        type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+        default=[],
+        help="embedded models of the started nodes, one per node, cycling (e.g. gemma3-270m,smollm2-135m)",
+    )
     parser.add_argument("--peer", action="append", default=[], help="use this running node (repeatable)")
     parser.add_argument("--concurrency", type=int, default=4, help="questions in flight (default 4)")
     parser.add_argument(
@@ -1155,6 +1270,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gossip-settle", type=float, default=3.0, help="wait before reading fitness at the end [s]")
     parser.add_argument("--json", type=Path, default=None, help="default bench-results/eval-<dataset>.json")
     args = parser.parse_args(argv)
+    from dellm_p2p.models import EMBEDDED_MODELS, card_for
+
+    unknown = [m for m in args.models if card_for(m) is None]
+    if unknown:
+        parser.error(f"unknown model {', '.join(unknown)}; choose from {', '.join(EMBEDDED_MODELS)}")
     if args.max_tokens is None:
         args.max_tokens = 256 if args.dataset == "gsm8k" else defaults.max_tokens
     if args.json is None:
@@ -1205,8 +1325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         urls = list(args.peer)
         args.started_nodes = not urls
         if not urls:
-            console.print(f"starting {args.nodes} node(s) with the default model (up to {args.node_timeout:g} s)…")
-            urls = start_nodes(nodes, args.nodes, Path(state.name), 32, args.node_timeout, console.print)
+            which = ", ".join(args.models) if args.models else "the default model"
+            console.print(f"starting {args.nodes} node(s) with {which} (up to {args.node_timeout:g} s)…")
+            urls = start_nodes(nodes, args.nodes, Path(state.name), 32, args.node_timeout, console.print, args.models)
         result = asyncio.run(evaluate(args, urls, console))
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")

@@ -271,3 +271,22 @@ def test_eval_script_runs_on_a_tiny_input(vllm_node, tmp_path):
     assert result["fitness"]["rewards_issued"] == sum(a["rewards"] for a in asks)
     assert all(a["rewards"] > 0 for a in asks if a["anchored"] and not any(a["anchored"]))
     assert result["fitness"]["mean_change"] is not None
+
+
+def test_a_mixed_swarm_gets_a_greedy_row_per_model_and_is_compared_with_the_best_one():
+    args = ev.parse_args(["--models", "gemma3-270m,gemma3-270m,smollm2-135m"])
+    assert args.models == ["gemma3-270m", "gemma3-270m", "smollm2-135m"]
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--models", "gpt-5"])
+    ids = ev.method_ids([1], ["majority"], [5], ["gemma-3-270m", "SmolLM2-135M-Instruct"])
+    assert ids[:4] == ["greedy", "sample", "model/gemma-3-270m", "model/SmolLM2-135M-Instruct"]
+    assert ev.method_label("model/gemma-3-270m", 0.7)[0].startswith("model greedy: gemma-3-270m")
+    records = [
+        {"methods": {"model/a": {"correct": a}, "model/b": {"correct": b}, "ask/k5": {"correct": s}}}
+        for a, b, s in [(True, False, True), (True, True, True), (False, True, True), (True, False, False)]
+    ]
+    rows = ev.summarize(records, ["model/a", "model/b", "ask/k5"])
+    assert ev.best_model_row(rows)["method"] == "model/a"  # 3 right against 2
+    assert ev.best_model_row(ev.summarize(records, ["ask/k5"])) is None
+    versus = ev.paired(records, "ask/k5", "model/a")
+    assert (versus["only_a_right"], versus["only_b_right"]) == (1, 1)
