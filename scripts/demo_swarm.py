@@ -1,11 +1,12 @@
-"""The main job: three nodes with the embedded default model on 127.0.0.1, one question to the swarm.
+"""The main job: a mixed swarm of three nodes on 127.0.0.1 (two models), one question to the swarm.
 
-Starts three `dellm-node` processes (they find each other by mDNS on
+Starts three `dellm-node` processes, by default SmolLM2-135M-Instruct, Gemma 3
+270M and SmolLM2-135M-Instruct (``--models``; they find each other by mDNS on
 127.0.0.1), runs `dellm ask` on the question (two chunks, each answered by
 several nodes, votes, a synthesized answer), then shows with `dellm peers`
 that the fitness of all three nodes changed, and stops the nodes.
 
-    .venv/bin/python scripts/demo_swarm.py ["question"] [--keep]
+    .venv/bin/python scripts/demo_swarm.py ["question"] [--models smollm2-135m,gemma3-270m,smollm2-135m]
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from dellm_p2p.local import NodeProcess, NodeStartError
 from dellm_p2p.security import cluster_key_from_env
 
 QUESTION = "Calculate 10% interest on $1000 then find the best savings accounts"
+# Two SmolLM2 and one Gemma: the question is a MATH chunk (program-aided: SmolLM2-135M-Instruct writes the
+# expression right, 40/40 on two-digit sums) and free text, where the instruct model is the stronger one and
+# Gemma 3 270M, a base model, only completes few-shot prompts; Gemma costs about twice the compute per token
+# on two cores, so one Gemma node keeps the demo near the all-SmolLM2 latency, and every chunk still gets
+# ballots from two different models. The same mix as `dellm up --nodes 3 --models smollm2-135m,gemma3-270m`.
+MODELS = "smollm2-135m,gemma3-270m,smollm2-135m"
 STATE = Path(".dellm-demo-state")
 console = Console(highlight=False, soft_wrap=True)
 
@@ -48,20 +55,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default=QUESTION)
     parser.add_argument("--strategy", default="majority")
+    parser.add_argument("--models", default=MODELS, help="one embedded model per node (three, comma-separated)")
     args = parser.parse_args()
 
     names = ["node-a", "node-b", "node-c"]
     cores = ["0", "1", "0"]  # vLLM binds every CPU worker to core 0 unless told otherwise
-    console.print("[bold]Starting three dellm nodes with the embedded default model (about a minute)…[/]")
+    models = [m.strip() for m in args.models.split(",")]
+    if len(models) != len(names):
+        parser.error(f"--models needs {len(names)} names, got {len(models)}")
+    console.print(f"[bold]Starting three dellm nodes ({', '.join(models)}; a minute or two)…[/]")
     nodes = [
-        NodeProcess(["--name", n, "--state-dir", str(STATE / n), "--cpu-bind", c, "--max-concurrency", "8"])
-        for n, c in zip(names, cores, strict=True)
+        NodeProcess(
+            ["--name", n, "--state-dir", str(STATE / n), "--cpu-bind", c, "--max-concurrency", "8", "--model", m]
+        )
+        for n, c, m in zip(names, cores, models, strict=True)
     ]
     try:
         started = time.monotonic()
         with ThreadPoolExecutor(len(nodes)) as pool:
             urls = list(pool.map(lambda node: node.wait_ready(timeout_s=600), nodes))
-        console.print(f"nodes ready after {time.monotonic() - started:.0f} s: {', '.join(urls)}")
+        console.print(f"nodes ready after {time.monotonic() - started:.0f} s:")
+        for node in nodes:
+            console.print(f"  {node.url}  {node.model}")
         time.sleep(2)  # let mDNS and membership gossip settle
         before = asyncio.run(fitness_views(urls))
 

@@ -14,8 +14,10 @@ from collections.abc import Iterable, Mapping
 
 __all__ = ["TRANSCRIPT_STOPS", "has_chat_template", "render_transcript"]
 
-#: Where a base model starts inventing the next turn (the transcript's own role labels).
-TRANSCRIPT_STOPS: tuple[str, ...] = ("\nUser:", "\nAssistant:", "\nSystem:")
+#: Where a base model starts inventing the next turn (the transcript's own role labels), or, after a
+#: blank line, anything else: Gemma 3 270M answered "The capital of Italy is Rome.\n\nAnswer briefly."
+#: (echoing the system text) without the last one.
+TRANSCRIPT_STOPS: tuple[str, ...] = ("\nUser:", "\nAssistant:", "\nSystem:", "\n\n")
 
 _LABELS = {"user": "User", "assistant": "Assistant"}
 
