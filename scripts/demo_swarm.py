@@ -73,7 +73,8 @@ def main() -> int:
     try:
         started = time.monotonic()
         with ThreadPoolExecutor(len(nodes)) as pool:
-            urls = list(pool.map(lambda node: node.wait_ready(timeout_s=600), nodes))
+            # A first run converts both embedded models (Gemma: minutes on a loaded two-core machine).
+            urls = list(pool.map(lambda node: node.wait_ready(timeout_s=900), nodes))
         console.print(f"nodes ready after {time.monotonic() - started:.0f} s:")
         for node in nodes:
             console.print(f"  {node.url}  {node.model}")
