@@ -39,6 +39,8 @@ from harness.memory import sample_tree
 from harness.nodes import node_envs, started_nodes
 from harness.report import make_progress, write_json
 
+from dellm_p2p.local import NodeStartError
+
 progress = make_progress("bench_engine_env")
 
 MIB = 2**20
@@ -180,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             result = run(bench(args, slots))
     except KeyboardInterrupt:
         return 130
+    except NodeStartError as exc:
+        progress(f"a node did not start: {str(exc).splitlines()[0].rstrip(':')}")
+        return 1
     report(result)
     if args.json:
         write_json(args.json, result)

@@ -71,6 +71,8 @@ from harness.options import add_ask_options
 from harness.report import make_progress, write_json
 from harness.stats import percentile
 
+from dellm_p2p.local import NodeStartError
+
 progress = make_progress("soak")
 
 
@@ -600,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress("interrupted")
         return 130
+    except NodeStartError as exc:
+        progress(f"a node did not start: {str(exc).splitlines()[0].rstrip(':')}")
+        return 1
     report(result)
     if args.json:
         write_json(args.json, result)
