@@ -29,6 +29,7 @@ from .protocol import (
     CLOSE_IDENTITY_MISMATCH,
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
+    AdapterPart,
     Auth,
     Beat,
     Cancel,
@@ -37,6 +38,7 @@ from .protocol import (
     Error,
     ErrorCode,
     Generate,
+    GetAdapter,
     GetPeers,
     GetStats,
     Hello,
@@ -448,6 +450,16 @@ class PeerClient:
         """The node's peer table (``peers`` frame). Raises :class:`PeerError`."""
         return await self._request(GetPeers(nonce=next(self._nonces)), "peers", timeout_s)
 
+    async def adapter_part(self, adapter_id: str, offset: int, timeout_s: float = 30.0) -> AdapterPart:
+        """One part of an adapter bundle from ``offset`` [bytes] (issue 23; :mod:`dellm_p2p.learn.share`).
+
+        Raises:
+            PeerError: ``timeout`` (a node that does not know ``get_adapter`` answers with an
+                ``unknown_type`` error, logged, and the request times out) or ``connection_lost``.
+        """
+        return await self._request(GetAdapter(nonce=next(self._nonces), adapter_id=adapter_id, offset=offset),
+                                   "adapter_part", timeout_s)  # fmt: skip
+
     async def rewards(self, records: list[RewardRecord]) -> None:
         """Push reward records (fitness gossip; no reply). Raises :class:`PeerError` if the connection is gone."""
         await self._send(Rewards(records=records))
@@ -456,7 +468,9 @@ class PeerClient:
         """Send an arbitrary frame (for tests and protocol debugging)."""
         await self._ws.send(frame)
 
-    async def _request(self, message: Ping | GetStats | Members | GetPeers | Sync, reply_type: str, timeout_s: float):
+    async def _request(
+        self, message: Ping | GetStats | Members | GetPeers | Sync | GetAdapter, reply_type: str, timeout_s: float
+    ):
         key = (reply_type, message.nonce)
         future = asyncio.get_running_loop().create_future()
         self._waiters[key] = future
@@ -516,7 +530,9 @@ class PeerClient:
     def _dispatch(self, message) -> None:
         if isinstance(message, Token | Done | Error) and message.id in self._streams:
             self._streams[message.id].put_nowait(message)
-        elif isinstance(message, Pong | Stats | Peers) or (isinstance(message, Members | Sync) and message.reply):
+        elif isinstance(message, Pong | Stats | Peers | AdapterPart) or (
+            isinstance(message, Members | Sync) and message.reply
+        ):
             future = self._waiters.get((message.type, message.nonce))
             if future is not None and not future.done():
                 future.set_result(message)

@@ -20,6 +20,7 @@ from .engine import Engine
 from .engine.vllm_engine import vllm_on_cpu
 from .identity import Identity, load_identity
 from .learn.records import RecordStore
+from .learn.share import AdapterShelf
 from .membership import FitnessBook, Membership, SwimMembership, membership_for
 from .peer_table import PeerRecord, PeerState, PeerTable
 from .pool import PeerPool
@@ -229,6 +230,8 @@ class Node:
             max_prompt_chars=config.max_prompt_chars,
             identity=self.identity,
         )
+        # Adapters this node trained, offered to peers serving the same base model (issue 23).
+        self.server.adapters = AdapterShelf(config.resolved_state_dir, self.identity)
         listen_url = await self.server.start(config.host, config.port)
         self.url = config.advertise_url or _advertised_url(listen_url, self.server.port)
         self.server.url = self.url

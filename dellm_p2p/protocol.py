@@ -155,6 +155,17 @@ Messages (fields; units in brackets)
               agreement counts per (model, chunk kind) that reward records
               with model and kind add up to; a joining coordinator copies
               them too).
+``get_adapter`` nonce, adapter_id (``lora-`` and 12 hex digits), offset [bytes]. Answered
+              by ``adapter_part``: nonce, adapter_id, error (str | nil: why there is
+              none, e.g. unknown adapter), manifest (bin, at offset 0 only: the
+              adapter's signed manifest, canonical JSON: format, id, base_model,
+              base_hash, sha256 and bytes of the bundle, trainer node id and its
+              public key as hex), signature (bin, at offset 0 only: the trainer's
+              Ed25519 signature over "dellm-adapter/1" 0x0a || manifest), offset,
+              total [bytes of the bundle], data (bin, at most 512 KiB of the
+              bundle from offset: an uncompressed tar of the adapter's files).
+              A peer that does not know these types answers ``unknown_type``.
+              See :mod:`dellm_p2p.learn.share` for the receiver's checks.
 ``rewards``   records (list of at most 1024: id (unique, for deduplication),
               issuer (coordinator node id), seq (int, 0..2^64-1: the
               issuer's sequence number, strictly increasing per issuer;
@@ -634,6 +645,33 @@ class Rewards(_Message):
     records: Annotated[list[RewardRecord], Field(max_length=MAX_REWARD_RECORDS)]
 
 
+ADAPTER_PART_BYTES = 512 * 1024  # payload bytes per ``adapter_part`` (half the default frame limit)
+AdapterId = Annotated[str, Field(pattern=r"^lora-[0-9a-f]{12}$")]
+
+
+class GetAdapter(_Message):
+    """Ask for ``ADAPTER_PART_BYTES`` of an adapter bundle from ``offset`` (issue 23; see ``get_adapter``)."""
+
+    type: Literal["get_adapter"] = "get_adapter"
+    nonce: int = 0
+    adapter_id: AdapterId
+    offset: Annotated[int, Field(ge=0)] = 0
+
+
+class AdapterPart(_Message):
+    """A part of an adapter bundle, or why there is none (``error``)."""
+
+    type: Literal["adapter_part"] = "adapter_part"
+    nonce: int = 0
+    adapter_id: str
+    error: str | None = None
+    manifest: Annotated[bytes, Field(max_length=4096, strict=True)] = b""
+    signature: Signature = b""
+    offset: Annotated[int, Field(ge=0)] = 0
+    total: Annotated[int, Field(ge=0)] = 0
+    data: Annotated[bytes, Field(max_length=ADAPTER_PART_BYTES, strict=True)] = b""
+
+
 _TYPES = (
     Hello,
     Auth,
@@ -651,6 +689,8 @@ _TYPES = (
     Peers,
     Rewards,
     Sync,
+    GetAdapter,
+    AdapterPart,
 )
 Message = Annotated[
     Hello
@@ -668,7 +708,9 @@ Message = Annotated[
     | GetPeers
     | Peers
     | Rewards
-    | Sync,
+    | Sync
+    | GetAdapter
+    | AdapterPart,
     Field(discriminator="type"),
 ]
 MESSAGE_TYPES = frozenset(m.model_fields["type"].default for m in _TYPES)

@@ -33,6 +33,7 @@ from .engine import Delta, Engine, EngineError, GenerationRequest, PromptTooLong
 from .identity import Identity, node_id_matches
 
 if TYPE_CHECKING:
+    from .learn.share import AdapterShelf
     from .membership import FitnessBook, MembershipBase
 
 from .protocol import (
@@ -45,12 +46,14 @@ from .protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     MAX_MODEL_ROWS,
     PROTOCOL_VERSION,
+    AdapterPart,
     Auth,
     Cancel,
     Done,
     Error,
     ErrorCode,
     Generate,
+    GetAdapter,
     GetPeers,
     GetStats,
     Hello,
@@ -167,6 +170,7 @@ class NodeServer:
         self.shutting_down = False
         self.membership: MembershipBase | None = None  # set by the node when it joins a network (gossip or SWIM)
         self.fitness: FitnessBook | None = None
+        self.adapters: AdapterShelf | None = None  # adapters this node trained, offered to peers (issue 23)
         self.url: str | None = None
         self._server: Server | None = None
         self._sessions: set[_Session] = set()
@@ -399,9 +403,16 @@ class _Session:
             case Rewards():
                 if self.server.fitness is not None:
                     self.server.fitness.receive(message.records)
+            case GetAdapter():  # issue 23: an adapter this node trained, part by part
+                shelf = self.server.adapters
+                if shelf is None:
+                    missing = AdapterPart(nonce=message.nonce, adapter_id=message.adapter_id, error="no adapters here")
+                    await self.send(missing)
+                else:
+                    await self.send(await shelf.part(message))
             case Error():
                 log.info("peer %s reported %s: %s", self.remote, message.code, message.message)
-            case Pong() | Hello() | Auth() | Members() | Sync():
+            case Pong() | Hello() | Auth() | Members() | Sync() | AdapterPart():
                 pass
             case _:
                 await self.send(

@@ -14,6 +14,7 @@ from dellm_p2p.protocol import (
     MAX_STOP_STRINGS,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
+    AdapterPart,
     Auth,
     Cancel,
     ChatMessage,
@@ -21,6 +22,7 @@ from dellm_p2p.protocol import (
     Error,
     ErrorCode,
     Generate,
+    GetAdapter,
     GetPeers,
     GetStats,
     Hello,
@@ -209,6 +211,13 @@ ROUND_TRIP = [
             nonce=4, node_id="n0", peers=[PeerRow(node_id="n1", url="ws://127.0.0.1:1", rtt_ms=0.4, state="suspect")]
         ),
         id="peers",
+    ),
+    pytest.param(GetAdapter(nonce=5, adapter_id="lora-0123456789ab", offset=524288), id="get_adapter"),
+    pytest.param(
+        AdapterPart(
+            nonce=5, adapter_id="lora-0123456789ab", manifest=b"{}", signature=SIG, total=3, data=b"\x00\x01\xff"
+        ),
+        id="adapter_part",
     ),
 ]
 

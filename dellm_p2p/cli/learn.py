@@ -239,3 +239,50 @@ def status(state_dir: Path | None, as_json: bool) -> None:
             verdict,
         )
     out.print(table)
+
+
+@learn.command()
+@_state_option
+@click.option("--peer", required=True, help="ws://host:port of the node that trained the adapter.")
+@click.argument("adapter_id", required=False)
+@click.option("--model", default=None, help="Base model directory (default: the embedded default model).")
+@click.option("--max-mb", type=click.FloatRange(0, min_open=True), default=64.0, show_default=True,
+              help="Refuse adapters larger than this [MiB].")  # fmt: skip
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--guard/--no-guard", default=True, show_default=True, help="Guard it and adopt it if it passes.")
+def fetch(state_dir, peer, adapter_id, model, max_mb, threads, guard) -> None:
+    """Fetch an adapter from a peer (default: the one it serves), check it, guard it on this node's records."""
+    import asyncio
+
+    from ..client import PeerClient, PeerError
+    from ..learn.adapters import learn_dir, model_hash
+    from ..learn.records import RecordStore
+    from ..learn.share import ShareError, fetch_adapter
+    from ..learn.train import TrainSettings, select
+
+    state = state_dir or _default_state_dir()
+    base_dir, _ = _base(model)
+
+    async def go():
+        async with await PeerClient.connect(peer) as client:
+            wanted = adapter_id
+            if wanted is None:
+                served = (client.remote.model or "").rpartition(":")[2]
+                if not served.startswith("lora-"):
+                    raise ShareError(f"{peer} serves no adapter ({client.remote.model}); name one")
+                wanted = served
+            return await fetch_adapter(client, wanted, state, max_bytes=int(max_mb * 2**20),
+                                       base_hash=model_hash(base_dir))  # fmt: skip
+
+    try:
+        directory, meta, manifest = asyncio.run(go())
+    except (ShareError, PeerError, OSError) as exc:
+        _fail(f"adapter refused or not fetched: {exc}")
+    err.print(
+        f"fetched {meta.id} ({meta.bytes / 1e6:.1f} MB) trained by {manifest['trainer']} from {peer}", markup=False
+    )
+    if guard:
+        # This node's own records (the bar of the adapter's training) are its held-back set.
+        own = select(RecordStore(learn_dir(state)).read(), TrainSettings(min_agreement=meta.min_agreement))[-200:]
+        result = _run_guard(state, directory, base_dir, threads, source=peer, heldout=own)
+        sys.exit(0 if result.adopt else 3)
