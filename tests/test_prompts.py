@@ -82,3 +82,10 @@ def test_dependencies_and_earlier_turns_reach_a_base_prompt():
     assert lines[0] == "Be brief."
     assert "Q: My favourite number is 7.\nA: Noted: 7." in prompt, "turns as Q/A pairs, on one line each"
     assert lines[-2] == "Q: Earlier result (c1): 42 Double that" and lines[-1] == "Expression:"
+
+
+def test_a_chunk_that_quotes_the_conversation_gets_the_quote_not_the_turns():
+    chunk = Chunk("c1", "What is my name?", Operation.LOOKUP, context='The user said: "My name is Alice."')
+    history = [{"role": "user", "content": "My name is Alice."}, {"role": "assistant", "content": "Hello!"}]
+    prompt = build_prompt(chunk, {}, GEMMA, history=history).prompt
+    assert "Alice" in prompt.splitlines()[-2] and "Q: My name is Alice." not in prompt

@@ -182,9 +182,13 @@ def build_prompt(
         model: the model name the peer announces (``None``: unknown, chat).
         program_aided: ``AskOptions.program_aided``.
         history: the conversation's earlier messages (only a base prompt
-            embeds them; chat messages get them from the pipeline).
+            embeds them, and not for a chunk that quotes the conversation
+            in its :attr:`~.types.Chunk.context`; chat messages get them
+            from the pipeline).
     """
     if is_instruct(model):
         text = chunk_prompt(chunk, dict(answers), program_aided=program_aided)
         return PeerPrompt(messages=[{"role": "user", "content": text}])
-    return PeerPrompt(prompt=base_prompt(chunk, answers, program_aided=program_aided, history=history), stop=BASE_STOP)
+    # A chunk that quotes the conversation (Chunk.context) goes without the earlier turns, as chat does.
+    turns = () if chunk.context else history
+    return PeerPrompt(prompt=base_prompt(chunk, answers, program_aided=program_aided, history=turns), stop=BASE_STOP)
