@@ -34,6 +34,9 @@ class Table:
     def alive(self) -> list[PeerRecord]:
         return list(self.records)
 
+    def get(self, node_id: str) -> PeerRecord | None:
+        return next((p for p in self.records if p.node_id == node_id), None)
+
 
 def test_adaptive_redundancy_shares_free_slots_and_keeps_one():
     assert adaptive_redundancy(32, 1, 5) == 5  # quiet: the configured k
@@ -326,3 +329,30 @@ def test_queue_and_limits_are_node_settings():
     config = load_config(http_max_queue=10, http_requests_per_minute=30, http_tokens_per_minute=20_000)
     assert (config.http_max_queue, config.http_requests_per_minute, config.http_tokens_per_minute) == (10, 30, 20_000)
     assert load_config().http_requests_per_minute is None  # off by default
+
+
+async def test_a_stale_report_of_our_own_requests_does_not_block_their_slots():
+    table = Table(4)
+    adm = Admission(table)
+    ticket = adm.ticket()
+    assert await ticket.admit(4) == 4
+    done = await _hold(ticket, "p0", 4)
+    table.records[0].in_flight = 4  # the peer reports our four requests ...
+    assert adm.free_slots() == 0
+    done.set_result(None)
+    await asyncio.sleep(0)
+    assert adm.free_slots() == 4  # ... and still does after they ended: ours, not another's
+    assert ticket.load == {"p0": -4}  # routing sees the peer idle too
+    ticket.close()
+
+
+def test_another_coordinators_requests_take_slots():
+    table = Table(4)
+    table.records[0].in_flight = 3  # never ours
+    adm = Admission(table)
+    assert adm.free_slots() == 1
+    me = Table(4).records[0]
+    me.source, me.in_flight = "self", 2  # a gateway's own node, read live
+    table.records[0] = me
+    adm.load["p0"] = 2
+    assert adm.free_slots() == 2  # its two in flight are ours

@@ -175,13 +175,19 @@ class Admission:
         rate = len(recent) / max(1.0, now - recent[0])  # questions admitted per second
         return max(1, min(60, math.ceil(self.queued_questions / rate)))
 
-    def routing_load(self, peers) -> dict[str, int]:
-        """busy − in_flight per node id of ``peers`` where they differ: what routing adds to a peer's report
-        so that it sees busy (module docstring); negative where the report still counts our ended requests."""
+    def routing_load(self) -> dict[str, int]:
+        """busy − in_flight per node id where they differ: what routing adds to a peer's report so that
+        it sees busy (module docstring); negative where the report still counts our ended requests.
+
+        Only peers we have answers at, or had lately, can differ: the loop is over those, not the table
+        (this runs for every chunk routed and every slot freed; over 100 peers it took ~1 ms).
+        """
         out: dict[str, int] = {}
-        load, peaks, now = self.load, self._peaks, time.monotonic()
-        for p in peers:
-            node = p.node_id
+        load, peaks, now, get = self.load, self._peaks, time.monotonic(), self.table.get
+        for node in [*load, *(n for n in peaks if n not in load)]:
+            p = get(node)
+            if p is None:
+                continue
             ours = load.get(node, 0)
             if p.source == "self":  # read live
                 then = ours
@@ -211,7 +217,7 @@ class Admission:
             self._peaks[node_id] = (ours, now + REPORT_AGE_S)
 
     def _free(self, peers) -> int:
-        view = self.routing_load(peers)
+        view = self.routing_load()
         return sum(
             max(0, (p.capacity or 1) - p.in_flight - view.get(p.node_id, 0)) for p in eligible_peers(peers, view)
         )
@@ -349,7 +355,7 @@ class Ticket:
     def load(self) -> dict[str, int]:
         """What routing adds to each peer's reported ``in_flight``: the coordinator's answers in flight
         there (every question's) beyond what the peer reported (:meth:`Admission.routing_load`)."""
-        return self.admission.routing_load(self.admission.table.alive())
+        return self.admission.routing_load()
 
     async def admit(self, wanted: int) -> int:
         """Wait for slots for one chunk; returns the redundancy k to route it with (1 ≤ k ≤ ``wanted``).
