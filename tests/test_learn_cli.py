@@ -42,3 +42,23 @@ def test_too_few_records_and_bad_files_are_one_line_errors(tiny_model, tmp_path)
     assert wrong.exit_code == 2 and "not a JSONL of consensus records" in wrong.output
     missing = runner.invoke(main, ["learn", "guard", "--state-dir", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "no adapter" in missing.output
+
+
+def test_bench_learn_never_trains_on_what_it_scores(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_learn.py"
+    spec = importlib.util.spec_from_file_location("bench_learn", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [
+        {"context": f"\n\nQ: What is {a} plus {b}?\n\nA:", "completion": f" {a + b}"} for a, b in [(98, 45), (3, 4)]
+    ]
+    (tmp_path / "two_digit_addition.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evalset = bench.eval_addition(tmp_path, 10)
+    assert evalset == [("What is 98 plus 45?", "143"), ("What is 3 plus 4?", "7")]
+    questions = bench.training_questions(500, bench.pairs(evalset))
+    assert len(set(questions)) == 500 and questions == bench.training_questions(500, bench.pairs(evalset))
+    for a, b in [(98, 45), (3, 4)]:
+        assert not {f"What is {x} {op} {y}?" for x, y in [(a, b), (b, a)] for op in ("plus", "minus")} & set(questions)
