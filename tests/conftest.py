@@ -44,3 +44,24 @@ def vllm_node_b(tmp_path_factory, vllm_node):
         raise
     yield node
     assert node.stop(timeout_s=60) == 0, node.stderr_tail()
+
+
+@pytest.fixture(scope="session")
+def gemma_node(tmp_path_factory):
+    """A real node serving the embedded base model Gemma 3 270M (``--model gemma3-270m``), vLLM worker on core 1.
+
+    No mDNS: it meets only the peers a test names. Converting the model on first use takes minutes. Its vLLM
+    worker holds about 2.9 GB (float32 weights, 1.1 GB, plus the KV cache): half the default KV cache is ample.
+    """
+    state = tmp_path_factory.mktemp("gemma-node-state")
+    node = NodeProcess(
+        ["--model", "gemma3-270m", "--name", "test-gemma", "--state-dir", str(state), "--max-concurrency", "8",
+         "--cpu-bind", "1", "--no-mdns", "--kv-cache-gib", "0.5"]
+    )  # fmt: skip
+    try:
+        node.wait_ready(timeout_s=900)
+    except Exception:
+        node.kill()
+        raise
+    yield node
+    assert node.stop(timeout_s=60) == 0, node.stderr_tail()
