@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dellm_p2p.cli.progress import low_agreement
+from dellm_p2p.cli.progress import RIGHT_WHEN_LOW, low_agreement
 from dellm_p2p.coordinator.pipeline import AskOptions, with_anchor
 from dellm_p2p.coordinator.synthesize import fallback_answer, reply_text, synthesis_messages, unkept_answers
 from dellm_p2p.coordinator.types import Assignment, Candidate, Chunk, Operation, VoteResult
@@ -192,10 +192,13 @@ def test_synthesis_prompt_lists_the_voted_replies_as_bullets():
 def test_low_agreement_line():
     candidates = [cand("lyon"), cand("paris", greedy=True), cand("nice")]
     result = apply_anchor(majority(candidates), candidates)
-    assert low_agreement("c1", result) == "low agreement on c1: 1 of 3 answers agree; the greedy answer was kept"
+    assert low_agreement("c1", result) == (
+        f"low agreement on c1: 1 of 3 answers agree (answers this split were right {RIGHT_WHEN_LOW:.0%} of the time "
+        "in testing); the greedy answer was kept"
+    )
     agreeing = [cand("paris", greedy=True), cand("paris"), cand("nice")]
     assert low_agreement("c1", apply_anchor(majority(agreeing), agreeing)) is None
-    assert low_agreement("c2", majority([cand("a"), cand("b"), cand("c"), cand("d")])).endswith("1 of 4 answers agree")
+    assert "1 of 4 answers agree" in low_agreement("c2", majority([cand("a"), cand("b"), cand("c"), cand("d")]))
 
 
 # ------------------------------------------- end to end over real websockets (SIMULATED engines)
