@@ -36,10 +36,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
 from harness.data import DATA_DIR, load_questions
 from harness.memory import sample_tree
-from harness.nodes import node_envs, started_nodes
+from harness.nodes import node_envs, run_on_nodes
 from harness.report import make_progress, write_json
-
-from dellm_p2p.local import NodeStartError
 
 progress = make_progress("bench_engine_env")
 
@@ -153,7 +151,6 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dellm_p2p.runtime import run
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", action="append", default=None, metavar="KEY=VALUE", help="node A's extra environment")
@@ -175,16 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc).replace("--node-env", "--a/--b"))
     progress("starting node A and node B with the default model")
-    try:
-        with started_nodes(
-            2, [], prefix="dellm-bench-env-", max_concurrency=64, timeout_s=args.node_timeout, envs=envs
-        ) as slots:
-            result = run(bench(args, slots))
-    except KeyboardInterrupt:
-        return 130
-    except NodeStartError as exc:
-        progress(f"a node did not start: {str(exc).splitlines()[0].rstrip(':')}")
-        return 1
+    status, result = run_on_nodes(
+        lambda slots: bench(args, slots), 2, [], prefix="dellm-bench-env-", max_concurrency=64,
+        timeout_s=args.node_timeout, progress=progress, envs=envs,
+    )  # fmt: skip
+    if result is None:
+        return status
     report(result)
     if args.json:
         write_json(args.json, result)

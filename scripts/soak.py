@@ -66,12 +66,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harness beside this script
 from harness.data import DATA_DIR, DATA_FILE, fold, load_questions
 from harness.memory import own_rss_bytes, tree_rss_bytes
-from harness.nodes import NodeSlot, node_envs, started_nodes
+from harness.nodes import NodeSlot, node_envs, run_on_nodes
 from harness.options import add_ask_options
 from harness.report import make_progress, write_json
 from harness.stats import percentile
-
-from dellm_p2p.local import NodeStartError
 
 progress = make_progress("soak")
 
@@ -582,7 +580,6 @@ def ready(slot: NodeSlot) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dellm_p2p.runtime import run
 
     args = parse_args(argv)
     if not (args.data_dir / DATA_FILE).exists():
@@ -593,18 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     slots = [NodeSlot(f"peer-{i + 1}", url) for i, url in enumerate(args.peer)]
     if args.nodes:
         progress(f"starting {args.nodes} node(s) with the default model (up to {args.node_timeout:g} s)")
-    try:
-        with started_nodes(
-            args.nodes or 0, args.peer, prefix="dellm-soak-", max_concurrency=args.max_concurrency,
-            timeout_s=args.node_timeout, envs=args.node_envs, on_ready=ready,
-        ) as started:  # fmt: skip
-            result = run(soak(args, slots + started))
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
-    except NodeStartError as exc:
-        progress(f"a node did not start: {str(exc).splitlines()[0].rstrip(':')}")
-        return 1
+    status, result = run_on_nodes(
+        lambda started: soak(args, slots + started), args.nodes or 0, args.peer, prefix="dellm-soak-",
+        max_concurrency=args.max_concurrency, timeout_s=args.node_timeout, progress=progress,
+        envs=args.node_envs, on_ready=ready,
+    )  # fmt: skip
+    if result is None:
+        return status
     report(result)
     if args.json:
         write_json(args.json, result)

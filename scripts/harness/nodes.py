@@ -14,10 +14,12 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def listening_pid(url: str) -> int | None:
@@ -174,3 +176,38 @@ def started_nodes(
     finally:
         stop_nodes(slots)
         state.cleanup()
+
+
+def run_on_nodes(
+    bench: Callable[[list[NodeSlot]], Coroutine[Any, Any, T]],
+    count: int,
+    peers: list[str],
+    *,
+    prefix: str,
+    max_concurrency: int,
+    timeout_s: float,
+    progress: Callable[[str], None],
+    envs: list[dict[str, str]] | None = None,
+    on_ready: Callable[[NodeSlot], None] | None = None,
+) -> tuple[int, T | None]:
+    """Run ``bench(nodes)`` in an event loop over ``count`` freshly started nodes (:func:`started_nodes`).
+
+    Returns ``(0, result)``; ``(130, None)`` when interrupted (Ctrl-C);
+    ``(1, None)`` when a node did not start, said in one line through
+    ``progress``. The nodes are stopped in every case.
+    """
+    from dellm_p2p.local import NodeStartError
+    from dellm_p2p.runtime import run
+
+    try:
+        with started_nodes(
+            count, peers, prefix=prefix, max_concurrency=max_concurrency, timeout_s=timeout_s, envs=envs,
+            on_ready=on_ready,
+        ) as nodes:  # fmt: skip
+            return 0, run(bench(nodes))
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130, None
+    except NodeStartError as exc:
+        progress(f"a node did not start: {str(exc).splitlines()[0].rstrip(':')}")
+        return 1, None
