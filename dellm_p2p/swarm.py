@@ -276,7 +276,9 @@ class Swarm:
             QuestionError: empty or too long question, unknown strategy or setting, a malformed history.
             NoPeersError: no alive node serves a model.
             AllPeersFailedError: every peer failed on a chunk.
-            DeadlineError: the question's deadline passed (a :class:`SwarmError`).
+            DeadlineError: the question's deadline passed (a :class:`SwarmError`); questions asked at
+                once wait for the peers' free slots in :attr:`admission`, within this deadline.
+            QueueFullError: ``admission.max_queue`` questions already wait (a :class:`SwarmError`).
         """
         async for event in self.stream(question, history=history, **options):
             if isinstance(event, Final):
