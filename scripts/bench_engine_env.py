@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark harnes
 from harness.data import DATA_DIR, load_questions
 from harness.memory import sample_tree
 from harness.nodes import node_envs, run_on_nodes
-from harness.report import make_progress, write_json
+from harness.report import make_progress, publish
 
 progress = make_progress("bench_engine_env")
 
@@ -178,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     if result is None:
         return status
-    report(result)
-    if args.json:
-        write_json(args.json, result)
+    publish(result, report, args.json, progress)
     return 0 if not any(n["failures"] for n in result["nodes"]) else 1
 
 

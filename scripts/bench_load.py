@@ -51,17 +51,12 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from harness.data import DATA_DIR, load_questions
+from harness.options import add_simulation_options
 from harness.report import make_progress
 from harness.stats import pct
 
-DATA = Path("/work/shared/data/capitals.jsonl")
 progress = make_progress("bench_load")
-
-
-def load_capitals(limit: int) -> list[tuple[str, str]]:
-    """The first ``limit`` (question, gold answer) pairs of the capitals set."""
-    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
-    return [(r["question"], r["answer"]) for r in rows[:limit]]
 
 
 async def ask(api: openai.AsyncOpenAI, user: str, question: str, deadline_s: float) -> dict[str, Any]:
@@ -214,7 +209,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     out["load_at_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     clients = [int(c) for c in args.clients.split(",")]
     if args.url:
-        questions = load_capitals(args.questions)
+        questions = load_questions(DATA_DIR)[: args.questions]
         if args.quiet:
             progress(f"quiet baseline: {args.quiet} questions one at a time")
             out["quiet"] = await run_questions(args.url, questions[: args.quiet], 1, args.deadline_s)
@@ -265,9 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet", type=int, default=0, help="questions asked one at a time first (--url)")
     p.add_argument("--duration-s", type=float, default=30.0, help="length of a simulated run [s]")
     p.add_argument("--capacity", type=int, default=4, help="answers a simulated node takes at once")
-    p.add_argument("--first-token-ms", type=float, default=1000.0)
-    p.add_argument("--tokens", type=int, default=4)
-    p.add_argument("--token-ms", type=float, default=50.0)
+    add_simulation_options(p, tokens=4, token_ms=50.0, first_token_ms=1000.0)
     p.add_argument("--profile", help="cProfile output of the largest simulated run")
     p.add_argument("--json", help="write the figures here")
     return p.parse_args(argv)

@@ -68,7 +68,7 @@ from harness.data import DATA_DIR, DATA_FILE, fold, load_questions
 from harness.memory import own_rss_bytes, tree_rss_bytes
 from harness.nodes import NodeSlot, node_envs, run_on_nodes
 from harness.options import add_ask_options
-from harness.report import make_progress, write_json
+from harness.report import make_progress, publish
 from harness.stats import percentile
 
 progress = make_progress("soak")
@@ -597,10 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     if result is None:
         return status
-    report(result)
-    if args.json:
-        write_json(args.json, result)
-        progress(f"wrote {args.json}")
+    publish(result, report, args.json, progress)
     return 0 if result["nothing_lost"] else 1
 
 

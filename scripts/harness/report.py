@@ -23,3 +23,16 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     """Write a benchmark's figures to ``path`` (folders created) as indented UTF-8 JSON. Raises ``OSError``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def publish(
+    result: dict[str, Any],
+    report: Callable[[dict[str, Any]], None],
+    json_path: Path | None,
+    progress: Callable[[str], None],
+) -> None:
+    """Print a benchmark's tables (``report(result)``), then write its figures to ``json_path`` when given."""
+    report(result)
+    if json_path:
+        write_json(json_path, result)
+        progress(f"wrote {json_path}")
