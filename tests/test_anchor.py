@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dellm_p2p.cli.progress import RIGHT_WHEN_LOW, low_agreement
+from dellm_p2p.cli.progress import RIGHT_WHEN_LOW, RIGHT_WHEN_SPLIT, low_agreement
 from dellm_p2p.coordinator.pipeline import AskOptions, with_anchor
 from dellm_p2p.coordinator.synthesize import fallback_answer, reply_text, synthesis_messages, unkept_answers
 from dellm_p2p.coordinator.types import Assignment, Candidate, Chunk, Operation, VoteResult
@@ -196,8 +196,15 @@ def test_low_agreement_line():
         f"low agreement on c1: 1 of 3 answers agree (answers this split were right {RIGHT_WHEN_LOW:.0%} of the time "
         "in testing); the greedy answer was kept"
     )
-    agreeing = [cand("paris", greedy=True), cand("paris"), cand("nice")]
-    assert low_agreement("c1", apply_anchor(majority(agreeing), agreeing)) is None
+    agreeing = [cand("paris", greedy=True), cand("paris"), cand("nice")]  # 2 of 3: a split vote, noted
+    assert low_agreement("c1", apply_anchor(majority(agreeing), agreeing)).startswith(
+        f"split vote on c1: 2 of 3 answers agree (answers this split were right {RIGHT_WHEN_SPLIT:.0%}"
+    )
+    # 3 of 5 (60 %): on capitals such answers were right 5 times of 9, so they are noted too (issue 24).
+    three = [cand("sydney", greedy=True), cand("sydney"), cand("sydney"), cand("canberra"), cand("perth")]
+    assert low_agreement("c1", apply_anchor(majority(three), three)).startswith("split vote on c1: 3 of 5")
+    four = [*three[:3], cand("sydney"), cand("perth")]
+    assert low_agreement("c1", apply_anchor(majority(four), four)) is None
     assert "1 of 4 answers agree" in low_agreement("c2", majority([cand("a"), cand("b"), cand("c"), cand("d")]))
 
 
