@@ -107,3 +107,17 @@ async def test_ballots_count_their_models_reliability_and_the_anchor_comes_from_
     assert chunk.vote.answer == "cusco", "one reliable ballot outweighs two unreliable ones"
     assert all(c.weight == 1.0 if c.model == SMOL else c.weight < 0.1 for c in chunk.candidates)
     assert plain.chunks[0].vote.answer == "lima", "counted alike, the two Gemma ballots win"
+
+
+async def test_greedy_samples_are_asked_once_per_peer_not_refused(mixed):
+    # At temperature 0 several samples of one peer would be identical and nodes refuse n > 1:
+    # the coordinator asks one and lets it stand for the peer's share of k.
+    nodes, bootstrap = mixed
+    async with Swarm(peers=[bootstrap], mdns=False, discover_timeout_s=5) as swarm:
+        answer = await swarm.ask(QUESTION, redundancy=5, temperature=0.0, model_weights=False)
+    [chunk] = answer.chunks
+    assert chunk.failures == [] and chunk.vote.answer in {"lima", "cusco"}
+    per_peer = {}
+    for c in chunk.candidates:
+        per_peer.setdefault(c.peer_id, set()).add(c.text)
+    assert all(len(texts) == 1 for texts in per_peer.values())

@@ -495,11 +495,14 @@ class QuestionRun:
         try:
             client = await self.pool.get(a.url)
             request = build_prompt(chunk, known, model, program_aided=opts.program_aided, history=self.history)
+            temperature = 0.0 if a.greedy else opts.temperature
             params = SamplingParams(
                 max_tokens=opts.max_tokens,
-                temperature=0.0 if a.greedy else opts.temperature,
+                temperature=temperature,
                 top_p=1.0 if a.greedy else opts.top_p,
-                n=a.samples,
+                # Greedy decoding gives one answer: n > 1 at temperature 0 is refused by nodes, and its
+                # copies would be identical, so one is asked and stands for all a.samples (below).
+                n=1 if temperature == 0 else a.samples,
                 logprobs=True,
                 stop=list(request.stop),
             )
@@ -531,7 +534,8 @@ class QuestionRun:
         self.table.touch(a.peer_id)
         candidates = []
         for index in range(a.samples):
-            text = "".join(texts.get(index, []))
+            asked = index if params.n > 1 else 0  # greedy: the one reply stands for every sample
+            text = "".join(texts.get(asked, []))
             answer, display, expression = candidate_answer(text, chunk, opts.program_aided)
             candidates.append(
                 Candidate(
@@ -539,9 +543,9 @@ class QuestionRun:
                     text=text,
                     answer=answer,
                     display=display,
-                    logprobs=logprobs.get(index, []),
+                    logprobs=logprobs.get(asked, []),
                     latency_ms=round(latency, 3),
-                    first_token_ms=round(first[index], 3) if index in first else None,
+                    first_token_ms=round(first[asked], 3) if asked in first else None,
                     fitness=self.fitness.fitness(a.peer_id),
                     sample=index,
                     greedy=a.greedy,
