@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from ..client import PeerClient, PeerError
 from ..coordinator.vote import STRATEGIES
 from ..discovery import browse
-from ..protocol import MAX_CHOICES, PeerRow, SamplingParams, Token
+from ..protocol import MAX_CHOICES, ModelFitness, PeerRow, SamplingParams, Token
 from ..runtime import run, setup_logging
 from ..security import (
     KEY_FILE_ENV,
@@ -35,6 +35,7 @@ from ..security import (
     write_key_file,
 )
 from .learn import learn
+from .model_fitness import model_fitness_table
 from .options import peer_url
 from .progress import show_progress
 from .up import down, up
@@ -489,13 +490,15 @@ async def _peers(
         url = peer or await _discover_one(interfaces, discover_s)
         async with await PeerClient.connect(url, **security) as client:
             if not watch:
-                rows, hidden = _visible(await _peer_rows(client), show_all)
-                out.print_json(json.dumps(rows)) if as_json else out.print(_peer_table(rows, url, hidden))
+                all_rows, models = await _peer_rows(client)
+                rows, hidden = _visible(all_rows, show_all)
+                out.print_json(json.dumps(rows)) if as_json else out.print(_peer_view(rows, url, hidden, models))
                 return 0
             with Live(console=out, auto_refresh=False) as live:
                 while True:
-                    rows, hidden = _visible(await _peer_rows(client), show_all)
-                    live.update(_peer_table(rows, url, hidden), refresh=True)
+                    all_rows, models = await _peer_rows(client)
+                    rows, hidden = _visible(all_rows, show_all)
+                    live.update(_peer_view(rows, url, hidden, models), refresh=True)
                     await asyncio.sleep(1.0)
     except PeerError as exc:
         err.print(f"dellm: error: {exc}", markup=False)
@@ -510,12 +513,19 @@ async def _discover_one(interfaces: list[str] | None, timeout_s: float) -> str:
     return found[0].url
 
 
-async def _peer_rows(client: PeerClient) -> list[dict]:
+async def _peer_rows(client: PeerClient) -> tuple[list[dict], list[ModelFitness]]:
+    """The node's peer table as JSON-ready rows (itself first), and its per-(model, kind) counts."""
     remote = client.remote
     table = await client.peers()
     me = PeerRow(node_id=remote.node_id, url=client.url, name=remote.name, model=remote.model,
                  capacity=remote.capacity, fitness=table.fitness, state="self", source="self")  # fmt: skip
-    return [row.model_dump() for row in [me, *table.peers]]
+    return [row.model_dump() for row in [me, *table.peers]], table.models
+
+
+def _peer_view(rows: list[dict], url: str, hidden: int, models: list[ModelFitness]) -> Group:
+    """The peer table, then what the network learned per model and chunk kind (when anything)."""
+    learned = model_fitness_table(models)
+    return Group(_peer_table(rows, url, hidden), *([learned] if learned is not None else []))
 
 
 def _visible(rows: list[dict], show_all: bool) -> tuple[list[dict], int]:
