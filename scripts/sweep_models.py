@@ -131,6 +131,46 @@ def estimate_reliability(replies: dict[str, Any], n: int) -> dict[str, float]:
     return out
 
 
+def reward_reliability(data: dict[str, Any], mix: Sequence[str], k: int) -> dict[str, float]:
+    """Per model, the swarm's own estimate: how often its ballots agree with the vote's winner where a
+    plurality decided (the reward rule; votes the anchor decided earn nothing), Beta(1, 1) posterior mean,
+    from a first pass with no model preferred (the first node of ``mix`` anchors, as at a cold start)."""
+    agree: dict[str, int] = dict.fromkeys(mix, 0)
+    total: dict[str, int] = dict.fromkeys(mix, 0)
+    neutral = {m: 0.5 + 1e-9 * (m == mix[0]) for m in mix}
+    for candidates in _candidate_sets(data, mix, k, neutral):
+        result = apply_anchor(majority(candidates), candidates)
+        if result.answer is None or result.anchored:
+            continue
+        for c in candidates:
+            total[c.model] += 1
+            agree[c.model] += c.answer == result.answer
+    return {m: (1 + agree[m]) / (2 + total[m]) for m in mix}
+
+
+def _candidate_sets(data: dict[str, Any], mix: Sequence[str], k: int, reliability: dict[str, float]):
+    """Per question, the candidates a swarm of ``mix`` nodes collects at ``k`` (anchor: the most reliable model)."""
+    replies = data["replies"]
+    nodes = len(mix)
+    per, extra = divmod(k, nodes)
+    anchor_model = max(mix, key=lambda m: reliability[m])
+    for q in range(len(data["items"])):
+        used: dict[str, int] = {}
+        candidates: list[Candidate] = []
+        order = sorted(range(nodes), key=lambda i: mix[i] != anchor_model)
+        for rank, node in enumerate(order):
+            model = mix[node]
+            want = per + (1 if rank < extra else 0)
+            if rank == 0:
+                candidates.append(_cand(replies[model]["greedy"][q], model, f"n{node}", greedy=True))
+                want -= 1
+            for _ in range(want):
+                pool = replies[model]["samples"][q]
+                candidates.append(_cand(pool[used.get(model, 0) % len(pool)], model, f"n{node}"))
+                used[model] = used.get(model, 0) + 1
+        yield candidates
+
+
 def replay(data: dict[str, Any], mix: Sequence[str], k: int, reliability: dict[str, float]) -> dict[str, list[bool]]:
     """Right/wrong per question for each vote rule over the candidates a swarm of ``mix`` nodes collects at ``k``."""
     replies, dataset = data["replies"], data["dataset"]
@@ -199,7 +239,7 @@ def report(data: dict[str, Any], ks: Sequence[int], max_nodes: int) -> str:
     ]  # fmt: skip
     for mix in mixes:
         for k in ks:
-            right = replay(data, mix, k, reliability)
+            right = replay(data, mix, k, reward_reliability(data, mix, k) if len(set(mix)) > 1 else reliability)
             w = right["model-weighted"]
             b = sum(x and not g for x, g in zip(w, greedy[best_model], strict=True))
             c = sum(g and not x for x, g in zip(w, greedy[best_model], strict=True))
