@@ -173,36 +173,17 @@ def _candidate_sets(data: dict[str, Any], mix: Sequence[str], k: int, reliabilit
 
 def replay(data: dict[str, Any], mix: Sequence[str], k: int, reliability: dict[str, float]) -> dict[str, list[bool]]:
     """Right/wrong per question for each vote rule over the candidates a swarm of ``mix`` nodes collects at ``k``."""
-    replies, dataset = data["replies"], data["dataset"]
     items = [Item(**i) for i in data["items"]]
-    nodes = len(mix)
-    per, extra = divmod(k, nodes)
-    anchor_model = max(mix, key=lambda m: reliability[m])
     right: dict[str, list[bool]] = {}
-    for q, item in enumerate(items):
-        used: dict[str, int] = {}
-        candidates: list[Candidate] = []
-        # The anchor's node first (it also takes the extra samples), as route + with_anchor order them.
-        order = sorted(range(nodes), key=lambda i: mix[i] != anchor_model)
-        for rank, node in enumerate(order):
-            model = mix[node]
-            want = per + (1 if rank < extra else 0)
-            if rank == 0:
-                g = replies[model]["greedy"][q]
-                candidates.append(_cand(g, model, f"n{node}", greedy=True, weight=1.0))
-                want -= 1
-            for _ in range(want):
-                s = replies[model]["samples"][q][used.get(model, 0) % len(replies[model]["samples"][q])]
-                used[model] = used.get(model, 0) + 1
-                candidates.append(_cand(s, model, f"n{node}"))
-        correct = [score(dataset, c.text, item.gold) for c in candidates]
+    for item, candidates in zip(items, _candidate_sets(data, mix, k, reliability), strict=True):
+        correct = [score(data["dataset"], c.text, item.gold) for c in candidates]
         for rule in ("majority", "model-weighted"):
-            if rule == "model-weighted":
+            for c in candidates:
+                c.weight = model_weight(reliability[c.model]) if rule == "model-weighted" else 1.0
+            if rule == "model-weighted":  # as the pipeline does: relative to the heaviest ballot, in (0, 1]
+                top = max(c.weight for c in candidates)
                 for c in candidates:
-                    c.weight = model_weight(reliability[c.model])
-            else:
-                for c in candidates:
-                    c.weight = 1.0
+                    c.weight /= top
             result = apply_anchor(majority(candidates), candidates)
             won = result.winner is not None and correct[candidates.index(result.winner)]
             right.setdefault(rule, []).append(won)
