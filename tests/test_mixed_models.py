@@ -105,7 +105,7 @@ async def test_ballots_count_their_models_reliability_and_the_anchor_comes_from_
     anchor = next(a for a in chunk.assignments if a.greedy)
     assert swarm.table.get(anchor.peer_id).model == SMOL, "the greedy anchor is the most reliable model's"
     assert chunk.vote.answer == "cusco", "one reliable ballot outweighs two unreliable ones"
-    assert all(c.weight == 1.0 if c.model == SMOL else c.weight < 0.1 for c in chunk.candidates)
+    assert all(c.weight == 1.0 if c.model == SMOL else c.weight < 0.5 for c in chunk.candidates)
     assert plain.chunks[0].vote.answer == "lima", "counted alike, the two Gemma ballots win"
 
 

@@ -415,3 +415,36 @@ def test_strategies_vote_on_clusters(name):
     assert result.agreement == pytest.approx(3 / 4)
     assert result.winner is confident  # the most confident member represents the cluster
     assert SYNC[name](candidates, cluster_threshold=1.0).agreement == pytest.approx(2 / 4)
+
+
+# ------------------------------------------------------------------ ballots weighted by model reliability
+
+
+def test_model_weight_is_the_log_odds_of_reliability_with_a_floor():
+    from dellm_p2p.coordinator.vote import MIN_MODEL_WEIGHT, model_weight
+
+    assert model_weight(0.9, classes=2) == pytest.approx(math.log(9))
+    assert model_weight(0.9) > model_weight(0.6) > model_weight(0.3)
+    assert model_weight(0.0, classes=2) == MIN_MODEL_WEIGHT == model_weight(0.01, classes=2)
+    assert model_weight(1 / 30) == MIN_MODEL_WEIGHT, "a coin toss among the classes gets the floor"
+    with pytest.raises(ValueError):
+        model_weight(0.5, classes=1)
+
+
+def test_weighted_ballots_decide_the_plurality_and_the_anchor_rule():
+    from dellm_p2p.coordinator.types import Candidate
+    from dellm_p2p.coordinator.vote import apply_anchor
+
+    def ballot(answer, weight, greedy=False):
+        return Candidate(peer_id="p", text=answer, answer=answer, weight=weight, greedy=greedy)
+
+    # Two light ballots against one heavy one: the heavy one wins; with equal weights the two do.
+    heavy = [ballot("lima", 0.2), ballot("lima", 0.2), ballot("cusco", 1.0, greedy=True)]
+    assert majority(heavy).answer == "cusco" and majority(heavy).scores == {"lima": 0.4, "cusco": 1.0}
+    assert apply_anchor(majority(heavy), heavy).answer == "cusco"
+    equal = [ballot("lima", 1.0), ballot("lima", 1.0), ballot("cusco", 1.0, greedy=True)]
+    assert majority(equal).answer == "lima" and not apply_anchor(majority(equal), equal).anchored
+    # Equal weight on both sides is a tie: the greedy anchor decides, as with counts.
+    tie = [ballot("lima", 0.5), ballot("lima", 0.5), ballot("cusco", 1.0, greedy=True)]
+    result = apply_anchor(majority(tie), tie)
+    assert result.answer == "cusco" and result.anchored
