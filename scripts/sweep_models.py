@@ -46,6 +46,7 @@ for path in (REPO, REPO / "scripts"):
         sys.path.insert(0, str(path))
 
 from eval import DATA_DIR, DATASETS, Item, load_items, mcnemar_p, score  # noqa: E402
+from harness.report import Failed, one_line_errors  # noqa: E402
 from harness.streams import collect_samples  # noqa: E402
 
 from dellm_p2p.coordinator.decompose import classify, complexity  # noqa: E402
@@ -254,34 +255,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_or_collect(args: argparse.Namespace) -> dict[str, Any]:
+    """The saved replies of ``--replay`` (merged), or every model's replies collected now and saved."""
+    if args.replay:
+        files = [json.loads(path.read_text(encoding="utf-8")) for path in args.replay]
+        data = files[0]
+        for other in files[1:]:
+            if other["items"] != data["items"]:
+                raise ValueError("the replayed files hold different questions")
+            data["replies"].update(other["replies"])
+        return data
+    items = load_items(args.dataset, args.data_dir, args.limit)
+    data = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": args.dataset,
+        "temperature": args.temperature, "samples": args.samples,
+        "items": [{"index": i.index, "question": i.question, "gold": i.gold} for i in items],
+        "replies": asyncio.run(collect(args, items)),
+    }  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {args.json}")
+    return data
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.replay:
-            files = [json.loads(path.read_text(encoding="utf-8")) for path in args.replay]
-            data = files[0]
-            for other in files[1:]:
-                if other["items"] != data["items"]:
-                    raise ValueError("the replayed files hold different questions")
-                data["replies"].update(other["replies"])
-        else:
-            items = load_items(args.dataset, args.data_dir, args.limit)
-            replies = asyncio.run(collect(args, items))
-            data = {
-                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "dataset": args.dataset,
-                "temperature": args.temperature, "samples": args.samples,
-                "items": [{"index": i.index, "question": i.question, "gold": i.gold} for i in items],
-                "replies": replies,
-            }  # fmt: skip
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
-            print(f"wrote {args.json}")
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one line, never a traceback
-        print(f"sweep_models: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        data = one_line_errors("sweep_models", lambda: load_or_collect(args))
+    except Failed as failed:
+        return failed.code
     print(report(data, args.ks, args.max_nodes))
     return 0
 

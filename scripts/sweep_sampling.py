@@ -42,6 +42,7 @@ for path in (REPO, REPO / "scripts"):
         sys.path.insert(0, str(path))
 
 from eval import DATA_DIR, DATASETS, Item, load_items, mcnemar_p, score  # noqa: E402
+from harness.report import Failed, one_line_errors  # noqa: E402
 from harness.streams import collect_samples  # noqa: E402
 
 from dellm_p2p.coordinator.decompose import chunk_prompt, classify  # noqa: E402
@@ -188,13 +189,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        result = asyncio.run(run(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one line, never a traceback
-        print(f"sweep_sampling: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        result = one_line_errors("sweep_sampling", lambda: asyncio.run(run(args)))
+    except Failed as failed:
+        return failed.code
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"sampling sweep · {result['dataset']} · {result['questions']} questions · {result['model']} · "

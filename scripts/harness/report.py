@@ -36,3 +36,24 @@ def publish(
     if json_path:
         write_json(json_path, result)
         progress(f"wrote {json_path}")
+
+
+class Failed(Exception):
+    """Raised by :func:`one_line_errors` once it has printed the reason; ``code`` is the exit status."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def one_line_errors(tag: str, work: Callable[[], Any]) -> Any:
+    """``work()``'s result; Ctrl-C prints ``interrupted`` and any error one line ``<tag>: <Type>: <reason>``
+    on stderr (never a traceback), then :class:`Failed` carries the exit status (130 or 1)."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise Failed(130) from None
+    except Exception as exc:
+        print(f"{tag}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise Failed(1) from None
