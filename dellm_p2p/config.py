@@ -226,7 +226,7 @@ class NodeConfig(BaseSettings):
             self.http_port is not None
             and self.api_key_file is None
             and not self.http_insecure
-            and not _is_loopback(self.http_host)
+            and not is_loopback(self.http_host)
         ):
             raise ConfigError(
                 f"the HTTP API on {self.http_host} would be open to the network: give an api_key_file "
@@ -234,7 +234,7 @@ class NodeConfig(BaseSettings):
             )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     import ipaddress
 

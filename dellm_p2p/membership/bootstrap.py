@@ -27,6 +27,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from ..config import is_loopback  # noqa: F401 (the membership's name for it)
+
 log = logging.getLogger(__name__)
 
 DNS_TIMEOUT_S = 5.0  # deadline of one name's resolution [s]
@@ -42,16 +44,6 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback literals (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 async def resolve_addresses(host: str, port: int, timeout_s: float = DNS_TIMEOUT_S) -> list[str]:
