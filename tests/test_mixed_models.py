@@ -112,7 +112,7 @@ async def test_ballots_count_their_models_reliability_and_the_anchor_comes_from_
 async def test_greedy_samples_are_asked_once_per_peer_not_refused(mixed):
     # At temperature 0 several samples of one peer would be identical and nodes refuse n > 1:
     # the coordinator asks one and lets it stand for the peer's share of k.
-    nodes, bootstrap = mixed
+    _, bootstrap = mixed
     async with Swarm(peers=[bootstrap], mdns=False, discover_timeout_s=5) as swarm:
         answer = await swarm.ask(QUESTION, redundancy=5, temperature=0.0, model_weights=False)
     [chunk] = answer.chunks

@@ -108,7 +108,9 @@ async def test_generate_streams_tokens_then_done(served):
 async def test_several_choices_and_raw_prompt(served):
     _, url, _ = served
     async with await PeerClient.connect(url) as client:
-        result = await client.complete(prompt="Capital of France:", params=SamplingParams(n=3, max_tokens=2, temperature=0.7))
+        result = await client.complete(
+            prompt="Capital of France:", params=SamplingParams(n=3, max_tokens=2, temperature=0.7)
+        )
     assert result.texts == ["The capital"] * 3
     assert result.done.finish_reasons == ["length"] * 3
 
