@@ -51,12 +51,13 @@ def gemma_node(tmp_path_factory):
     """A real node serving the embedded base model Gemma 3 270M (``--model gemma3-270m``), vLLM worker on core 1.
 
     No mDNS: it meets only the peers a test names. Converting the model on first use takes minutes. Its vLLM
-    worker holds about 2.9 GB (float32 weights, 1.1 GB, plus the KV cache): half the default KV cache is ample.
+    worker holds about 2.9 GB (float32 weights, 1.1 GB, plus the KV cache: 1 GiB, as vLLM's CPU backend takes
+    whole GiB only).
     """
     state = tmp_path_factory.mktemp("gemma-node-state")
     node = NodeProcess(
         ["--model", "gemma3-270m", "--name", "test-gemma", "--state-dir", str(state), "--max-concurrency", "8",
-         "--cpu-bind", "1", "--no-mdns", "--kv-cache-gib", "0.5"]
+         "--cpu-bind", "1", "--no-mdns", "--kv-cache-gib", "1"]
     )  # fmt: skip
     try:
         node.wait_ready(timeout_s=900)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -77,7 +78,8 @@ class VllmEngine(Engine):
         dtype: ``float32`` on CPU (the default model degenerates in bfloat16,
             see shared/notes/vllm-cpu.md), ``auto`` on GPU.
         max_model_len: context window [tokens].
-        kv_cache_gib: CPU KV-cache size [GiB] (``VLLM_CPU_KVCACHE_SPACE``);
+        kv_cache_gib: CPU KV-cache size [GiB] (``VLLM_CPU_KVCACHE_SPACE``),
+            rounded up to a whole GiB (vLLM's CPU backend refuses fractions);
             ignored when that variable is already set.
         warmup: run one short request in :meth:`start`; the first request
             after loading takes about 20 s on CPU, so a node warms up before
@@ -137,7 +139,8 @@ class VllmEngine(Engine):
         return ModelInfo(name, self._max_model_len, "vllm")
 
     async def start(self) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self._kv_cache_gib:g}")
+        # vLLM 0.32's CPU backend reads this as a whole number of GiB ("0.5" fails its config): round up.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(self._kv_cache_gib))))
         # Engine-internal sockets stay on loopback; nothing else is reachable anyway.
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
