@@ -29,8 +29,10 @@ async def test_both_models_answer_in_a_mixed_swarm(vllm_node, gemma_node):
     asked = {models[a.peer_id] for a in trace.assignments}
     assert {"SmolLM2-135M-Instruct", "gemma-3-270m"} <= asked, "the chunk was routed to both models"
     answered = {models[c.peer_id] for c in trace.candidates}
-    if len(serving) == 2:  # other session nodes, met through gossip, could decide the vote before Gemma replies
-        assert answered == {"SmolLM2-135M-Instruct", "gemma-3-270m"}
+    # Other session nodes, met through gossip, could decide the vote before Gemma replies; a request that failed
+    # on a loaded machine is re-routed to the other node.
+    if len(serving) == 2 and not trace.failures:
+        assert answered == {"SmolLM2-135M-Instruct", "gemma-3-270m"}, [(c.model, c.text) for c in trace.candidates]
     assert all(c.text.strip() for c in trace.candidates)
     assert trace.vote is not None and trace.vote.winner is not None
     assert answer.text.strip()
