@@ -84,15 +84,18 @@ def test_up_in_the_foreground_stops_every_node_on_ctrl_c(tmp_path):
 
 
 def test_up_refuses_conflicting_options(tmp_path):
-    both = dellm("up", "--model", "x", "--no-model", "--dir", str(tmp_path))
+    both = dellm("up", "--model", "smollm2-135m", "--no-model", "--dir", str(tmp_path))
     assert both.returncode == 2 and both.stderr.startswith("dellm: error: ") and both.stderr.count("\n") == 1
 
 
 def test_a_node_that_fails_to_start_stops_the_rest_and_shows_its_log(tmp_path):
-    failed = dellm("up", "--nodes", "2", "--model", "/nonexistent/model", "--dir", str(tmp_path / "swarm"))
-    assert failed.returncode == 1
+    # A directory passes the option's check (a missing one is refused at parse time, exit 2) but holds no model.
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    failed = dellm("up", "--nodes", "2", "--model", str(empty), "--dir", str(tmp_path / "swarm"))
+    assert failed.returncode == 1, failed.stderr
     assert "exited with code 1 while starting" in failed.stderr
-    assert "model directory not found: /nonexistent/model" in failed.stderr
+    assert "is not a Hugging Face model directory (no config.json)" in failed.stderr
     assert pids(tmp_path / "swarm") == []
 
 
