@@ -189,7 +189,13 @@ async def test_with_a_key_the_page_asks_for_it_once_and_keeps_it_out_of_urls(bro
         await expect(page.locator("#keyform")).to_be_hidden()
         # No question yet: the fitness chart is empty, and none of its labels run into another.
         await expect(page.locator("#chart text.empty")).to_have_count(1)
-        boxes = [await label.bounding_box() for label in await page.locator("#chart text").all()]
+        # Read every label's box in one page turn: the chart re-renders on each tick, and a label read one by
+        # one can be replaced (detached, no box) between two reads.
+        boxes = await page.eval_on_selector_all(
+            "#chart text",
+            "els => els.map((e) => e.getBoundingClientRect())"
+            ".map((r) => ({ x: r.x, y: r.y, width: r.width, height: r.height }))",
+        )
         for i, a in enumerate(boxes):
             for b in boxes[i + 1 :]:
                 apart = a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
