@@ -22,39 +22,13 @@ GEMMA, SMOL = "gemma-3-270m", "SmolLM2-135M-Instruct"
 QUESTION = "What is the capital of Peru?"
 
 
-class ModelNode(SimNode):
-    """A simulated node that announces ``model``."""
-
-    def __init__(self, name: str, engine: SimulatedEngine, model: str):
-        super().__init__(name, engine)
-        self.model = model
-
-    async def start(self, bootstrap: list[str]) -> str:
-        from dellm_p2p.membership.fitness import FitnessBook
-        from dellm_p2p.peer_table import PeerTable
-        from dellm_p2p.pool import PeerPool
-
-        from .sim_node import membership_of
-
-        url = await self.server.start("127.0.0.1", 0)
-        table = PeerTable(self.node_id, url)
-        pool = PeerPool(node_id=self.node_id, name=self.name, url=url, identity=self.identity)
-        self.fitness = FitnessBook(self.node_id, table, pool=pool, identity=self.identity)
-        pool.model, pool.capacity = self.model, 8
-        self.membership = membership_of(self.identity, self.name, url, table, pool, bootstrap, model=self.model)
-        self.membership.fitness = self.fitness
-        self.server.membership, self.server.fitness = self.membership, self.fitness
-        await self.membership.start()
-        return url
-
-
 @pytest.fixture
 async def mixed():
     nodes = []
     nodes_spec = (("g1", GEMMA, "Lima", 0.3), ("g2", GEMMA, "Lima", 0.3), ("s1", SMOL, "It is Cusco.", 0.001))
     for name, model, reply, token_s in nodes_spec:
         engine = SimulatedEngine(reply, token_interval_s=token_s)
-        nodes.append(ModelNode(name, engine, model))
+        nodes.append(SimNode(name, engine, model))
     first = await nodes[0].start([])
     for node in nodes[1:]:
         await node.start([first])

@@ -43,8 +43,8 @@ REPLIES = {  # first match wins: the synthesis prompt also contains the chunk te
 class SimNode:
     """An in-process node: a NodeServer with a simulated engine, membership and fitness."""
 
-    def __init__(self, name: str, engine: SimulatedEngine):
-        self.name, self.engine = name, engine
+    def __init__(self, name: str, engine: SimulatedEngine, model: str = "simulated"):
+        self.name, self.engine, self.model = name, engine, model
         self.identity = Identity.generate()
         self.node_id = self.identity.node_id
         self.server = NodeServer(engine, node_id=self.node_id, name=name, max_concurrency=8, identity=self.identity)
@@ -54,8 +54,8 @@ class SimNode:
         table = PeerTable(self.node_id, url)
         pool = PeerPool(node_id=self.node_id, name=self.name, url=url, identity=self.identity)
         self.fitness = FitnessBook(self.node_id, table, pool=pool, identity=self.identity)
-        pool.model, pool.capacity = "simulated", 8
-        self.membership = membership_of(self.identity, self.name, url, table, pool, bootstrap)
+        pool.model, pool.capacity = self.model, 8
+        self.membership = membership_of(self.identity, self.name, url, table, pool, bootstrap, model=self.model)
         self.membership.fitness = self.fitness
         self.server.membership, self.server.fitness = self.membership, self.fitness
         await self.membership.start()
