@@ -19,10 +19,13 @@ async def test_both_models_answer_in_a_mixed_swarm(vllm_node, gemma_node):
         serving = [p for p in swarm.table.alive() if p.model]
         models = {p.node_id: p.model for p in serving}
         assert {"SmolLM2-135M-Instruct", "gemma-3-270m"} <= set(models.values())
-        # One sample per serving peer, no greedy anchor: with two peers, neither reply alone can decide the vote
-        # (is_decided needs leader > runner-up + outstanding), so both are awaited and both become candidates.
+        # One sample per serving peer, no greedy anchor, ballots of equal weight: with two peers, neither reply
+        # alone can decide the vote (is_decided needs leader > runner-up + outstanding), so both are awaited and
+        # both become candidates. With model weights on, the session nodes' learned evidence for SmolLM2 makes
+        # the unproven Gemma ballot lighter, and SmolLM2's reply alone may decide (the product's behaviour).
         answer = await swarm.ask(
             "What is the capital of France?", decompose="none", anchor=False, redundancy=len(serving),
+            model_weights=False,
             max_tokens=16, timeout_s=600, chunk_timeout_s=600, synthesize=False,
         )  # fmt: skip
     (trace,) = answer.chunks
