@@ -17,6 +17,7 @@ from dellm_p2p.coordinator.program import (
     find_expression,
     format_number,
     missing_numbers,
+    missing_operations,
     program_answer,
     program_prompt,
     uses_program,
@@ -169,6 +170,32 @@ def test_only_one_sentence_math_chunks_are_program_aided():
 )
 def test_missing_numbers(expression, question, missing):
     assert missing_numbers(expression, question) == missing
+
+
+@pytest.mark.parametrize(
+    ("expression", "question", "missing"),
+    [
+        ("6 * 25", "What is 6 plus 25?", ["+"]),  # Gemma 3 270M's greedy reply on two-digit addition
+        ("6 + 25", "What is 6 plus 25?", []),
+        ("6 * 7 - 5", "What is 6 times 7, minus 5?", []),
+        ("6 * 7", "What is 6 times 7, minus 5?", ["-"]),
+        ("6 × 7", "What is 6 multiplied by 7?", []),
+        ("12 / 3", "How many times does 3 go into 12?", []),  # "how many times" names no product
+        ("100 / 4", "What is 100 divided by 4?", []),
+        ("100 - 4", "What is 100 divided by 4?", ["/"]),
+        ("3 + 4", "What is the sum of 3 and 4?", []),
+        ("3 + 5 - 2", "If I have 3 apples, buy 5 more and eat 2, how many apples do I have?", []),  # no named word
+        ("0.15 * 80", "What is 15% of 80?", []),
+    ],
+)
+def test_missing_operations(expression, question, missing):
+    assert missing_operations(expression, question) == missing
+
+
+def test_an_expression_with_another_operation_than_the_question_names_gets_no_vote():
+    chunk = Chunk("c1", "What is 6 plus 25?", Operation.MATH)
+    assert candidate_answer(" 6 * 25", chunk) == (None, "150", "6 * 25")
+    assert candidate_answer("6 + 25 = 125", chunk)[0] == "31"  # the expression counts, not the model's sum
 
 
 def test_an_expression_that_leaves_out_a_number_gets_no_vote_but_keeps_its_display():

@@ -58,6 +58,7 @@ from .events import (
 from .history import DEFAULT_CONTEXT_TOKENS, estimate_tokens, with_history
 from .program import candidate_answer
 from .prompts import build_prompt
+from .restate import restate_chunk
 from .reward import chunk_rewards
 from .route import RouteWeights, eligible_peers, route, score_peers
 from .synthesize import fallback_answer, reply_text, synthesis_messages, unkept_answers
@@ -266,7 +267,7 @@ class QuestionRun:
         opts = self.options
         async with asyncio.timeout(opts.timeout_s) as scope:
             self.deadline = scope.when()
-            chunks = with_conversation(await self._decompose(), self.history)  # earlier turns they refer to
+            chunks = self._restated(with_conversation(await self._decompose(), self.history))
             for chunk in chunks:
                 self.traces[chunk.id] = ChunkTrace(chunk)
                 self.finished[chunk.id] = asyncio.Event()
@@ -301,6 +302,19 @@ class QuestionRun:
             except (DecompositionError, PeerError, NoPeersError) as exc:
                 log.info("LLM decomposition unusable (%s); using the rules", exc)
         return decompose(self.question)
+
+    def _restated(self, chunks: list[Chunk]) -> list[Chunk]:
+        """``chunks`` with each change-of-quantity word problem restated as direct arithmetic (:mod:`.restate`),
+        when arithmetic is program-aided; a note says what each restated chunk now asks."""
+        if not self.options.program_aided:
+            return chunks
+        out = []
+        for chunk in chunks:
+            restated = restate_chunk(chunk)
+            if restated is not None:
+                self.notes.append(f"{chunk.id} was asked as direct arithmetic: {restated.text!r}")
+            out.append(restated or chunk)
+        return out
 
     # Route, stream and vote one chunk.
 

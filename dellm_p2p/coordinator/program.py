@@ -41,6 +41,7 @@ __all__ = [
     "find_expression",
     "format_number",
     "missing_numbers",
+    "missing_operations",
     "program_answer",
     "program_prompt",
     "uses_program",
@@ -332,6 +333,40 @@ def missing_numbers(expression: str, question: str) -> list[str]:
     return missing
 
 
+# An operation the question names in so many words, and the symbol an expression computing it must hold.
+# "how many times" asks for a quotient, so "times" there names no product.
+_NAMED_OPERATIONS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("+", re.compile(r"(?i)\b(?:plus|add|added|sum)\b")),
+    ("-", re.compile(r"(?i)\b(?:minus|subtract|subtracted|take\s+away)\b")),
+    ("*", re.compile(r"(?i)(?<!how many )\b(?:times|multiplied|multiply|product)\b")),
+    ("/", re.compile(r"(?i)\b(?:divided|divide|quotient)\b")),
+)
+# Symbols as an expression may write them ("×", "x" between numbers are normalised by evaluate's reader).
+_SYMBOL_FORMS = {"+": "+", "-": "-−–", "*": "*×·x", "/": "/÷:"}
+
+
+def missing_operations(expression: str, question: str) -> list[str]:
+    """The operations ``question`` names in words ("plus", "minus", "times", "divided") that ``expression``
+    does not use, as symbols (``"+"``, ``"-"``, ``"*"``, ``"/"``), in that order.
+
+    "What is 6 plus 25?" answered with "6 * 25" misses ``["+"]``. Only
+    explicit arithmetic words count (not "more", "left", "each", which word
+    problems use either way), and "how many times" names no product.
+    Measured on two-digit addition with Gemma 3 270M in the swarm
+    (docs/results.md): its greedy "6 * 25" for "What is 6 plus 25?" was
+    the anchor that won the vote.
+
+    Args:
+        expression: the arithmetic the reply wrote (:func:`find_expression`).
+        question: the chunk's text as the user wrote it.
+    """
+    return [
+        symbol
+        for symbol, words in _NAMED_OPERATIONS
+        if words.search(question) and not any(form in expression for form in _SYMBOL_FORMS[symbol])
+    ]
+
+
 def candidate_answer(text: str, chunk: Chunk, program_aided: bool = True) -> tuple[str | None, str, str | None]:
     """``(vote key, display, expression)`` of one reply to ``chunk``, the way the coordinator reads it.
 
@@ -340,7 +375,8 @@ def candidate_answer(text: str, chunk: Chunk, program_aided: bool = True) -> tup
     with expression ``None``.
 
     A program-aided reply whose expression leaves out a number the chunk
-    states (:func:`missing_numbers`) gets no vote: its key is ``None``, its
+    states (:func:`missing_numbers`) or an operation it names in words
+    (:func:`missing_operations`) gets no vote: its key is ``None``, its
     display and expression are kept (so it can still be shown, e.g. as the
     greedy anchor when no reply used every number). Measured on a held-out
     set of three-operation questions (``scripts/three_ops.py``,
@@ -349,8 +385,9 @@ def candidate_answer(text: str, chunk: Chunk, program_aided: bool = True) -> tup
     """
     if uses_program(chunk, program_aided):
         key, display, expression = program_answer(text)
-        if key is not None and expression is not None and missing_numbers(expression, chunk.text):
-            return None, display, expression
+        if key is not None and expression is not None:
+            if missing_numbers(expression, chunk.text) or missing_operations(expression, chunk.text):
+                return None, display, expression
         return key, display, expression
     from .extract import extract_answer
 
